@@ -1,0 +1,94 @@
+"""Saving, loading and checking the frozen per-stage config dataclasses.
+
+Each stage keeps its own frozen dataclass next to the code that uses it (as whisper keeps
+``DecodingOptions`` in ``decoding.py``); this module only turns them into JSON beside every
+artefact and checks them on load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigMismatchError, ModelNotFoundError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass as a JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict, turning lists back into tuples and ignoring unknown keys."""
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            continue
+        if isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def fingerprint(cfg: Any) -> str:
+    """A short stable hash of a config, for cache keys and artefact names."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_config(cfg: Any, path: str | Path, **extra: Any) -> None:
+    """Save ``cfg`` as JSON (with its class name and any ``extra`` fields) atomically."""
+    payload = {"kind": type(cfg).__name__, "config": to_dict(cfg), **extra}
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Load a config saved by :func:`save_config`; a missing file is a ModelNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: config file not found")
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelNotFoundError(f"{path}: unreadable config ({e})") from e
+    if payload.get("kind") != cls.__name__:
+        raise ConfigMismatchError(
+            f"{path}: holds a {payload.get('kind')!r} config, expected {cls.__name__!r}"
+        )
+    return from_dict(cls, payload["config"])
+
+
+def check_config(expected: Any, found: Any, what: str, fields: tuple[str, ...] | None = None) -> None:
+    """Raise ConfigMismatchError naming every differing field (all, or only ``fields``)."""
+    a, b = to_dict(expected), to_dict(found)
+    keys = fields if fields is not None else tuple(sorted(set(a) | set(b)))
+    diffs = [f"{k}: {b.get(k)!r} (artefact) != {a.get(k)!r} (in use)" for k in keys if a.get(k) != b.get(k)]
+    if diffs:
+        raise ConfigMismatchError(f"{what} was built with a different config: " + "; ".join(diffs))
