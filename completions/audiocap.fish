@@ -1,0 +1,1 @@
+complete --command audiocap --no-files --arguments "(env _AUDIOCAP_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) audiocap)" --condition "env _AUDIOCAP_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) audiocap"
