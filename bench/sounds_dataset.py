@@ -116,7 +116,7 @@ def labelled_clips(root: Path = SOUNDS) -> list[LabelledClip]:
     with open(root / "tuxpaint" / "metadata.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             name, cat = row["file"], row["category"]
-            path = root / "tuxpaint" / name
+            path = root / "tuxpaint" / "audio" / name
             if name in THINGS:
                 label, caps, kw = THINGS[name]
                 clips.append(LabelledClip(f"tux_{Path(name).stem}", str(path), label, label, caps, kw))
