@@ -5,13 +5,19 @@ errors). Library errors (:class:`AudiocapError`) become one ``audiocap: error: .
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
-from typing import NoReturn
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn, Optional
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .errors import AudiocapError, NotBuiltError
+from .errors import AudiocapError
 
 app = typer.Typer(
     name="audiocap",
@@ -22,12 +28,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+err = Console(stderr=True, highlight=False)
+
+MODEL_HELP = "Model directory (env AUDIOCAP_MODEL)."
+ModelOpt = typer.Option(..., "--model", "-m", envvar="AUDIOCAP_MODEL", help=MODEL_HELP)
 
 
 def fatal(message: str, code: int = 1) -> NoReturn:
     """Print one error line to stderr and exit with ``code``."""
-    print(f"audiocap: error: {message}", file=sys.stderr)
+    err.print(f"audiocap: error: {message}", markup=False)
     raise typer.Exit(code)
 
 
@@ -39,45 +50,216 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Batch audio captioning guided by retrieved similar captions."""
 
 
-def _not_built(what: str) -> NoReturn:
-    raise NotBuiltError(f"`audiocap {what}` is not built yet")
+@contextlib.contextmanager
+def reporter(quiet: bool = False) -> Iterator["object"]:
+    """A workflows.Reporter drawing rich progress bars and notes on stderr."""
+    from .workflows import Reporter
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False, disable=quiet) as bars:
+
+        def progress(name: str, total: int | None):
+            task = bars.add_task(name, total=total)
+            return lambda n: bars.advance(task, n)
+
+        def say(msg: str) -> None:
+            if not quiet:
+                bars.console.print(msg, markup=False)
+
+        yield Reporter(say=say, progress=progress)
 
 
-@app.command("build-index")
-def build_index() -> None:
-    """Embed every clip of a dataset split into a persistent hnswlib index of captions."""
-    _not_built("build-index")
+def _model_cfg(encoder: str, encoder_weights: Optional[str], clip_seconds: float, k: int):
+    from .model import ModelConfig
+
+    return ModelConfig(encoder=encoder, encoder_weights=encoder_weights, clip_seconds=clip_seconds, k=k)
+
+
+EncoderOpt = typer.Option("yamnet", help="Frozen audio encoder: yamnet (offline default) or vggish.")
+EncoderWeightsOpt = typer.Option(None, help="Encoder weights: a file or URL (vggish needs one).")
+SecondsOpt = typer.Option(10.0, help="Fixed clip length in seconds (pad/crop; AudioCaps clips are 10 s).")
+KOpt = typer.Option(5, "-k", help="Guidance captions per clip (the paper's K).")
 
 
 @app.command("train-retriever")
-def train_retriever() -> None:
-    """Train the triplet retriever on caption-similarity labels."""
-    _not_built("train-retriever")
+def train_retriever(
+    dataset: Path = typer.Argument(..., help="Dataset directory or manifest (see docs/datasets.md)."),
+    model: Path = ModelOpt,
+    split: str = typer.Option("train", help="Training split."),
+    val_split: str = typer.Option("val", help="Validation split (best-validation checkpoint)."),
+    epochs: int = typer.Option(200, help="Epochs (the paper: 200)."),
+    batch_size: int = typer.Option(128, help="Triplet batch size (the paper: 128)."),
+    threshold: float = typer.Option(0.7, help="Normalised BERTScore above which captions are similar."),
+    similarity_model: str = typer.Option("minilm", help="BERTScore backbone: minilm (offline) or a hub id/folder (roberta-large)."),
+    encoder: str = EncoderOpt,
+    encoder_weights: Optional[str] = EncoderWeightsOpt,
+    clip_seconds: float = SecondsOpt,
+    k: int = KOpt,
+    resume: bool = typer.Option(True, help="Continue an interrupted run in the same model directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Train the triplet retriever on caption-similarity labels (paper, sec. 3.2)."""
+    from . import workflows
+    from .similarity import SimilarityConfig
+
+    sim = SimilarityConfig(model=similarity_model, threshold=threshold, num_layers=6 if similarity_model == "minilm" else None)
+    with reporter(quiet) as rep:
+        run = workflows.train_retriever(
+            dataset, model, _model_cfg(encoder, encoder_weights, clip_seconds, k), epochs,
+            split=split, val_split=val_split, batch_size=batch_size, sim_cfg=sim, resume=resume, rep=rep,
+        )
+    err.print(f"retriever: {run}", markup=False)
+
+
+@app.command("build-index")
+def build_index(
+    dataset: Path = typer.Argument(..., help="Dataset directory or manifest; with --captions, a caption corpus (AudioCaps/Clotho CSV or a list)."),
+    model: Path = ModelOpt,
+    split: str = typer.Option("train", help="Split whose clips are indexed."),
+    raw: bool = typer.Option(False, "--raw", help="Index mean-pooled raw encoder frames (the paper's 1NN baseline) instead of the trained retriever."),
+    captions: bool = typer.Option(False, "--captions", help="Text-only: index the captions of a corpus without audio, through AudioSet tags."),
+    encoder: str = EncoderOpt,
+    encoder_weights: Optional[str] = EncoderWeightsOpt,
+    clip_seconds: float = SecondsOpt,
+    k: int = KOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Embed every clip of a dataset split into a persistent hnswlib index of captions."""
+    from . import workflows
+
+    cfg = _model_cfg(encoder, encoder_weights, clip_seconds, k)
+    with reporter(quiet) as rep:
+        if captions:
+            workflows.build_caption_index(dataset, model, cfg, rep=rep)
+        else:
+            workflows.build_index(dataset, model, cfg, split=split, kind="mean" if raw else "triplet", rep=rep)
 
 
 @app.command("train-decoder")
-def train_decoder() -> None:
-    """Train the guided decoder on a frozen language model."""
-    _not_built("train-decoder")
+def train_decoder(
+    dataset: Path = typer.Argument(..., help="Dataset directory or manifest; with --text-only, a caption corpus."),
+    model: Path = ModelOpt,
+    split: str = typer.Option("train", help="Training split."),
+    val_split: Optional[str] = typer.Option("val", help="Validation split (best-validation checkpoint); '' for none."),
+    epochs: int = typer.Option(200, help="Epochs (the paper: 200)."),
+    batch_size: int = typer.Option(512, help="Examples per optimiser step (the paper: 512; accumulated)."),
+    lm: str = typer.Option("smollm2", help="Frozen causal LM: smollm2 (offline), gpt2, a hub id or a folder."),
+    guidance: str = typer.Option("separate", help="Guidance captions through the LM: concat (the paper) or separate (cacheable)."),
+    text_only: bool = typer.Option(False, "--text-only", help="Train from captions alone (see `audiocap bootstrap`)."),
+    audio: str = typer.Option("auto", help="Audio branch: frames, tags (text-only pseudo-audio), none, or auto."),
+    max_captions: Optional[int] = typer.Option(None, help="Use at most this many training captions (text-only)."),
+    resume: bool = typer.Option(True, help="Continue an interrupted run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Train the guided decoder on a frozen language model (paper, sec. 3.3)."""
+    from . import workflows
+
+    with reporter(quiet) as rep:
+        run = workflows.train_decoder(
+            dataset, model, epochs, split=split, val_split=val_split or None, batch_size=batch_size, lm_spec=lm,
+            guidance=guidance, text_only=text_only, audio=audio, max_captions=max_captions, resume=resume, rep=rep,
+        )
+    err.print(f"decoder: {run}", markup=False)
+
+
+@app.command("bootstrap")
+def bootstrap(
+    corpus: Path = typer.Argument(..., help="Caption corpus: AudioCaps or Clotho CSV, or a generic list."),
+    model: Path = ModelOpt,
+    epochs: int = typer.Option(3, help="Decoder epochs."),
+    max_captions: Optional[int] = typer.Option(4000, help="Captions the decoder trains on (all are indexed)."),
+    lm: str = typer.Option("smollm2", help="Frozen causal LM."),
+    audio: str = typer.Option("tags", help="Decoder audio branch: tags (pseudo-audio from the caption's AudioSet profile) or none."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Build a captioner from a caption corpus alone: zero-shot index + text-only decoder."""
+    from . import workflows
+
+    with reporter(quiet) as rep:
+        workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio, rep=rep)
+    err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 
 @app.command("caption")
-def caption() -> None:
-    """Caption audio files and print one JSON line per clip."""
-    _not_built("caption")
+def caption(
+    inputs: list[str] = typer.Argument(..., help="Audio files, directories (recursive), globs, or - for paths on stdin."),
+    model: Path = ModelOpt,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl, or csv (file_name,caption_predicted for aac-metrics)."),
+    resume: bool = typer.Option(False, help="With -o: skip clips already in the output."),
+    beam_size: int = typer.Option(4, help="Beam width (1 = greedy)."),
+    batch_size: int = typer.Option(16, help="Files per batch."),
+    max_len: int = typer.Option(30, help="Maximum caption length in tokens."),
+    k: Optional[int] = typer.Option(None, "-k", help="Guidance captions per clip (default: the model's)."),
+    long_audio: str = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
+    hop: Optional[float] = typer.Option(None, help="Window step in seconds with --long-audio windows."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Caption audio files: one JSON line per clip (or window) on stdout."""
+    from .captioner import CaptionOptions, Captioner, caption_files
+    from .records import RecordWriter, expand_inputs
+
+    if resume and output is None:
+        fatal("--resume needs -o FILE", 2)
+    if fmt not in ("jsonl", "csv"):
+        fatal(f"unknown --format {fmt!r}: use jsonl or csv", 2)
+    paths = expand_inputs(inputs, sys.stdin)
+    if not paths:
+        fatal("no input files", 2)
+    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
+    captioner = Captioner(model, opts)
+
+    def on_error(rec: dict) -> None:
+        err.print(f"audiocap: {rec['path']}: {rec['error']}", markup=False)
+
+    with reporter(quiet) as rep, RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer:
+        advance = rep.progress("captioning", len(paths))
+        ok, failed = caption_files(captioner, paths, writer, advance=advance, on_error=on_error)
+    if failed:
+        err.print(f"audiocap: {failed} of {ok + failed} files failed", markup=False)
+        raise typer.Exit(1)
 
 
 @app.command("eval")
-def evaluate() -> None:
-    """Score captions with BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr."""
-    _not_built("eval")
+def evaluate(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="AUDIOCAP_MODEL", help=MODEL_HELP),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Dataset whose split holds the references."),
+    split: str = typer.Option("test", help="Split to caption and score."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="Score this JSONL/CSV of captions instead of captioning."),
+    scope: str = typer.Option("system", help="system (the full model), or all: the paper's Table 1 (retrieval baselines, oracles, human)."),
+    train_split: str = typer.Option("train", help="Split the retrieval baselines and oracles draw captions from (--scope all)."),
+    per_clip: Optional[Path] = typer.Option(None, help="Write per-clip scores (JSONL) here."),
+    bertscore: bool = typer.Option(False, help="Add a BERTScore column (max over references)."),
+    spice_dir: Optional[Path] = typer.Option(None, envvar="AUDIOCAP_SPICE_DIR", help="Folder with Stanford CoreNLP 3.6.0 jars, for SPICE/SPIDEr."),
+    java: str = typer.Option("java", help="Java executable for the PTB tokenizer, METEOR and SPICE."),
+    beam_size: int = typer.Option(4, help="Beam width when captioning."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Score captions with BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr (pycocoevalcap 1.2)."""
+    from . import evaluate as ev
+    from . import workflows
+
+    if dataset is None:
+        fatal("--dataset is required: the references come from its split", 2)
+    with reporter(quiet) as rep:
+        rows = workflows.evaluate(
+            dataset, split, model=model, predictions=predictions, scope=scope, train_split=train_split,
+            bertscore=bertscore, spice_dir=spice_dir, java=java, beam_size=beam_size, rep=rep,
+        )
+    table = ev.table(rows)
+    err.print(ev.render_table(rows), markup=False)
+    if per_clip is not None:
+        with open(per_clip, "w", encoding="utf-8") as f:
+            for name, res in rows.items():
+                for clip_id, scores in res.per_clip.items():
+                    f.write(json.dumps({"system": name, "id": clip_id, **scores}) + "\n")
+    print(json.dumps(table, indent=None))
 
 
 def main() -> None:
@@ -85,8 +267,8 @@ def main() -> None:
     try:
         app()
     except AudiocapError as e:
-        print(f"audiocap: error: {e}", file=sys.stderr)
+        err.print(f"audiocap: error: {e}", markup=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("audiocap: interrupted", file=sys.stderr)
+        err.print("audiocap: interrupted", markup=False)
         sys.exit(130)

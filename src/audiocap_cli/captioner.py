@@ -1,0 +1,213 @@
+"""The flow of one clip, for many files: audio -> frames (cached) -> embedding -> K nearest
+clips' captions -> guided decoder -> one record per window.
+
+``Captioner`` loads a model directory once; ``caption_files`` streams records of many files to
+a writer, batching files through the encoder, the index and the decoder, and turning each file
+that fails into an error record instead of stopping the run.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import fingerprint
+from .errors import AudiocapError, AudioError
+from .features import ClipFeatures, FeatureCache
+from .index import CaptionIndex, Hit, guidance
+from .model import ModelDir
+from .records import RecordWriter
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """How ``audiocap caption`` runs (none of these change a model)."""
+
+    beam_size: int = 4  # the paper's beam width; 1 = greedy
+    max_len: int = 30  # tokens per caption
+    batch_size: int = 16  # files per batch through encoder, index and decoder
+    k: int | None = None  # guidance captions per clip (default: the model's K)
+    long_audio: str = "crop"  # "crop": first window only; "windows": caption every window
+    hop_seconds: float | None = None  # window step with "windows" (default: the window length)
+    device: str = "cpu"
+
+
+@dataclass
+class _Window:
+    path: str
+    start: float
+    end: float
+    frames: np.ndarray  # [T, D]
+    scores: np.ndarray | None  # [T, C]
+
+
+class Captioner:
+    """Everything ``caption`` needs from a model directory, loaded once."""
+
+    def __init__(self, model_dir: str | Path, opts: CaptionOptions = CaptionOptions(), cache: FeatureCache | None = None) -> None:
+        from .encoders import load_encoder
+
+        self.md = ModelDir(model_dir)
+        self.cfg = self.md.load()
+        self.opts = opts
+        self.k = opts.k or self.cfg.k
+        self.policy = self.cfg.policy(opts.long_audio, opts.hop_seconds)
+        self.cache = cache or FeatureCache()
+        self.encoder = load_encoder(self.cfg.encoder, self.cfg.encoder_weights, device=opts.device)
+        enc_fp = fingerprint(self.encoder.config)
+        self.index = CaptionIndex.load(self.md.index)
+        if self.index.config.encoder != enc_fp:
+            raise AudiocapError(
+                f"{self.md.index}: built with encoder features {self.index.config.encoder}, "
+                f"but {self.cfg.encoder} gives {enc_fp}; rebuild it with `audiocap build-index`"
+            )
+        self._embed: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+        self.zcfg = None
+        if self.cfg.retrieval == "triplet":
+            from .retriever import embed, load_retriever, retriever_id
+
+            net = load_retriever(self.md.retriever, enc_fp)
+            self._check_embedder(retriever_id(self.md.retriever))
+            self._embed = lambda frames, scores: embed(net, frames)
+        elif self.cfg.retrieval == "mean":
+            from .retriever import mean_pool
+
+            self._check_embedder(f"mean:{enc_fp}")
+            self._embed = lambda frames, scores: mean_pool(frames)
+        else:
+            from . import zeroshot
+            from .workflows import load_zeroshot_config
+
+            self.zcfg = load_zeroshot_config(self.md)
+            self._check_embedder(zeroshot.embedder_id(self.zcfg))
+            self._embed = lambda frames, scores: zeroshot.audio_vectors(scores, self.zcfg)  # type: ignore[arg-type]
+        self.decoder = None
+        if (self.md.decoder / "decoder.json").is_file():
+            from .decoder import load_decoder
+
+            self.decoder = load_decoder(self.md.decoder, device=opts.device)
+
+    def _check_embedder(self, expected: str) -> None:
+        if self.index.config.embedder != expected:
+            raise AudiocapError(
+                f"{self.md.index}: built with embedder {self.index.config.embedder}, but the model's "
+                f"retriever is {expected}; rebuild it with `audiocap build-index`"
+            )
+
+    # -- one batch of files ------------------------------------------------------------------
+
+    def retrieve(self, frames: np.ndarray, scores: np.ndarray | None, exclude_ids: Sequence[str | None] | None = None) -> list[list[Hit]]:
+        """Nearest index entries of windows ``frames [W, T, D]`` (class ``scores [W, T, C]``)."""
+        vectors = np.asarray(self._embed(frames, scores), dtype=np.float32)
+        pool = self.zcfg.rerank_pool if self.zcfg is not None and self.zcfg.rerank_pool else self.k
+        return self.index.query(vectors, k=max(pool, self.k), exclude_ids=exclude_ids)
+
+    def guidance_of(self, hits: list[list[Hit]]) -> list[list[str]]:
+        """K guidance captions per window: the K nearest clips' captions, or for the zero-shot
+        index the K most typical of the retrieved pool (consensus re-ranking)."""
+        if self.zcfg is not None and self.zcfg.rerank_pool:
+            from .zeroshot import consensus_rerank
+
+            return consensus_rerank([[h.captions[0] for h in row] for row in hits], top=self.k)
+        return [guidance(row, self.k) for row in hits]
+
+    def generate(self, guid: list[list[str]], frames: np.ndarray, scores: np.ndarray | None) -> list[str]:
+        """Captions of windows from their guidance; without a decoder, the first guidance caption."""
+        if self.decoder is None:
+            return [g[0] if g else "" for g in guid]
+        from .decoding import DecodingOptions, decode
+
+        audio = self.decoder_audio(frames, scores)
+        opts = DecodingOptions(beam_size=self.opts.beam_size, max_len=self.opts.max_len)
+        return [d.text for d in decode(self.decoder, guid, audio, opts)]
+
+    def decoder_audio(self, frames: np.ndarray, scores: np.ndarray | None) -> Any:
+        """What the decoder's audio branch reads: encoder frames ``[W, T, D]``, or for a
+        text-only decoder the zero-shot audio vector as one frame ``[W, 1, E]``."""
+        import torch
+
+        cfg = self.decoder.cfg  # type: ignore[union-attr]
+        if not cfg.use_audio:
+            return None
+        if cfg.d_a == frames.shape[-1]:
+            return torch.from_numpy(np.ascontiguousarray(frames))
+        if self.zcfg is not None and scores is not None:
+            from .zeroshot import audio_vectors
+
+            return torch.from_numpy(audio_vectors(scores, self.zcfg).astype(np.float32)[:, None, :])
+        raise AudiocapError(f"decoder expects {cfg.d_a}-dim audio frames, the encoder gives {frames.shape[-1]}")
+
+    def caption_batch(self, paths: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """Records of each path: one per window, or one error record."""
+        t0 = time.perf_counter()
+        feats = self.cache.get_many(list(paths), self.encoder, self.policy, batch_size=self.opts.batch_size)
+        t_feat = time.perf_counter() - t0
+        windows: list[_Window] = []
+        owner: list[int] = []
+        out: list[list[dict[str, Any]]] = [[] for _ in paths]
+        for i, (path, f) in enumerate(zip(paths, feats)):
+            if isinstance(f, AudioError):
+                out[i] = [{"path": path, "error": f.cause, "error_type": type(f).__name__}]
+                continue
+            assert isinstance(f, ClipFeatures)
+            for w in range(len(f.starts)):
+                sc = None if f.scores is None else f.scores[w]
+                windows.append(_Window(path, f.starts[w], f.ends[w], f.frames[w], sc))
+                owner.append(i)
+        if not windows:
+            return out
+        frames = np.stack([w.frames for w in windows])
+        scores = None if any(w.scores is None for w in windows) else np.stack([w.scores for w in windows])  # type: ignore[misc]
+        t1 = time.perf_counter()
+        hits = self.retrieve(frames, scores)
+        guid = self.guidance_of(hits)
+        t2 = time.perf_counter()
+        captions = self.generate(guid, frames, scores)
+        t3 = time.perf_counter()
+        per = {"features": t_feat, "retrieval": t2 - t1, "decoding": t3 - t2}
+        n = len(windows)
+        for w, row, g, cap, i in zip(windows, hits, guid, captions, owner):
+            dist = {h.captions[0]: h.distance for h in row}
+            out[i].append({
+                "path": w.path,
+                "start": round(w.start, 3),
+                "end": round(w.end, 3),
+                "caption": cap,
+                "guidance": [{"caption": c, "distance": round(dist[c], 6) if c in dist else None} for c in g],
+                "seconds": {k: round(v / n, 4) for k, v in per.items()},
+            })
+        return out
+
+
+def caption_files(
+    captioner: Captioner,
+    paths: Sequence[str],
+    writer: RecordWriter,
+    advance: Callable[[int], None] | None = None,
+    on_error: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[int, int]:
+    """Caption ``paths`` (those not already in ``writer.done``) in batches; returns
+    (captioned, failed). Every file's records are written together, so a kill loses at most
+    the batch in flight and never half a file."""
+    todo = [p for p in paths if p not in writer.done]
+    if advance is not None and len(todo) < len(paths):
+        advance(len(paths) - len(todo))
+    ok = failed = 0
+    bs = max(1, captioner.opts.batch_size)
+    for s in range(0, len(todo), bs):
+        batch = todo[s : s + bs]
+        for recs in captioner.caption_batch(batch):
+            writer.write(recs)
+            if recs and "error" in recs[0]:
+                failed += 1
+                if on_error is not None:
+                    on_error(recs[0])
+            else:
+                ok += 1
+        if advance is not None:
+            advance(len(batch))
+    return ok, failed
