@@ -78,6 +78,23 @@ class RunDir:
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
+    def trim_metrics(self, epochs: int) -> None:
+        """Drop metric rows of epochs after ``epochs`` (logged by a run killed before its
+        checkpoint landed), so a resumed run's log holds each epoch once."""
+        if not self.metrics.is_file():
+            return
+        kept = [
+            line
+            for line in self.metrics.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("epoch", 0) <= epochs
+        ]
+        atomic_write_bytes(self.metrics, "".join(f"{line}\n" for line in kept).encode())
+
+    def reset(self) -> None:
+        """Forget a previous run in this directory (checkpoint, best weights, metrics)."""
+        for path in (self.last, self.best, self.metrics):
+            path.unlink(missing_ok=True)
+
     def update_best(self, state: RunState, metric: float, weights: dict[str, torch.Tensor]) -> bool:
         """Keep ``weights`` as best if ``metric`` improved; returns whether it did."""
         if metric < state.best_metric:

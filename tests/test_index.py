@@ -1,0 +1,151 @@
+"""CaptionIndex: build, query, exclude-self, incremental add, disk round trip, config checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiocap_cli.errors import ConfigMismatchError, DatasetError, ModelNotFoundError
+from audiocap_cli.index import CaptionIndex, Hit, IndexConfig, guidance
+
+DIM = 16
+
+
+def _unit(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _cfg(**kw: object) -> IndexConfig:
+    return IndexConfig(dim=DIM, embedder="retriever:abc", encoder="yamnet:123", **kw)  # type: ignore[arg-type]
+
+
+def _entries(n: int, start: int = 0) -> tuple[list[str], list[tuple[str, ...]]]:
+    ids = [f"clip{i}" for i in range(start, start + n)]
+    return ids, [(f"caption of {i}", f"second caption of {i}") for i in ids]
+
+
+def _exact(index_vecs: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    d = ((q[:, None, :] - index_vecs[None, :, :]) ** 2).sum(-1)
+    return np.argsort(d, axis=1)[:, :k]
+
+
+def test_query_matches_exact_search_with_squared_l2() -> None:
+    vecs = _unit(300, 0)
+    ids, caps = _entries(300)
+    index = CaptionIndex.build(vecs, ids, caps, _cfg())
+    q = _unit(20, 1)
+    hits = index.query(q, k=5)
+    exact = _exact(vecs, q, 5)
+    assert [[h.id for h in row] for row in hits] == [[ids[j] for j in row] for row in exact]
+    d0 = float(((q[0] - vecs[exact[0, 0]]) ** 2).sum())
+    assert hits[0][0].distance == pytest.approx(d0, rel=1e-4, abs=1e-5)
+    assert hits[0][0].captions == caps[exact[0, 0]]
+    assert all(a.distance <= b.distance for row in hits for a, b in zip(row, row[1:]))
+
+
+def test_exclude_self_drops_only_own_entry() -> None:
+    vecs = _unit(100, 2)
+    ids, caps = _entries(100)
+    index = CaptionIndex.build(vecs, ids, caps, _cfg())
+    hits = index.query(vecs[:10], k=5, exclude_ids=ids[:10])
+    expected = _exact(vecs, vecs[:10], 6)[:, 1:]  # nearest is the clip itself
+    for row, exp, own in zip(hits, expected, ids[:10]):
+        assert len(row) == 5 and own not in [h.id for h in row]
+        assert [h.id for h in row] == [ids[j] for j in exp]
+    # Without exclusion the clip finds itself at distance 0.
+    plain = index.query(vecs[:1], k=5)[0]
+    assert plain[0].id == ids[0] and plain[0].distance == pytest.approx(0.0, abs=1e-5)
+    # None, or an id not in the index, excludes nothing.
+    mixed = index.query(vecs[:2], k=3, exclude_ids=[None, "not-indexed"])
+    assert [r[0].id for r in mixed] == ids[:2]
+
+
+def test_identical_captions_of_other_clips_are_not_excluded() -> None:
+    vecs = _unit(3, 3)
+    vecs[1] = vecs[0]
+    index = CaptionIndex.build(vecs, ["a", "b", "c"], [("dog barks",), ("dog barks",), ("rain",)], _cfg())
+    row = index.query(vecs[:1], k=2, exclude_ids=["a"])[0]
+    assert row[0].id == "b" and row[0].captions == ("dog barks",)
+
+
+def test_small_index_returns_fewer_hits_and_empty_index_none() -> None:
+    vecs = _unit(3, 4)
+    index = CaptionIndex.build(vecs, ["a", "b", "c"], ["x", "y", "z"], _cfg())
+    assert sorted(h.id for h in index.query(vecs[:1], k=10, exclude_ids=["a"])[0]) == ["b", "c"]
+    empty = CaptionIndex.build(np.zeros((0, DIM), np.float32), [], [], _cfg())
+    assert empty.query(vecs[:2], k=5) == [[], []]
+
+
+def test_round_trip_through_disk(tmp_path: Path) -> None:
+    vecs = _unit(200, 5)
+    ids, caps = _entries(200)
+    index = CaptionIndex.build(vecs, ids, caps, _cfg())
+    out = index.save(tmp_path / "idx")
+    assert sorted(p.name for p in out.iterdir()) == ["entries.jsonl", "index.bin", "index.json"]
+    loaded = CaptionIndex.load(out, expected=_cfg())
+    assert loaded.ids == ids and loaded.captions_of("clip7") == caps[7] and len(loaded) == 200
+    q = _unit(8, 6)
+    assert loaded.query(q, k=5) == index.query(q, k=5)
+    # Saving over an existing index replaces it whole, leaving no temp dirs behind.
+    CaptionIndex.build(vecs[:10], ids[:10], caps[:10], _cfg()).save(out)
+    assert len(CaptionIndex.load(out)) == 10
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_config_mismatch_and_missing_dir(tmp_path: Path) -> None:
+    vecs = _unit(20, 7)
+    ids, caps = _entries(20)
+    out = CaptionIndex.build(vecs, ids, caps, _cfg()).save(tmp_path / "idx")
+    other = IndexConfig(dim=DIM, embedder="mean:zzz", encoder="yamnet:123")
+    with pytest.raises(ConfigMismatchError, match="embedder"):
+        CaptionIndex.load(out, expected=other)
+    with pytest.raises(ConfigMismatchError, match="dim"):
+        CaptionIndex.load(out, expected=IndexConfig(dim=8, embedder="retriever:abc", encoder="yamnet:123"))
+    # Search-only knobs may differ; the one in use wins.
+    assert CaptionIndex.load(out, expected=_cfg(ef_search=128, M=8)).config.ef_search == 128
+    with pytest.raises(ModelNotFoundError):
+        CaptionIndex.load(tmp_path / "nothing")
+    (out / "index.bin").write_bytes(b"garbage")
+    with pytest.raises(ModelNotFoundError):
+        CaptionIndex.load(out)
+
+
+def test_query_vectors_of_wrong_dim_refused() -> None:
+    index = CaptionIndex.build(_unit(5, 8), *_entries(5), _cfg())
+    with pytest.raises(ConfigMismatchError, match="16-dim"):
+        index.query(np.zeros((1, 8), np.float32))
+
+
+def test_incremental_add_grows_and_matches_full_build() -> None:
+    vecs = _unit(150, 9)
+    ids, caps = _entries(150)
+    index = CaptionIndex.build(vecs[:50], ids[:50], caps[:50], _cfg())
+    index.add(vecs[50:], ids[50:], caps[50:])  # 100 more than the 50 allocated
+    assert len(index) == 150
+    full = CaptionIndex.build(vecs, ids, caps, _cfg())
+    q = _unit(10, 10)
+    assert [[h.id for h in r] for r in index.query(q, k=5)] == [[h.id for h in r] for r in full.query(q, k=5)]
+
+
+def test_add_duplicate_id_refused_or_replaced() -> None:
+    vecs = _unit(10, 11)
+    ids, caps = _entries(10)
+    index = CaptionIndex.build(vecs, ids, caps, _cfg())
+    new = _unit(1, 12)
+    with pytest.raises(DatasetError, match="already indexed"):
+        index.add(new, ["clip3"], [("new caption",)])
+    index.add(new, ["clip3"], [("new caption",)], replace=True)
+    assert len(index) == 10 and index.captions_of("clip3") == ("new caption",)
+    hit = index.query(new, k=1)[0][0]
+    assert hit.id == "clip3" and hit.distance == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(DatasetError, match="duplicate"):
+        CaptionIndex.build(vecs[:2], ["x", "x"], ["a", "b"], _cfg())
+
+
+def test_guidance_takes_first_caption_of_k_nearest() -> None:
+    hits = [Hit(f"c{i}", (f"first {i}", f"second {i}"), float(i)) for i in range(7)]
+    assert guidance(hits, 5) == [f"first {i}" for i in range(5)]
+    assert guidance(hits, 2, per_clip=2) == ["first 0", "second 0", "first 1", "second 1"]
+    assert guidance(hits[:3], 5) == ["first 0", "first 1", "first 2"]
