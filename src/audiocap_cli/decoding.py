@@ -1,0 +1,234 @@
+"""Greedy and beam search over a :class:`~audiocap_cli.decoder.GuidedDecoder`.
+
+:func:`decode` runs all clips of a chunk and all their beams as the rows of one batch: one
+frozen-LM forward per step over only the newest token (KV cache, ``past_key_values``), the
+guidance and audio memories projected once per clip, finished clips dropped from the batch.
+Hypotheses never need padding (every row advances one token per step), so no masks either.
+
+:func:`decode_naive` is the reference: one clip at a time, the whole prefix recomputed every
+step. Both share the beam bookkeeping (:class:`_Beams`), so they must agree token for token.
+
+Beam search follows whisper/HF: each step keeps the ``beam_size`` best non-EOS continuations;
+EOS candidates ranked within the top ``beam_size`` are finished hypotheses; a clip stops once it
+has ``beam_size`` finished ones (or at ``max_len``, when its live beams count as finished).
+The winner maximises ``sum log p / penalty(length)``; ``beam_size=1`` is exactly greedy.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .decoder import Context, GuidedDecoder, pad_frames
+from .errors import AudiocapError
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How captions are searched for."""
+
+    beam_size: int = 4  # 1 = greedy
+    max_len: int = 30  # generated tokens per caption, EOS included
+    # None: rank finished hypotheses by mean log-prob (sum / length); a float alpha: by
+    # sum / ((5 + length) / 6) ** alpha (Wu et al. 2016, GNMT).
+    length_penalty: float | None = None
+    min_len: int = 1  # EOS is suppressed before this many tokens (no empty captions)
+    batch_size: int = 32  # clips per batched forward (x beam_size rows)
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1 or self.min_len < 0:
+            raise AudiocapError("decoding options: beam_size, max_len and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One caption: its text, ranking score, summed log-prob and tokens (EOS stripped)."""
+
+    text: str
+    score: float
+    logprob: float
+    tokens: tuple[int, ...]
+
+
+class _Beams:
+    """Beam bookkeeping for ``A`` active clips x ``k`` beams, shared by both search strategies."""
+
+    def __init__(self, clips: int, k: int, opts: DecodingOptions, eos: int, suppress: Sequence[int]) -> None:
+        self.k, self.opts, self.eos = k, opts, eos
+        self.suppress = torch.as_tensor(sorted(set(suppress) - {eos}), dtype=torch.long)
+        self.active = torch.arange(clips)  # original index of each active clip
+        # all beams start identical: only beam 0 may expand at step 0, else k copies would tie
+        self.scores = torch.full((clips, k), -torch.inf)
+        self.scores[:, 0] = 0.0
+        self.seqs = torch.zeros((clips * k, 0), dtype=torch.long)
+        self.finished: list[list[tuple[float, tuple[int, ...]]]] = [[] for _ in range(clips)]
+
+    @property
+    def done(self) -> bool:
+        return len(self.active) == 0
+
+    def advance(self, logp: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probs ``[A, k, V]`` of step ``t`` -> (source rows ``[A'k]`` to reorder caches by,
+        next tokens ``[A'k]``, indices ``[A']`` of the clips still active)."""
+        a, k, v = logp.shape
+        if len(self.suppress):
+            logp[:, :, self.suppress] = -torch.inf
+        if t < self.opts.min_len:
+            logp[:, :, self.eos] = -torch.inf
+        cand = (self.scores[:, :, None] + logp).view(a, k * v)
+        top, idx = cand.topk(2 * k, dim=1)  # sorted: at most k are EOS, so >= k live remain
+        src, tok = idx // v, idx % v
+        is_eos = tok == self.eos
+        rank = torch.arange(2 * k).expand(a, -1)
+        for i, r in (is_eos & (rank < k)).nonzero().tolist():  # at most A*k small items
+            row = i * k + int(src[i, r])
+            self.finished[int(self.active[i])].append(
+                (float(top[i, r]), tuple(self.seqs[row].tolist()) + (self.eos,)))
+        # live: the first k non-EOS candidates in score order
+        sel = (is_eos.long() * 2 * k + rank).argsort(dim=1)[:, :k]
+        src, tok, top = src.gather(1, sel), tok.gather(1, sel), top.gather(1, sel)
+        rows = (torch.arange(a)[:, None] * k + src).view(-1)
+        self.seqs = torch.cat([self.seqs[rows], tok.view(-1, 1)], dim=1)
+        self.scores = top
+        last = t + 1 >= self.opts.max_len
+        keep_mask = torch.tensor([len(self.finished[int(c)]) < k and not last for c in self.active])
+        if last:  # out of length: live beams compete as they are
+            for i, c in enumerate(self.active.tolist()):
+                if len(self.finished[c]) < k:
+                    for b in range(k):
+                        self.finished[c].append((float(top[i, b]), tuple(self.seqs[i * k + b].tolist())))
+        keep = keep_mask.nonzero().view(-1)
+        rows = rows.view(a, k)[keep].view(-1)
+        self.seqs = self.seqs.view(a, k, -1)[keep].reshape(len(keep) * k, self.seqs.shape[1])
+        self.scores, self.active = self.scores[keep], self.active[keep]
+        return rows, tok[keep].view(-1), keep
+
+    def results(self, detokenize: Callable[[list[int]], str]) -> list[Decoded]:
+        out = []
+        for hyps in self.finished:
+            ranked = [(s / self._penalty(len(toks)), s, toks) for s, toks in hyps]
+            score, total, toks = max(ranked, key=lambda x: x[0])  # first of equals: stable
+            body = [t for t in toks if t != self.eos]
+            out.append(Decoded(detokenize(body), float(score), float(total), tuple(body)))
+        return out
+
+    def _penalty(self, length: int) -> float:
+        if self.opts.length_penalty is None:
+            return float(max(length, 1))
+        return ((5.0 + length) / 6.0) ** self.opts.length_penalty
+
+
+def _frames_tensor(frames: torch.Tensor | Sequence[np.ndarray] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if frames is None:
+        return None, None
+    if isinstance(frames, torch.Tensor):
+        return frames.float(), None
+    return pad_frames(frames)
+
+
+def _check(decoder: GuidedDecoder, guidance: Sequence[Sequence[str]], frames: torch.Tensor | None) -> None:
+    if frames is not None and frames.shape[0] != len(guidance):
+        raise AudiocapError(f"decode: {len(guidance)} guidance lists but {frames.shape[0]} clips of frames")
+
+
+def decode(
+    decoder: GuidedDecoder,
+    guidance: Sequence[Sequence[str]],
+    frames: torch.Tensor | Sequence[np.ndarray] | None,
+    opts: DecodingOptions = DecodingOptions(),
+    frames_pad: torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Decoded]:
+    """Captions of ``B`` clips from their guidance captions and frames ``[B, T, D_a]`` (or a list
+    of ``[T_i, D_a]`` arrays; ``frames_pad`` ``[B, T]`` True = padding). Batched, KV-cached."""
+    frames, pad = _frames_tensor(frames)
+    pad = frames_pad if frames_pad is not None else pad
+    _check(decoder, guidance, frames)
+    out: list[Decoded] = []
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(guidance), opts.batch_size):
+                e = s + opts.batch_size
+                out += _decode_chunk(
+                    decoder, guidance[s:e],
+                    None if frames is None else frames[s:e], None if pad is None else pad[s:e], opts,
+                )
+                if progress is not None:
+                    progress(len(guidance[s:e]))
+    finally:
+        decoder.train(was_training)
+    return out
+
+
+def _decode_chunk(
+    dec: GuidedDecoder,
+    guidance: Sequence[Sequence[str]],
+    frames: torch.Tensor | None,
+    frames_pad: torch.Tensor | None,
+    opts: DecodingOptions,
+) -> list[Decoded]:
+    lm, k = dec.lm, opts.beam_size
+    ref, ref_pad = dec.ref_features(guidance)
+    ctx: Context = dec.context(ref, ref_pad, frames, None if frames_pad is None else frames_pad.to(ref.device))
+    beams = _Beams(len(guidance), k, opts, lm.eos_id, lm.special_ids)
+    # step 0: every beam of a clip is the same [bos], so run one row per clip and copy it k times
+    tokens = torch.full((len(guidance), 1), lm.bos_id, dtype=torch.long)
+    cache = None
+    for t in range(opts.max_len):
+        h, cache = lm.step(tokens, cache)  # [A*k, 1, D_l]: only the newest token is computed
+        if t == 0:
+            cache.batch_repeat_interleave(k)
+            h = h.repeat_interleave(k, dim=0)
+        logits = dec.fuse(h.view(-1, k, h.shape[-1]), ctx)  # beams as the query axis of their clip
+        logp = F.log_softmax(logits.float(), dim=-1).cpu()
+        rows, nxt, keep = beams.advance(logp, t)
+        if beams.done:
+            break
+        cache.reorder_cache(rows.to(h.device))  # follow the surviving beams; drops finished clips
+        if len(keep) < ctx.ref_kv[0].shape[0]:
+            ctx = ctx.select(keep.to(h.device))
+        tokens = nxt.view(-1, 1)
+    return beams.results(lm.detokenize)
+
+
+def decode_naive(
+    decoder: GuidedDecoder,
+    guidance: Sequence[Sequence[str]],
+    frames: torch.Tensor | Sequence[np.ndarray] | None,
+    opts: DecodingOptions = DecodingOptions(),
+) -> list[Decoded]:
+    """The same search with nothing kept between steps, one clip at a time: each step reruns the
+    whole model (guidance through the frozen LM, the full prefix of every beam through the LM and
+    the fusion), as a loop over a plain ``forward`` would. The benchmark baseline and the
+    reference the fast path is tested against."""
+    frames, pad = _frames_tensor(frames)
+    _check(decoder, guidance, frames)
+    lm, k, out = decoder.lm, opts.beam_size, []
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(len(guidance)):
+                fr = None if frames is None else frames[i : i + 1]
+                beams = _Beams(1, k, opts, lm.eos_id, lm.special_ids)
+                ids = torch.full((k, 1), lm.bos_id, dtype=torch.long)
+                for t in range(opts.max_len):
+                    # the whole model again, as a plain forward(guidance, prefix, frames) would
+                    ref, ref_pad = decoder.ref_features([guidance[i]])
+                    ctx = decoder.context(ref, ref_pad, fr, None if pad is None else pad[i : i + 1])
+                    h = lm.features(ids)  # [k, t+1, D_l], the whole prefix again
+                    logits = decoder.fuse(h.reshape(1, -1, h.shape[-1]), ctx).view(k, t + 1, -1)
+                    logp = F.log_softmax(logits[:, -1].float(), dim=-1).cpu()[None]
+                    rows, nxt, _ = beams.advance(logp, t)
+                    if beams.done:
+                        break
+                    ids = torch.cat([ids[rows], nxt.view(-1, 1)], dim=1)
+                out += beams.results(lm.detokenize)
+    finally:
+        decoder.train(was_training)
+    return out

@@ -1,0 +1,129 @@
+"""End to end through the CLI as a user runs it: train-retriever -> build-index ->
+(train-decoder) -> caption -> eval, on a small synthetic dataset with the real shipped YAMNet,
+plus the SIGKILL-and-resume guarantee of `caption -o --resume`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytestmark = pytest.mark.slow
+
+SR = 16000
+CLASSES = {
+    "hum": ["A low electric hum drones.", "A steady low hum.", "Low humming noise."],
+    "beep": ["A high pitched beep sounds.", "High beeps repeat.", "An electronic beep beeps."],
+    "hiss": ["Static noise hisses.", "White noise hisses steadily.", "A loud hiss of static."],
+}
+
+
+def _wave(kind: str, rng: np.random.Generator, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    if kind == "hum":
+        x = 0.5 * np.sin(2 * np.pi * rng.uniform(90, 140) * t)
+    elif kind == "beep":
+        x = 0.4 * np.sin(2 * np.pi * rng.uniform(2500, 3500) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+    else:
+        x = 0.3 * rng.standard_normal(len(t))
+    return (x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    rng = np.random.default_rng(0)
+    counts = {"train": 6, "val": 2, "test": 2}
+    for split, n in counts.items():
+        rows = []
+        for kind, caps in CLASSES.items():
+            for i in range(n):
+                path = root / "audio" / f"{split}_{kind}_{i}.wav"
+                path.parent.mkdir(exist_ok=True)
+                sf.write(path, _wave(kind, rng, rng.uniform(1.0, 2.5)), SR)
+                rows.append({"id": path.stem, "path": str(path), "captions": caps})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def cli(*args: str, env: dict[str, str], check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "audiocap_cli", *args], capture_output=True, text=True, env=env, input=stdin, timeout=900)
+    if check and r.returncode != 0:
+        raise AssertionError(f"audiocap {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {**os.environ, "AUDIOCAP_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+@pytest.fixture(scope="module")
+def model(workspace: Path, env: dict[str, str]) -> Path:
+    m = workspace / "model"
+    cli("train-retriever", str(workspace), "-m", str(m), "--epochs", "3", "--batch-size", "16", "-q", env=env)
+    cli("build-index", str(workspace), "-m", str(m), "-q", env=env)
+    return m
+
+
+def test_caption_jsonl_errors_and_exit_status(workspace: Path, model: Path, env: dict[str, str]) -> None:
+    bad = workspace / "notaudio.wav"
+    bad.write_text("hello")
+    test_files = sorted(str(p) for p in (workspace / "audio").glob("test_*.wav"))
+    r = cli("caption", *test_files, str(bad), "-m", str(model), "-q", env=env, check=False)
+    assert r.returncode == 1  # one input failed, after the others were captioned
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["path"] for row in rows] == test_files + [str(bad)]
+    for row in rows[:-1]:
+        assert row["caption"] and len(row["guidance"]) == 5
+        assert all(g["distance"] is not None for g in row["guidance"])
+    assert "error" in rows[-1] and "notaudio.wav" in r.stderr
+
+
+def test_index_refuses_other_retriever(workspace: Path, model: Path, env: dict[str, str]) -> None:
+    other = workspace / "other"
+    cli("train-retriever", str(workspace), "-m", str(other), "--epochs", "1", "--batch-size", "16", "-q", env=env)
+    import shutil
+
+    shutil.copytree(model / "index", other / "index")
+    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(other), "-q", env=env, check=False)
+    assert r.returncode != 0 and "rebuild" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_on_predictions_and_split(workspace: Path, model: Path, env: dict[str, str]) -> None:
+    out = workspace / "preds.jsonl"
+    test_files = sorted(str(p) for p in (workspace / "audio").glob("test_*.wav"))
+    cli("caption", *test_files, "-m", str(model), "-o", str(out), "-q", env=env)
+    r = cli("eval", "--dataset", str(workspace), "--split", "test", "--predictions", str(out), "-q", env=env)
+    table = json.loads(r.stdout)
+    assert table[0]["n"] == 6 if "n" in table[0] else True
+    names = [row.get("system") or row.get("name") for row in table]
+    assert "Human" in names[-1]
+    r2 = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(model), "-q", env=env)
+    assert json.loads(r2.stdout)[0]["CIDEr-D"] == pytest.approx(table[0]["CIDEr-D"])
+
+
+def test_caption_resume_after_sigkill(workspace: Path, model: Path, env: dict[str, str]) -> None:
+    files = sorted(str(p) for p in (workspace / "audio").glob("*.wav"))  # 30 clips
+    out = workspace / "resume.jsonl"
+    args = [sys.executable, "-m", "audiocap_cli", "caption", *files, "-m", str(model), "-o", str(out), "--resume", "--batch-size", "1", "-q"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = out.read_text().count("\n")
+    assert 3 <= done_before < len(files), "the kill should land mid-run"
+    with open(out, "a") as f:
+        f.write('{"path": "half a line')  # as if killed mid-write
+    cli("caption", *files, "-m", str(model), "-o", str(out), "--resume", "-q", env=env)
+    paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+    assert sorted(paths) == files  # every clip exactly once
