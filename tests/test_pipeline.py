@@ -127,3 +127,40 @@ def test_caption_resume_after_sigkill(workspace: Path, model: Path, env: dict[st
     cli("caption", *files, "-m", str(model), "-o", str(out), "--resume", "-q", env=env)
     paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
     assert sorted(paths) == files  # every clip exactly once
+
+
+def test_decoder_end_to_end(workspace: Path, model: Path, env: dict[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    m = tmp_path / "with_decoder"
+    shutil.copytree(model, m)
+    cli("train-decoder", str(workspace), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "2", "--batch-size", "8", "-q", env=env)
+    assert (m / "decoder" / "decoder.json").is_file() and (m / "decoder" / "decoder.safetensors").is_file()
+    test_files = sorted(str(p) for p in (workspace / "audio").glob("test_*.wav"))
+    r1 = cli("caption", *test_files, "-m", str(m), "--beam-size", "2", "--max-len", "8", "-q", env=env)
+    r2 = cli("caption", *test_files, "-m", str(m), "--beam-size", "2", "--max-len", "8", "-q", env=env)
+    caps = [json.loads(line)["caption"] for line in r1.stdout.splitlines()]
+    assert len(caps) == len(test_files) and all(isinstance(c, str) for c in caps)
+    assert caps == [json.loads(line)["caption"] for line in r2.stdout.splitlines()]  # deterministic
+    r = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(m), "--scope", "all", "--beam-size", "1", "-q", env=env)
+    names = [row.get("system") or row.get("name") for row in json.loads(r.stdout)]
+    for expected in ("Ours", "1NN-yamnet", "Triplet-Retrieval", "Top1-BERTScore", "Ours (GT)", "Human"):
+        assert expected in names
+
+
+def test_text_only_bootstrap(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
+    corpus = tmp_path / "corpus.csv"
+    lines = ["audiocap_id,youtube_id,start_time,caption"]
+    caps = [c for cs in CLASSES.values() for c in cs] + ["A dog barks.", "A dog is barking loudly.", "Dogs bark in the distance.",
+            "A man speaks.", "A man is talking.", "Rain falls on a roof.", "Heavy rain pours down."]
+    lines += [f"{i},yt{i},0,\"{c}\"" for i, c in enumerate(caps)]
+    corpus.write_text("\n".join(lines) + "\n")
+    m = tmp_path / "boot"
+    cli("bootstrap", str(corpus), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4", "-q", env=env)
+    cfg = json.loads((m / "config.json").read_text())["config"]
+    assert cfg["retrieval"] == "zeroshot"
+    dec = json.loads((m / "decoder" / "decoder.json").read_text())["config"]
+    assert dec["use_audio"] and dec["d_a"] == 384  # pseudo-audio: the tag-space vector
+    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
+    row = json.loads(r.stdout)
+    assert row["guidance"] and all(g["caption"] in caps for g in row["guidance"])

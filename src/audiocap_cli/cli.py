@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,7 @@ def train_decoder(
     text_only: bool = typer.Option(False, "--text-only", help="Train from captions alone (see `audiocap bootstrap`)."),
     audio: str = typer.Option("auto", help="Audio branch: frames, tags (text-only pseudo-audio), none, or auto."),
     max_captions: Optional[int] = typer.Option(None, help="Use at most this many training captions (text-only)."),
+    residual: bool = typer.Option(False, help="Add the LM's own features before the head (not in the paper; trains faster)."),
     resume: bool = typer.Option(True, help="Continue an interrupted run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
@@ -163,6 +165,7 @@ def train_decoder(
         run = workflows.train_decoder(
             dataset, model, epochs, split=split, val_split=val_split or None, batch_size=batch_size, lm_spec=lm,
             guidance=guidance, text_only=text_only, audio=audio, max_captions=max_captions, resume=resume, rep=rep,
+            residual=residual,
         )
     err.print(f"decoder: {run}", markup=False)
 
@@ -171,17 +174,20 @@ def train_decoder(
 def bootstrap(
     corpus: Path = typer.Argument(..., help="Caption corpus: AudioCaps or Clotho CSV, or a generic list."),
     model: Path = ModelOpt,
-    epochs: int = typer.Option(3, help="Decoder epochs."),
-    max_captions: Optional[int] = typer.Option(4000, help="Captions the decoder trains on (all are indexed)."),
+    epochs: int = typer.Option(6, help="Decoder epochs."),
+    max_captions: Optional[int] = typer.Option(3000, help="Captions the decoder trains on (all are indexed)."),
     lm: str = typer.Option("smollm2", help="Frozen causal LM."),
     audio: str = typer.Option("tags", help="Decoder audio branch: tags (pseudo-audio from the caption's AudioSet profile) or none."),
+    batch_size: int = typer.Option(32, help="Decoder examples per optimiser step (small corpora need more steps than the paper's 512)."),
+    residual: bool = typer.Option(True, help="Add the LM's own features before the head (not in the paper; trains faster)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus alone: zero-shot index + text-only decoder."""
     from . import workflows
 
     with reporter(quiet) as rep:
-        workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio, rep=rep)
+        workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio,
+                            batch_size=batch_size, residual=residual, rep=rep)
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 
@@ -264,6 +270,10 @@ def evaluate(
 
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line."""
+    # Our own rich bars report progress; silence the libraries' tqdm bars and info logs.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         app()
     except AudiocapError as e:

@@ -70,6 +70,10 @@ class DecoderConfig:
     use_audio: bool = True
     max_len: int = 30  # tokens per caption (targets and each guidance caption are truncated)
     label_smoothing: float = 0.1
+    # Not in the paper: also add Ψ_hyp itself before the head (logits = head(Ψ_hyp + Ψ + Υ)), so
+    # the decoder starts from the frozen LM's own next-token prediction instead of learning it
+    # through the attention over the guidance. Much faster to train on a CPU budget.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -292,6 +296,8 @@ class GuidedDecoder(nn.Module):
         if ctx.audio_kv is not None:
             a = self.audio_attn.attend(self.hyp_proj(psi), ctx.audio_kv, ctx.audio_pad)  # eqs. 10-12
             x = psi + self.audio_out(self.drop(a))
+        if self.cfg.residual:
+            x = x + hyp
         return F.linear(x, self.head, self.head_bias)  # eq. 13
 
     def forward(

@@ -269,6 +269,7 @@ def train_decoder(
     cache: FeatureCache | None = None,
     rep: Reporter = Reporter(),
     seed: int = 0,
+    residual: bool = False,
 ) -> Path:
     """Train the guided decoder into ``model_dir/decoder``.
 
@@ -333,7 +334,8 @@ def train_decoder(
     empty = sum(not p for _, p, _ in train_ex)
     if empty:
         rep.say(f"warning: {empty} of {len(train_ex)} targets have no similar caption (they train without guidance)")
-    dcfg = DecoderConfig(lm=lm_spec, d_l=lm.dim, d_a=d_a, k=cfg.k, guidance=guidance, use_audio=audio != "none")
+    dcfg = DecoderConfig(lm=lm_spec, d_l=lm.dim, d_a=d_a, k=cfg.k, guidance=guidance, use_audio=audio != "none",
+                         residual=residual)
     total = len(train_ex) * epochs
     return _train(
         train_ex, dcfg, lm, md.decoder, epochs, batch_size=batch_size, resume=resume,
@@ -344,11 +346,13 @@ def train_decoder(
 def bootstrap(
     corpus: str | Path,
     model_dir: str | Path,
-    epochs: int = 3,
-    max_captions: int | None = 4000,
+    epochs: int = 6,
+    max_captions: int | None = 3000,
     lm_spec: str = "smollm2",
     audio: str = "tags",
     encoder: str = "yamnet",
+    batch_size: int = 32,
+    residual: bool = True,
     rep: Reporter = Reporter(),
 ) -> Path:
     """Caption corpus -> captioner, with no paired audio: the zero-shot caption index, then the
@@ -356,7 +360,7 @@ def bootstrap(
     build_caption_index(corpus, model_dir, ModelConfig(encoder=encoder), rep=rep)
     return train_decoder(
         corpus, model_dir, epochs, text_only=True, audio=audio, max_captions=max_captions,
-        lm_spec=lm_spec, rep=rep,
+        lm_spec=lm_spec, batch_size=batch_size, residual=residual, rep=rep,
     )
 
 
