@@ -46,7 +46,7 @@ def _options(cmd: Any, ctx: typer.Context) -> list[str]:
 
 def _arguments(cmd: Any) -> str:
     return " ".join(
-        f"[{p.human_readable_name}]..." if p.nargs == -1 else p.human_readable_name
+        f"{(p.name or '').upper()}..." if p.nargs == -1 else (p.name or "").upper()
         for p in cmd.params
         if getattr(p, "param_type_name", "") == "argument"
     )

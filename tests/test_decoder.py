@@ -21,18 +21,12 @@ from audiocap_cli.decoder import (
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from audiocap_cli.lm import FrozenLM, load_lm
 
-D_A = 16  # small audio frames for tests
+from _shared import D_A, make_decoder
 
 
-@pytest.fixture(scope="module")
-def lm() -> FrozenLM:
-    return load_lm("tiny-gpt2")
 
 
-def make(lm: FrozenLM, **kw: object) -> GuidedDecoder:
-    torch.manual_seed(0)
-    cfg = DecoderConfig(**{"lm": "tiny-gpt2", "d_l": 64, "d_a": D_A, **kw})  # type: ignore[arg-type]
-    return GuidedDecoder(cfg, lm).eval()
+make = make_decoder
 
 
 def test_config_validation() -> None:

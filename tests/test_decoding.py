@@ -13,7 +13,8 @@ from audiocap_cli.decoding import DecodingOptions, _Beams, decode, decode_naive
 from audiocap_cli.errors import AudiocapError
 from audiocap_cli.lm import FrozenLM, load_lm
 
-D_A = 16
+from _shared import D_A, make_decoder
+
 GUIDANCE = [
     ["a dog barks", "a cat meows loudly"],
     ["rain falls on a roof"],
@@ -22,15 +23,8 @@ GUIDANCE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lm() -> FrozenLM:
-    return load_lm("tiny-gpt2")
 
-
-def make(lm: FrozenLM, **kw: object) -> GuidedDecoder:
-    torch.manual_seed(0)
-    cfg = DecoderConfig(**{"lm": "tiny-gpt2", "d_l": 64, "d_a": D_A, **kw})  # type: ignore[arg-type]
-    return GuidedDecoder(cfg, lm).eval()
+make = make_decoder
 
 
 def frames(n: int = 4, t: int = 6, seed: int = 0) -> torch.Tensor:

@@ -14,25 +14,12 @@ from audiocap_cli import metrics as M
 from audiocap_cli.config import load_config
 from audiocap_cli.errors import MetricsError
 
-JAVA = shutil.which("java")
-needs_java = pytest.mark.skipif(JAVA is None, reason="no `java` on PATH (CI installs openjdk-17-jre-headless)")
+from _shared import EXAMPLE_REFS, JAVA, needs_java
+
 CHEAP = ("bleu", "rouge_l", "cider_d")
 
 REFS = {
-    "a": [
-        "a dog is barking and a man is speaking",
-        "a man talks as a dog barks",
-        "dogs bark while someone speaks",
-        "a dog barks in the distance",
-        "a person talks and a dog barks",
-    ],
-    "b": [
-        "water runs from a tap",
-        "a faucet is running water into a sink",
-        "water flows steadily",
-        "someone fills a sink with water",
-        "running water splashes",
-    ],
+    **EXAMPLE_REFS,
     "c": [
         "a car engine revs up",
         "an engine idles and revs",

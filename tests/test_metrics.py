@@ -15,26 +15,10 @@ import pytest
 from audiocap_cli import metrics as M
 from audiocap_cli.errors import MetricsError
 
-JAVA = shutil.which("java")
-needs_java = pytest.mark.skipif(JAVA is None, reason="no `java` on PATH (CI installs openjdk-17-jre-headless)")
+from _shared import EXAMPLE_REFS, JAVA, needs_java
 
 CANDS = {"a": "a dog barks loudly while a man talks", "b": "water is running from a faucet"}
-REFS = {
-    "a": [
-        "a dog is barking and a man is speaking",
-        "a man talks as a dog barks",
-        "dogs bark while someone speaks",
-        "a dog barks in the distance",
-        "a person talks and a dog barks",
-    ],
-    "b": [
-        "water runs from a tap",
-        "a faucet is running water into a sink",
-        "water flows steadily",
-        "someone fills a sink with water",
-        "running water splashes",
-    ],
-}
+REFS = EXAMPLE_REFS
 # pycocoevalcap 1.2 on Java 17 (PTBTokenizer + Bleu(4) / Meteor / Rouge / Cider, as COCOEvalCap).
 REF_CORPUS = {
     "bleu_1": 0.9285714285051022,

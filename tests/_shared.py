@@ -1,0 +1,40 @@
+"""Constants and helpers shared by several test modules (pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from audiocap_cli.decoder import DecoderConfig, GuidedDecoder
+from audiocap_cli.lm import FrozenLM
+
+JAVA = shutil.which("java")
+needs_java = pytest.mark.skipif(JAVA is None, reason="no `java` on PATH (CI installs openjdk-17-jre-headless)")
+
+# The issue's reference example: two clips with five references each.
+EXAMPLE_REFS = {
+    "a": [
+        "a dog is barking and a man is speaking",
+        "a man talks as a dog barks",
+        "dogs bark while someone speaks",
+        "a dog barks in the distance",
+        "a person talks and a dog barks",
+    ],
+    "b": [
+        "water runs from a tap",
+        "a faucet is running water into a sink",
+        "water flows steadily",
+        "someone fills a sink with water",
+        "running water splashes",
+    ],
+}
+
+D_A = 16  # small audio frames for decoder tests
+
+
+def make_decoder(lm: FrozenLM, **kw: object) -> GuidedDecoder:
+    """A seeded tiny-gpt2 GuidedDecoder in eval mode."""
+    torch.manual_seed(0)
+    cfg = DecoderConfig(**{"lm": "tiny-gpt2", "d_l": 64, "d_a": D_A, **kw})  # type: ignore[arg-type]
+    return GuidedDecoder(cfg, lm).eval()
