@@ -39,7 +39,7 @@ ModelOpt = typer.Option(..., "--model", "-m", envvar="AUDIOCAP_MODEL", help=MODE
 
 def fatal(message: str, code: int = 1) -> NoReturn:
     """Print one error line to stderr and exit with ``code``."""
-    err.print(f"audiocap: error: {message}", markup=False)
+    print(f"audiocap: error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -222,7 +222,7 @@ def caption(
     captioner = Captioner(model, opts)
 
     def on_error(rec: dict) -> None:
-        err.print(f"audiocap: {rec['path']}: {rec['error']}", markup=False)
+        print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
 
     with reporter(quiet) as rep, RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer:
         advance = rep.progress("captioning", len(paths))
@@ -277,7 +277,7 @@ def main() -> None:
     try:
         app()
     except AudiocapError as e:
-        err.print(f"audiocap: error: {e}", markup=False)
+        print(f"audiocap: error: {e}", file=sys.stderr)  # one line, never wrapped
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("audiocap: interrupted", markup=False)

@@ -105,11 +105,11 @@ def train_retriever(
     """Train the triplet retriever on ``split`` of ``dataset`` into ``model_dir/retriever``."""
     from . import retriever, similarity
 
+    train, val = load_split(dataset, split), load_split(dataset, val_split)
     md = ModelDir(model_dir)
     cfg = md.init(model_cfg, retrieval="triplet")
     cache = cache or FeatureCache()
     encoder = _encoder_for(cfg)
-    train, val = load_split(dataset, split), load_split(dataset, val_split)
     rep.say(f"{len(train)} {split} clips, {len(val)} {val_split} clips")
     tr_frames, _ = clip_features(train, encoder, cfg, cache, rep, split)
     va_frames, _ = clip_features(val, encoder, cfg, cache, rep, val_split)
@@ -148,12 +148,12 @@ def build_index(
     from . import retriever
     from .index import CaptionIndex, IndexConfig
 
+    clips = load_split(dataset, split)
     md = ModelDir(model_dir)
     cfg = md.init(model_cfg, retrieval=kind)
     cache = cache or FeatureCache()
     encoder = _encoder_for(cfg)
     enc_fp = fingerprint(encoder.config)
-    clips = load_split(dataset, split)
     frames, _ = clip_features(clips, encoder, cfg, cache, rep, split)
     if kind == "triplet":
         net = retriever.load_retriever(md.retriever, enc_fp)
@@ -182,10 +182,10 @@ def build_caption_index(
     from . import zeroshot
     from .index import CaptionIndex, IndexConfig
 
+    captions = [cap for clip in read_captions(corpus) for cap in clip.captions]
     md = ModelDir(model_dir)
     cfg = md.init(model_cfg, retrieval="zeroshot")
     zcfg = zeroshot.resolve_config(zcfg or zeroshot.ZeroShotConfig(audio_encoder=cfg.encoder))
-    captions = [cap for clip in read_captions(corpus) for cap in clip.captions]
     texts, _counts, vectors = zeroshot.corpus_vectors(captions, zcfg, rep.progress("embedding captions", None))
     rep.say(f"{len(captions)} captions, {len(texts)} indexed")
     encoder = _encoder_for(cfg)
