@@ -7,7 +7,7 @@ Rows of the paper's table, grouped as in the paper:
   ``"1NN-<encoder>"`` (e.g. ``1NN-VGGish`` in the paper; raw mean-pooled encoder features,
   exact cosine 1NN, :func:`nearest_captions`), ``"Triplet-Retrieval"`` (the trained retriever's
   index) and the oracle ``"Top1-BERTScore"`` (the training caption with the highest BERTScore
-  against the clip's own references, :func:`oracle_guidance` with k=1);
+  against the clip's own references, ``similarity.top_bertscore`` with k=1);
 * (iii) oracles: ``"Ours (GT)"`` (the decoder guided by the top-K BERTScore captions instead of
   retrieved ones) and ``"Human"`` (leave-one-out over the references, :func:`human_scores`).
 
@@ -15,7 +15,8 @@ This module never runs a model: the caller (the CLI) turns a trained model or in
 predictions (clip id -> caption) per scope, or passes a callable producing them, and
 :func:`evaluate_scopes` scores every scope and the human rounds with one tokenizer, one METEOR
 and one SPICE JVM. **No leakage**: a clip's own captions never serve as its guidance or its
-retrieval result. The helpers here exclude by owner clip id (``pool_owner`` / ``key_ids``);
+retrieval result. The helpers here exclude by owner clip id (``key_ids``; the oracles pass
+``exclude`` to ``similarity.top_bertscore``);
 retrieval through ``index.CaptionIndex.query`` must pass ``exclude_ids``; and
 :func:`assert_no_leakage` checks any guidance a caller built itself.
 """
@@ -273,77 +274,6 @@ def nearest_captions(
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
-def oracle_guidance(
-    references: Mapping[str, Sequence[str]],
-    pool: Sequence[str],
-    pool_owner: Sequence[str] | None,
-    pairwise: Callable[[list[str], list[str]], np.ndarray],
-    k: int = 1,
-    chunk: int = 4096,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, list[str]]:
-    """The BERTScore oracles: for each clip, the ``k`` pool captions with the highest
-    multi-reference BERTScore (max over the clip's references), best first.
-
-    ``pool``: candidate captions (the training captions); ``pool_owner[i]``: the clip that owns
-    ``pool[i]`` (a pool caption owned by the clip itself is never chosen; a text owned by
-    several clips is kept once and excluded for all of them). ``pairwise(cands, refs)`` ->
-    [len(cands), len(refs)] BERTScore F1, e.g. ``lambda c, r: similarity.pairwise_bertscore(c,
-    r, cfg)``. k=1 gives the "Top1-BERTScore" row, k=K the "Ours (GT)" guidance. Ties go to the
-    earlier pool caption. ``progress`` is called with the number of pool captions done.
-    """
-    if pool_owner is not None and len(pool_owner) != len(pool):
-        raise MetricsError("pool_owner must give one owner per pool caption")
-    clip_ids = list(references)
-    # Distinct texts, each with every clip that owns it.
-    texts: dict[str, set[str]] = {}
-    for i, text in enumerate(pool):
-        owners = texts.setdefault(text, set())
-        if pool_owner is not None:
-            owners.add(pool_owner[i])
-    cands = list(texts)
-    if len(cands) < k:
-        raise MetricsError(f"the caption pool has {len(cands)} distinct captions, fewer than k={k}")
-    ref_flat = [r for cid in clip_ids for r in references[cid]]
-    sizes = np.array([len(references[cid]) for cid in clip_ids])
-    if (sizes == 0).any():
-        raise MetricsError("every clip needs at least one reference caption")
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    clip_pos = {cid: j for j, cid in enumerate(clip_ids)}
-    best = np.full((len(clip_ids), 0), -np.inf)
-    best_idx = np.zeros((len(clip_ids), 0), dtype=np.int64)
-    for start in range(0, len(cands), chunk):
-        part = cands[start : start + chunk]
-        sim = np.asarray(pairwise(part, ref_flat), dtype=np.float64)  # [C, R]
-        if sim.shape != (len(part), len(ref_flat)):
-            raise MetricsError(f"pairwise BERTScore returned shape {sim.shape}, expected {(len(part), len(ref_flat))}")
-        per_clip = np.maximum.reduceat(sim, offsets, axis=1).T  # [clips, C]: max over each clip's refs
-        for c, text in enumerate(part):
-            for owner in texts[text]:
-                j = clip_pos.get(owner)
-                if j is not None:
-                    per_clip[j, c] = -np.inf  # no leakage: never a clip's own caption
-        idx = np.broadcast_to(np.arange(start, start + len(part)), per_clip.shape)
-        merged, merged_idx = np.concatenate([best, per_clip], 1), np.concatenate([best_idx, idx], 1)
-        # Stable sort keeps earlier pool captions first among ties (best holds earlier ones).
-        order = np.argsort(-merged, axis=1, kind="stable")[:, :k]
-        best = np.take_along_axis(merged, order, 1)
-        best_idx = np.take_along_axis(merged_idx, order, 1)
-        if progress is not None:
-            progress(len(part))
-    out: dict[str, list[str]] = {}
-    for j, cid in enumerate(clip_ids):
-        out[cid] = [cands[i] for i, s in zip(best_idx[j], best[j]) if np.isfinite(s)]
-        if len(out[cid]) < k:
-            raise MetricsError(f"clip {cid}: fewer than k={k} pool captions not its own")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# The table
-# ----------------------------------------------------------------------------------------------
 
 
 def table(rows: Mapping[str, MetricsResult]) -> list[dict[str, Any]]:
