@@ -21,7 +21,8 @@ import sounds_dataset  # noqa: E402
 def run(*args: str) -> str:
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "audiocap_cli", *args, "-q"], capture_output=True, text=True)
-    print(f"$ audiocap {' '.join(args)}   [{time.time() - t0:.0f} s, exit {r.returncode}]", file=sys.stderr)
+    shown = " ".join(args if len(args) < 12 else [*args[:3], f"... ({len(args) - 6} more)", *args[-3:]])
+    print(f"$ audiocap {shown}   [{time.time() - t0:.0f} s, exit {r.returncode}]", file=sys.stderr)
     if r.returncode not in (0, 1):
         print(r.stderr[-2000:], file=sys.stderr)
         raise SystemExit(r.returncode)

@@ -53,7 +53,7 @@ def plain_greedy(dec: GuidedDecoder, guidance: list[str], fr: torch.Tensor, max_
 def test_beam_one_is_greedy(lm: FrozenLM, guidance: str) -> None:
     dec = make(lm, guidance=guidance)
     fr = frames()
-    got = decode(dec, GUIDANCE, fr, DecodingOptions(beam_size=1, max_len=7))
+    got = decode(dec, GUIDANCE, fr, DecodingOptions(beam_size=1, max_len=7, no_repeat_ngram=0))  # plain argmax
     want = [plain_greedy(dec, g, fr[i], 7) for i, g in enumerate(GUIDANCE)]
     assert [list(d.tokens) for d in got] == want
     assert all(len(d.tokens) <= 7 and lm.eos_id not in d.tokens for d in got)
@@ -109,3 +109,17 @@ def test_overfit_decoder_reproduces_its_captions(lm: FrozenLM, tmp_path: Path) -
     dec = load_decoder(run, lm)
     out = decode(dec, [[c] for c in caps], [e[2] for e in ex], DecodingOptions(beam_size=3))
     assert [d.text for d in out] == caps
+
+
+def test_no_repeat_ngram_blocks_exactly_the_repeating_tokens() -> None:
+    beams = _Beams(1, 2, DecodingOptions(beam_size=2, no_repeat_ngram=3), eos=0, suppress=[])
+    beams.seqs = torch.tensor([[5, 6, 7, 5, 6], [5, 6, 7, 8, 9]])
+    logp = torch.zeros(2, 10)
+    beams._block_repeats(logp)
+    assert torch.isinf(logp[0, 7]) and torch.isfinite(logp[0]).sum() == 9  # "5 6 7" may not recur
+    assert torch.isfinite(logp[1]).all()  # "8 9" never seen before: nothing banned
+    off = _Beams(1, 2, DecodingOptions(beam_size=2, no_repeat_ngram=0), eos=0, suppress=[])
+    off.seqs = beams.seqs.clone()
+    logp = torch.zeros(2, 10)
+    off._block_repeats(logp)
+    assert torch.isfinite(logp).all()

@@ -201,6 +201,7 @@ def caption(
     beam_size: int = typer.Option(4, help="Beam width (1 = greedy)."),
     batch_size: int = typer.Option(16, help="Files per batch."),
     max_len: int = typer.Option(30, help="Maximum caption length in tokens."),
+    no_repeat_ngram: int = typer.Option(3, help="Never repeat an n-gram of this size in a caption (0: off)."),
     k: Optional[int] = typer.Option(None, "-k", help="Guidance captions per clip (default: the model's)."),
     long_audio: str = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
     hop: Optional[float] = typer.Option(None, help="Window step in seconds with --long-audio windows."),
@@ -218,7 +219,7 @@ def caption(
     paths = expand_inputs(inputs, sys.stdin)
     if not paths:
         fatal("no input files", 2)
-    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
+    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
     captioner = Captioner(model, opts)
 
     def on_error(rec: dict) -> None:

@@ -37,6 +37,9 @@ class DecodingOptions:
     length_penalty: float | None = None
     min_len: int = 1  # EOS is suppressed before this many tokens (no empty captions)
     batch_size: int = 32  # clips per batched forward (x beam_size rows)
+    # A hypothesis may not repeat any n-gram of this size (0 = off). Captions of a sound rarely
+    # repeat a trigram, while an undertrained decoder loops ("a motor vehicle motor vehicle").
+    no_repeat_ngram: int = 3
 
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1 or self.min_len < 0:
@@ -78,6 +81,7 @@ class _Beams:
             logp[:, :, self.suppress] = -torch.inf
         if t < self.opts.min_len:
             logp[:, :, self.eos] = -torch.inf
+        self._block_repeats(logp.view(a * k, v))
         cand = (self.scores[:, :, None] + logp).view(a, k * v)
         top, idx = cand.topk(2 * k, dim=1)  # sorted: at most k are EOS, so >= k live remain
         src, tok = idx // v, idx % v
@@ -105,6 +109,17 @@ class _Beams:
         self.seqs = self.seqs.view(a, k, -1)[keep].reshape(len(keep) * k, self.seqs.shape[1])
         self.scores, self.active = self.scores[keep], self.active[keep]
         return rows, tok[keep].view(-1), keep
+
+    def _block_repeats(self, logp: torch.Tensor) -> None:
+        """Forbid, per row of ``logp [A*k, V]``, every token that would repeat an n-gram."""
+        n, length = self.opts.no_repeat_ngram, self.seqs.shape[1]
+        if n <= 0 or length < n:
+            return
+        for row, seq in enumerate(self.seqs.tolist()):  # A*k rows of <= max_len tokens: cheap
+            tail = seq[length - n + 1 :]
+            banned = [seq[i + n - 1] for i in range(length - n + 1) if seq[i : i + n - 1] == tail]
+            if banned:
+                logp[row, banned] = -torch.inf
 
     def results(self, detokenize: Callable[[list[int]], str]) -> list[Decoded]:
         out = []
