@@ -136,11 +136,12 @@ class Captioner:
         if not cfg.use_audio:
             return None
         if cfg.d_a == frames.shape[-1]:
-            return torch.from_numpy(np.ascontiguousarray(frames))
+            return torch.from_numpy(np.ascontiguousarray(frames)).to(self.opts.device)
         if self.zcfg is not None and scores is not None:
             from .zeroshot import audio_vectors
 
-            return torch.from_numpy(audio_vectors(scores, self.zcfg).astype(np.float32)[:, None, :])
+            vec = audio_vectors(scores, self.zcfg).astype(np.float32)[:, None, :]
+            return torch.from_numpy(vec).to(self.opts.device)
         raise AudiocapError(f"decoder expects {cfg.d_a}-dim audio frames, the encoder gives {frames.shape[-1]}")
 
     def caption_batch(self, paths: Sequence[str]) -> list[list[dict[str, Any]]]:
