@@ -97,6 +97,19 @@ def test_index_refuses_other_retriever(workspace: Path, model: Path, env: dict[s
     assert r.returncode != 0 and "rebuild" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_build_index_add_without_rebuild(workspace: Path, model: Path, env: dict[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    m = tmp_path / "grow"
+    shutil.copytree(model, m)
+    r = cli("build-index", str(workspace), "-m", str(m), "--split", "val", "--add", env=env)
+    assert "added 6 new clips" in r.stderr
+    r = cli("build-index", str(workspace), "-m", str(m), "--split", "val", "--add", env=env)
+    assert "added 0 new clips (6 already indexed)" in r.stderr
+    ids = [json.loads(line)["id"] for line in (m / "index" / "entries.jsonl").read_text().splitlines()]
+    assert len(ids) == 24 and len(set(ids)) == 24  # 18 train + 6 val
+
+
 def test_eval_on_predictions_and_split(workspace: Path, model: Path, env: dict[str, str]) -> None:
     out = workspace / "preds.jsonl"
     test_files = sorted(str(p) for p in (workspace / "audio").glob("test_*.wav"))

@@ -70,7 +70,7 @@ def reporter(quiet: bool = False) -> Iterator["object"]:
 
         def say(msg: str) -> None:
             if not quiet:
-                bars.console.print(msg, markup=False)
+                bars.console.print(msg, markup=False, soft_wrap=True)
 
         yield Reporter(say=say, progress=progress)
 
@@ -124,6 +124,7 @@ def build_index(
     split: str = typer.Option("train", help="Split whose clips are indexed."),
     raw: bool = typer.Option(False, "--raw", help="Index mean-pooled raw encoder frames (the paper's 1NN baseline) instead of the trained retriever."),
     captions: bool = typer.Option(False, "--captions", help="Text-only: index the captions of a corpus without audio, through AudioSet tags."),
+    add: bool = typer.Option(False, "--add", help="Add the split's clips missing from the existing index instead of rebuilding it."),
     encoder: str = EncoderOpt,
     encoder_weights: Optional[str] = EncoderWeightsOpt,
     clip_seconds: float = SecondsOpt,
@@ -138,7 +139,7 @@ def build_index(
         if captions:
             workflows.build_caption_index(dataset, model, cfg, rep=rep)
         else:
-            workflows.build_index(dataset, model, cfg, split=split, kind="mean" if raw else "triplet", rep=rep)
+            workflows.build_index(dataset, model, cfg, split=split, kind="mean" if raw else "triplet", add=add, rep=rep)
 
 
 @app.command("train-decoder")

@@ -140,11 +140,15 @@ def build_index(
     model_cfg: ModelConfig,
     split: str = "train",
     kind: str = "triplet",
+    add: bool = False,
     cache: FeatureCache | None = None,
     rep: Reporter = Reporter(),
 ) -> Path:
     """Index every clip of ``split`` with the trained retriever (``kind="triplet"``) or with
-    mean-pooled raw frames (``kind="mean"``, the paper's 1NN baseline)."""
+    mean-pooled raw frames (``kind="mean"``, the paper's 1NN baseline).
+
+    ``add``: keep the existing index (its config must match) and add the clips it lacks,
+    without a rebuild."""
     from . import retriever
     from .index import CaptionIndex, IndexConfig
 
@@ -164,9 +168,16 @@ def build_index(
     else:
         raise ValueError(f"unknown index kind {kind!r}")
     icfg = IndexConfig(dim=vectors.shape[1], embedder=embedder, encoder=enc_fp)
-    index = CaptionIndex.build(vectors, [c.id for c in clips], [c.captions for c in clips], icfg)
+    if add and md.index.is_dir():
+        index = CaptionIndex.load(md.index, expected=icfg)
+        have = set(index.ids)
+        new = [i for i, c in enumerate(clips) if c.id not in have]
+        index.add(vectors[new], [clips[i].id for i in new], [clips[i].captions for i in new])
+        rep.say(f"added {len(new)} new clips ({len(clips) - len(new)} already indexed) to {md.index}")
+    else:
+        index = CaptionIndex.build(vectors, [c.id for c in clips], [c.captions for c in clips], icfg)
+        rep.say(f"indexed {len(clips)} clips ({vectors.shape[1]} dims, {kind}) into {md.index}")
     index.save(md.index)
-    rep.say(f"indexed {len(clips)} clips ({vectors.shape[1]} dims, {kind}) into {md.index}")
     return md.index
 
 
