@@ -261,7 +261,7 @@ def evaluate(
             bertscore=bertscore, spice_dir=spice_dir, java=java, beam_size=beam_size, rep=rep,
         )
     table = ev.table(rows)
-    err.print(ev.render_table(rows), markup=False)
+    print(ev.render_table(rows), file=sys.stderr)  # plain: a table must not be re-wrapped
     if per_clip is not None:
         with open(per_clip, "w", encoding="utf-8") as f:
             for name, res in rows.items():
