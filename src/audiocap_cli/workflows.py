@@ -461,9 +461,7 @@ def _paper_scopes(captioner, clips: Sequence[Clip], dataset, train_split: str, s
     from .retriever import mean_pool
 
     ids = [c.id for c in clips]
-    feats = [captioner.cache.get(c.path, captioner.encoder, captioner.policy) for c in clips]
-    frames = np.stack([f.frames[0] for f in feats])
-    scores = None if feats[0].scores is None else np.stack([f.scores[0] for f in feats])
+    frames, scores = clip_features(clips, captioner.encoder, captioner.cfg, captioner.cache, rep, "test")
     rows = []
     train = load_split(dataset, train_split, require_audio=False)
     if all(c.path is not None for c in train):
