@@ -38,3 +38,18 @@ def make_decoder(lm: FrozenLM, **kw: object) -> GuidedDecoder:
     torch.manual_seed(0)
     cfg = DecoderConfig(**{"lm": "tiny-gpt2", "d_l": 64, "d_a": D_A, **kw})  # type: ignore[arg-type]
     return GuidedDecoder(cfg, lm).eval()
+
+
+def clotho_validation_rows(n: int) -> list[dict[str, str]]:
+    """The first ``n`` rows of the dev data's Clotho validation CSV; skips the test when the
+    dev data or Java is absent."""
+    import csv
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "captions" / "clotho_validation.csv"
+    if not src.is_file():
+        pytest.skip(f"dev data absent ({src})")
+    if JAVA is None:
+        pytest.skip("no `java` on PATH")
+    with src.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))[:n]

@@ -14,7 +14,7 @@ from audiocap_cli import metrics as M
 from audiocap_cli.config import load_config
 from audiocap_cli.errors import MetricsError
 
-from _shared import EXAMPLE_REFS, JAVA, needs_java
+from _shared import EXAMPLE_REFS, JAVA, clotho_validation_rows, needs_java
 
 CHEAP = ("bleu", "rouge_l", "cider_d")
 
@@ -172,14 +172,7 @@ def test_assert_no_leakage() -> None:
 def test_human_row_on_real_clotho_captions() -> None:
     """Leave-one-out Human scores on 100 real Clotho validation clips land where published
     human scores on Clotho do (BLEU-1 ~0.5-0.7, CIDEr-D well under 1)."""
-    import csv
-
-    src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "captions" / "clotho_validation.csv"
-    if not src.is_file():
-        pytest.skip(f"dev data absent ({src})")
-    if JAVA is None:
-        pytest.skip("no `java` on PATH")
-    rows = list(csv.DictReader(src.open(encoding="utf-8")))[:100]
+    rows = clotho_validation_rows(100)
     refs = {r["file_name"]: [r[f"caption_{i}"] for i in range(1, 6)] for r in rows}
     human = E.human_scores(refs, metrics=CHEAP)
     assert human.n == 100

@@ -15,7 +15,7 @@ import pytest
 from audiocap_cli import metrics as M
 from audiocap_cli.errors import MetricsError
 
-from _shared import EXAMPLE_REFS, JAVA, needs_java
+from _shared import EXAMPLE_REFS, JAVA, clotho_validation_rows, needs_java
 
 CANDS = {"a": "a dog barks loudly while a man talks", "b": "water is running from a faucet"}
 REFS = EXAMPLE_REFS
@@ -372,18 +372,11 @@ def test_match_predictions() -> None:
 def test_real_clotho_captions_match_pycocoevalcap_scorers() -> None:
     """200 real Clotho captions (unicode, punctuation, repeats): our tokenised text through
     pycocoevalcap's own Meteor / Bleu / Cider classes gives exactly our numbers."""
-    import csv
-
-    src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "captions" / "clotho_validation.csv"
-    if not src.is_file():
-        pytest.skip(f"dev data absent ({src})")
-    if JAVA is None:
-        pytest.skip("no `java` on PATH")
+    rows = clotho_validation_rows(200)
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
 
-    rows = list(csv.DictReader(src.open(encoding="utf-8")))[:200]
     preds = {r["file_name"]: r["caption_1"] for r in rows}
     preds[rows[1]["file_name"]] = preds[rows[0]["file_name"]]  # a repeated caption
     refs = {r["file_name"]: [r[f"caption_{i}"] for i in range(2, 6)] for r in rows}
