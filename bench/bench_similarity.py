@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiocap_cli import bertscore as B
 from audiocap_cli import similarity as S
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "captions" / "audiocaps_train.csv"
@@ -86,7 +87,7 @@ def main() -> int:
     ok = a != b
     a, b = a[ok], b[ok]
     t1 = time.perf_counter()
-    f = S._greedy_f1(emb, inv[a], inv[b]).numpy()
+    f = B.greedy_f1(emb, inv[a], inv[b]).numpy()
     t_sparse = time.perf_counter() - t1
     exact = f > labels.raw_threshold
     got = labelled(a, b)
@@ -97,7 +98,7 @@ def main() -> int:
     # 2. anchors against ALL captions (dense kernel): recall of truly similar pairs
     anchors = rng.choice(n, min(args.anchors, n), replace=False)
     t1 = time.perf_counter()
-    full = S._dense_f1(emb, inv[anchors], emb, inv)
+    full = B.dense_f1(emb, inv[anchors], emb, inv)
     t_dense = time.perf_counter() - t1
     assert full is not None
     full[torch.arange(len(anchors)), torch.from_numpy(anchors)] = -1.0  # not itself
@@ -119,11 +120,11 @@ def main() -> int:
         b = rng.integers(0, n, args.bert_score_pairs)
         cands = [captions[i] for i in a]
         refs = [captions[i] for i in b]
-        model_dir = S._resolve_model(cfg.model)
+        model_dir = B._resolve_model(cfg.model)
         t1 = time.perf_counter()
         _, _, bf = bert_score.score(cands, refs, model_type=model_dir, num_layers=cfg.num_layers, idf=cfg.idf)
         t_bs = time.perf_counter() - t1
-        ours = S._greedy_f1(emb, inv[a], inv[b]).numpy()
+        ours = B.greedy_f1(emb, inv[a], inv[b]).numpy()
         rate_bs = len(a) / t_bs
         print(f"bert-score: {len(a)} pairs in {t_bs:.1f} s = {rate_bs:,.0f} pairs/s; max |ours - bert_score| "
               f"{np.abs(ours - bf.numpy()).max():.2e}")

@@ -253,7 +253,7 @@ def test_failing_jars_are_one_clear_error(
 # ---- BERTScore column -------------------------------------------------------------------------
 
 
-def test_bertscore_column_through_similarity_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bertscore_column_through_bertscore_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     import audiocap_cli
 
     calls = []
@@ -262,11 +262,11 @@ def test_bertscore_column_through_similarity_contract(monkeypatch: pytest.Monkey
         calls.append((cands, refs, cfg))
         return np.array([max(len(set(c.split()) & set(r.split())) / 10 for r in rs) for c, rs in zip(cands, refs)])
 
-    fake = types.ModuleType("audiocap_cli.similarity")
+    fake = types.ModuleType("audiocap_cli.bertscore")
     fake.multi_ref_bertscore = multi_ref_bertscore  # type: ignore[attr-defined]
-    fake.SimilarityConfig = lambda: "default-cfg"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "audiocap_cli.similarity", fake)
-    monkeypatch.setattr(audiocap_cli, "similarity", fake, raising=False)
+    fake.BertScoreConfig = lambda: "default-cfg"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "audiocap_cli.bertscore", fake)
+    monkeypatch.setattr(audiocap_cli, "bertscore", fake, raising=False)
     out = M.score_batch({"x": (CANDS, REFS), "y": ({"a": "dog"}, REFS)}, metrics=("bertscore",),
                         java="/no/java/needed")  # fmt: skip
     assert len(calls) == 1 and calls[0][2] == "default-cfg"  # one batched call, raw text
@@ -281,13 +281,7 @@ def test_bertscore_column_through_similarity_contract(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.slow
-def test_bertscore_real_similarity_module() -> None:
-    try:
-        from audiocap_cli import similarity
-    except ImportError:
-        pytest.skip("similarity module not written yet")
-    if not hasattr(similarity, "multi_ref_bertscore"):
-        pytest.skip("similarity.multi_ref_bertscore not available yet")
+def test_bertscore_real_module() -> None:
     preds = {"a": REFS["a"][1], "b": "a car engine revs"}
     res = M.score(preds, REFS, metrics=("bertscore",))
     if "bertscore" in res.unavailable:

@@ -1,4 +1,5 @@
-"""Tests of audiocap_cli.similarity: exact BERTScore, all-pairs labels, persistence, clip level.
+"""Tests of audiocap_cli.bertscore and .similarity: exact BERTScore, all-pairs labels,
+persistence, clip level.
 
 Reference values come from the bert_score package itself (run on the same tiny random model
 or the shipped MiniLM). Tolerance 1e-5 on F1 (float32 sums; observed <= 3e-7).
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from audiocap_cli import bertscore as B
 from audiocap_cli import similarity as S
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError, ModelNotFoundError
 
@@ -47,7 +49,7 @@ def _brute(cfg: S.SimilarityConfig, caps: list[str]) -> np.ndarray:
     """[N, N] exact F1 of every caption pair (diagonal = self F1)."""
     n = len(caps)
     a, b = zip(*itertools.product(range(n), repeat=2))
-    return S.pairwise_bertscore([caps[i] for i in a], [caps[i] for i in b], cfg).reshape(n, n)
+    return B.pairwise_bertscore([caps[i] for i in a], [caps[i] for i in b], cfg).reshape(n, n)
 
 
 def _bert_score_f1(model: str, layers: int, cands: list[str], refs: list, idf: bool = False) -> np.ndarray:
@@ -65,12 +67,12 @@ def test_pairwise_matches_bert_score_package(tiny_model: str, idf: bool) -> None
     cands = [rng.choice(caps) for _ in range(150)]
     refs = [rng.choice(caps) for _ in range(150)]
     cfg = S.SimilarityConfig(model=tiny_model, num_layers=2, idf=idf)
-    ours = S.pairwise_bertscore(cands, refs, cfg)
+    ours = B.pairwise_bertscore(cands, refs, cfg)
     ref = _bert_score_f1(tiny_model, 2, cands, refs, idf)
     # bert_score keeps a negative token maximum only for the longest caption of its batch
     # (others see padding zeros); our clamp follows the padded case -- accept either there.
-    prep = S._prepare(cands + refs, cfg, idf_source=refs)
-    raw = S._greedy_f1(prep.emb, S._ids(prep, cands), S._ids(prep, refs), clamp=False).numpy()
+    prep = B.prepare(cands + refs, cfg, idf_source=refs)
+    raw = B.greedy_f1(prep.emb, B.rows_of(prep, cands), B.rows_of(prep, refs), clamp=False).numpy()
     err = np.minimum(np.abs(ours - ref), np.abs(raw - ref))
     assert err.max() < TOL
     assert np.mean(np.abs(ours - ref) < TOL) > 0.9  # the clamped value is bert_score's usual one
@@ -78,24 +80,24 @@ def test_pairwise_matches_bert_score_package(tiny_model: str, idf: bool) -> None
 
 def test_pairwise_properties(tiny_model: str) -> None:
     cfg = S.SimilarityConfig(model=tiny_model, num_layers=2)
-    f = S.pairwise_bertscore(["a dog barks", "birds chirp", "", "a dog barks"],
+    f = B.pairwise_bertscore(["a dog barks", "birds chirp", "", "a dog barks"],
                              ["birds chirp", "a dog barks", "a dog", "a dog barks"], cfg)
     assert abs(f[0] - f[1]) < 1e-6  # F1 is symmetric
     assert f[2] == 0.0  # empty caption scores 0, as bert_score
     assert abs(f[3] - 1.0) < 1e-5
-    assert S.pairwise_bertscore([], [], cfg).shape == (0,)
+    assert B.pairwise_bertscore([], [], cfg).shape == (0,)
     with pytest.raises(ValueError):
-        S.pairwise_bertscore(["a"], [], cfg)
+        B.pairwise_bertscore(["a"], [], cfg)
 
 
 def test_dense_kernel_equals_sparse(tiny_model: str) -> None:
     caps = _captions(70, seed=3)
     cfg = S.SimilarityConfig(model=tiny_model, num_layers=2)
-    prep = S._prepare(caps, cfg, None)
+    prep = B.prepare(caps, cfg, None)
     n = len(prep.strings)
-    dense = S._dense_f1(prep.emb, torch.arange(n), prep.emb, torch.arange(n))
+    dense = B.dense_f1(prep.emb, torch.arange(n), prep.emb, torch.arange(n))
     a, b = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    sparse = S._greedy_f1(prep.emb, a.reshape(-1), b.reshape(-1)).view(n, n)
+    sparse = B.greedy_f1(prep.emb, a.reshape(-1), b.reshape(-1)).view(n, n)
     assert dense is not None and torch.allclose(dense, sparse, atol=1e-6)
     # and the pooled lower bound really bounds F1 from below
     lb = prep.emb.pooled @ prep.emb.pooled.T
@@ -106,19 +108,19 @@ def test_multi_ref_and_top_bertscore(tiny_model: str) -> None:
     cfg = S.SimilarityConfig(model=tiny_model, num_layers=2)
     corpus = _captions(40, seed=4, dup=3)
     queries = [tuple(_captions(3, seed=10 + q)) for q in range(5)]
-    full = np.stack([S.pairwise_bertscore([c] * len(corpus), corpus, cfg) for q in queries for c in q])
+    full = np.stack([B.pairwise_bertscore([c] * len(corpus), corpus, cfg) for q in queries for c in q])
     per_q = full.reshape(5, 3, -1).max(1)  # [Q, corpus]
     exclude = [[int(np.argmax(per_q[0]))], [], [], [], []]
-    idx, sc = S.top_bertscore(queries, corpus, 4, cfg, exclude=exclude)
+    idx, sc = B.top_bertscore(queries, corpus, 4, cfg, exclude=exclude)
     masked = per_q.copy()
     masked[0, exclude[0][0]] = -np.inf
     for q in range(5):
         assert np.allclose(sc[q], np.sort(masked[q])[::-1][:4], atol=1e-6)
         assert np.allclose(masked[q][idx[q]], sc[q], atol=1e-6)
     assert exclude[0][0] not in idx[0]
-    i2, s2 = S.top_bertscore(queries[:1], corpus[:2], 3, cfg)
+    i2, s2 = B.top_bertscore(queries[:1], corpus[:2], 3, cfg)
     assert i2[0, 2] == -1 and np.isinf(s2[0, 2])
-    m = S.multi_ref_bertscore([queries[0][0], queries[1][0]], [corpus[:5], corpus[5:7]], cfg)
+    m = B.multi_ref_bertscore([queries[0][0], queries[1][0]], [corpus[:5], corpus[5:7]], cfg)
     assert np.allclose(m, [full[0, :5].max(), full[3, 5:7].max()], atol=1e-6)
     ref = _bert_score_f1(tiny_model, 2, [queries[0][0]], [corpus[:5]])
     assert abs(m[0] - ref[0]) < TOL
@@ -207,7 +209,7 @@ def test_config_and_model_errors(tmp_path: Path) -> None:
     with pytest.raises(AudiocapError):
         S.SimilarityConfig(clip_rule="median")
     with pytest.raises(ModelNotFoundError):
-        S.pairwise_bertscore(["a"], ["b"], S.SimilarityConfig(model=str(tmp_path / "no-model")))
+        B.pairwise_bertscore(["a"], ["b"], S.SimilarityConfig(model=str(tmp_path / "no-model")))
 
 
 # ----------------------------------------------------------------------------- clip level
@@ -245,8 +247,8 @@ def test_minilm_matches_bert_score_package() -> None:
     refs = ["A dog is barking", "A woman talks over a crowd", "birds are singing and a vehicle passes",
             "wind", "a car engine running"]
     cfg = S.SimilarityConfig()
-    ours = S.pairwise_bertscore(cands, refs, cfg)
-    ref = _bert_score_f1(S._resolve_model("minilm"), 6, cands, refs)
+    ours = B.pairwise_bertscore(cands, refs, cfg)
+    ref = _bert_score_f1(B._resolve_model("minilm"), 6, cands, refs)
     assert np.abs(ours - ref).max() < TOL
     # a reference value recorded from bert_score 0.3.13 + all-MiniLM-L6-v2 layer 6
     assert ours[0] == pytest.approx(0.76555324, abs=1e-5)

@@ -7,7 +7,7 @@ Rows of the paper's table, grouped as in the paper:
   ``"1NN-<encoder>"`` (e.g. ``1NN-VGGish`` in the paper; raw mean-pooled encoder features,
   exact cosine 1NN, :func:`nearest_captions`), ``"Triplet-Retrieval"`` (the trained retriever's
   index) and the oracle ``"Top1-BERTScore"`` (the training caption with the highest BERTScore
-  against the clip's own references, ``similarity.top_bertscore`` with k=1);
+  against the clip's own references, ``bertscore.top_bertscore`` with k=1);
 * (iii) oracles: ``"Ours (GT)"`` (the decoder guided by the top-K BERTScore captions instead of
   retrieved ones) and ``"Human"`` (leave-one-out over the references, :func:`human_scores`).
 
@@ -16,7 +16,7 @@ predictions (clip id -> caption) per scope, or passes a callable producing them,
 :func:`evaluate_scopes` scores every scope and the human rounds with one tokenizer, one METEOR
 and one SPICE JVM. **No leakage**: a clip's own captions never serve as its guidance or its
 retrieval result. The helpers here exclude by owner clip id (``key_ids``; the oracles pass
-``exclude`` to ``similarity.top_bertscore``);
+``exclude`` to ``bertscore.top_bertscore``);
 retrieval through ``index.CaptionIndex.query`` must pass ``exclude_ids``; and
 :func:`assert_no_leakage` checks any guidance a caller built itself.
 """

@@ -22,7 +22,7 @@ What is reused and what is re-driven:
   pycocoevalcap's ``spice/lib``; without them SPICE and SPIDEr are reported in
   ``MetricsResult.unavailable`` (never replaced by a proxy).
 * BERTScore (max over references) is an optional extra column computed by
-  ``similarity.multi_ref_bertscore`` on the raw (untokenised) captions.
+  ``bertscore.multi_ref_bertscore`` on the raw (untokenised) captions.
 
 Prediction files (:func:`read_predictions`) and matching their keys to reference clip ids
 (:func:`match_predictions`) live here too.
@@ -683,7 +683,7 @@ def _float_or_nan(v: Any) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# BERTScore column (similarity.multi_ref_bertscore, imported lazily)
+# BERTScore column (bertscore.multi_ref_bertscore, imported lazily)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -695,14 +695,14 @@ def _bertscore(
 ) -> str:
     """Fill the bertscore column for every job in one call; return a reason if unavailable."""
     try:
-        from . import similarity
+        from . import bertscore
     except ImportError as e:
-        return f"BERTScore needs audiocap's similarity module ({e})"
-    fn: Callable[..., Any] | None = getattr(similarity, "multi_ref_bertscore", None)
+        return f"BERTScore needs audiocap's bertscore module ({e})"
+    fn: Callable[..., Any] | None = getattr(bertscore, "multi_ref_bertscore", None)
     if fn is None:
-        return "BERTScore needs similarity.multi_ref_bertscore, which this build lacks"
+        return "BERTScore needs bertscore.multi_ref_bertscore, which this build lacks"
     if cfg is None:
-        cfg = similarity.SimilarityConfig()
+        cfg = bertscore.BertScoreConfig()
     cands = [p for job in jobs.values() for p in job.preds]
     refs = [r for job in jobs.values() for r in job.refs]
     from .errors import AudiocapError

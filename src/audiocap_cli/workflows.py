@@ -457,7 +457,7 @@ def evaluate(
 def _paper_scopes(captioner, clips: Sequence[Clip], dataset, train_split: str, sim_cfg, rep: Reporter) -> list:
     """Rows (ii) and (iii) of the paper's Table 1 for the test ``clips``."""
     from . import evaluate as ev
-    from . import similarity
+    from .bertscore import top_bertscore
     from .retriever import mean_pool
 
     ids = [c.id for c in clips]
@@ -479,8 +479,8 @@ def _paper_scopes(captioner, clips: Sequence[Clip], dataset, train_split: str, s
         owner.setdefault(cid, []).append(j)  # a test clip that is also in train never sees its own
     exclude = [owner.get(i, []) for i in ids]
     k = captioner.k
-    idx, _ = similarity.top_bertscore([c.captions for c in clips], pool, k, sim_cfg, exclude=exclude,
-                                      progress=rep.progress("BERTScore oracle (pool captions)", len(pool)))
+    idx, _ = top_bertscore([c.captions for c in clips], pool, k, sim_cfg, exclude=exclude,
+                          progress=rep.progress("BERTScore oracle (pool captions)", len(pool)))
     gt = [[pool[j] for j in row if j >= 0] for row in idx]
     rows.append(ev.Scope(ev.TOP1_BERTSCORE, {i: g[0] for i, g in zip(ids, gt)}, group="retrieval"))
     if captioner.decoder is not None:
