@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,17 @@ def test_ray_equals_single_process(setup: tuple[Path, list[str]], env: dict[str,
     assert r.returncode == 1, r.stderr[-3000:]  # the broken file is an error record, the job goes on
     assert _lines(out.read_text()) == _lines(single)
     assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == files  # input order kept
+
+
+def test_torchrun_train_decoder_cli(setup: tuple[Path, list[str]], env: dict[str, str], tmp_path: Path) -> None:
+    """`torchrun -m audiocap_cli train-decoder`: rank 0 fills the caches first, writes alone."""
+    m, _ = setup
+    m2 = tmp_path / "model"
+    shutil.copytree(m, m2, ignore=shutil.ignore_patterns("decoder"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "audiocap_cli",
+           "train-decoder", str(m.parent), "-m", str(m2), "--lm", "tiny-gpt2", "--epochs", "2", "--batch-size", "8", "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (m2 / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2] and (m2 / "decoder" / "decoder.safetensors").is_file()
+    assert r.stderr.count("decoder: ") == 1  # rank 0 reports
