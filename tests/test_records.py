@@ -1,8 +1,12 @@
 import io
 import json
+import math
 from pathlib import Path
 
-from audiocap_cli.records import RecordWriter, expand_inputs
+import pytest
+
+from audiocap_cli.errors import MetricsError
+from audiocap_cli.records import CaptionRecord, Guide, RecordWriter, expand_inputs, match_predictions, read_predictions
 
 
 def _touch(p: Path) -> str:
@@ -48,3 +52,108 @@ def test_csv_format_header_once(tmp_path: Path) -> None:
         assert w.done == {"a.wav"}
         w.write([{"path": "b.wav", "caption": "c"}])
     assert out.read_text() == 'file_name,caption_predicted\na.wav,"a, b"\nb.wav,c\n'
+
+
+# ---- the caption record ------------------------------------------------------------------------
+
+
+def test_caption_record_json_line_format() -> None:
+    ok = CaptionRecord("a.wav", 0.0, 10.0, "a dog barks", [Guide("dogs bark", 0.25), Guide("a cat", None)],
+                       {"features": 0.1})
+    assert list(ok.to_json().items()) == [
+        ("path", "a.wav"), ("start", 0.0), ("end", 10.0), ("caption", "a dog barks"),
+        ("guidance", [{"caption": "dogs bark", "distance": 0.25}, {"caption": "a cat", "distance": None}]),
+        ("seconds", {"features": 0.1}),
+    ]
+    assert CaptionRecord.from_json(json.loads(json.dumps(ok.to_json()))) == ok
+    bad = CaptionRecord.failure("b.wav", "not audio", "InvalidAudioError")
+    assert bad.to_json() == {"path": "b.wav", "error": "not audio", "error_type": "InvalidAudioError"}
+    assert bad.failed and not ok.failed and CaptionRecord.from_json(bad.to_json()) == bad
+    assert CaptionRecord.from_json({"file_name": "c.wav", "caption": "x"}) == CaptionRecord("c.wav", caption="x")
+    for obj, why in (([1], "not a JSON object"), ({"caption": "x"}, 'no "path"'), ({"path": "a"}, 'no "caption"')):
+        with pytest.raises(ValueError, match=why):
+            CaptionRecord.from_json(obj)
+
+
+def test_per_clip_scores_one_writer(tmp_path: Path) -> None:
+    from audiocap_cli.evaluate import write_per_clip
+    from audiocap_cli.metrics import MetricsResult
+
+    rows = {"Ours": MetricsResult(corpus={}, per_clip={"a": {"bleu_1": 0.5, "spice": math.nan}}, unavailable={}, n=1)}
+    write_per_clip(tmp_path / "per_clip.jsonl", rows)
+    text = (tmp_path / "per_clip.jsonl").read_text()
+    assert "NaN" not in text and json.loads(text) == {"system": "Ours", "clip": "a", "bleu_1": 0.5, "spice": None}
+    write_per_clip(tmp_path / "only.jsonl", rows, keys=("bleu_1",))
+    assert json.loads((tmp_path / "only.jsonl").read_text()) == {"system": "Ours", "clip": "a", "bleu_1": 0.5}
+
+
+# ---- prediction files and key matching --------------------------------------------------------
+
+
+def test_read_jsonl_predictions(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    lines = [
+        {"path": "/d/a.wav", "caption": "first try"},
+        {"path": "/d/b.wav", "error": "cannot decode"},
+        {"path": "/d/c.wav", "error": "timeout"},
+        {"path": "/d/a.wav", "caption": "a dog barks", "segments": []},  # resumed run: last wins
+        {"path": "/d/c.wav", "caption": "water runs"},  # retried after an error
+    ]
+    p.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    preds = read_predictions(p)
+    assert dict(preds) == {"/d/a.wav": "a dog barks", "/d/c.wav": "water runs"}
+    assert preds.errors == {"/d/b.wav": "cannot decode"}
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"path": "a", "caption": "x"}\nnot json\n{"caption": "no path"}\n[1]\n{"path": "b"}\n')
+    with pytest.raises(MetricsError, match=r"4 malformed line\(s\): line 2: not JSON; line 3: no \"path\"; "
+                                           r"line 4: not a JSON object; line 5"):  # fmt: skip
+        read_predictions(bad)
+    with pytest.raises(MetricsError, match="not found"):
+        read_predictions(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "file_name,caption_predicted\nx.wav,a dog barks\ny.wav,\"water, running\"\n",  # DCASE / aac-metrics
+        "fname,caption\nx.wav,a dog barks\ny.wav,\"water, running\"\n",
+        "\ufeffpath,caption\r\nx.wav,a dog barks\r\ny.wav,\"water, running\"\r\n",  # BOM, CRLF
+    ],
+)
+def test_read_csv_predictions(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "preds.csv"
+    p.write_text(text, encoding="utf-8")
+    assert dict(read_predictions(p)) == {"x.wav": "a dog barks", "y.wav": "water, running"}
+
+
+def test_read_csv_malformed(tmp_path: Path) -> None:
+    p = tmp_path / "preds.csv"
+    p.write_text("name,text\nx,y\n")
+    with pytest.raises(MetricsError, match="needs a key column"):
+        read_predictions(p)
+    p.write_text("file_name,caption_predicted\nx.wav,a\nx.wav,b\ny.wav\n,c\n")
+    with pytest.raises(MetricsError, match=r"line 3: x.wav repeats line 2; line 4: expected 2 fields; "
+                                           r"line 5: empty file_name"):  # fmt: skip
+        read_predictions(p)
+
+
+def test_match_predictions() -> None:
+    refs = {"clip1.wav": ["r"], "clip2.wav": ["r"], "Yabc": ["r"], "Yxyz": ["r"]}
+    paths = {"Yabc": "/data/audio/Yabc_30.flac", "Yxyz": "/data/audio/Yxyz_0.flac"}
+    preds = {
+        "/some/where/clip1.wav": "p1",  # by file name
+        "clip2": "p2",  # by stem
+        "/data/audio/Yabc_30.flac": "p3",  # by audio path
+        "Yxyz_0": "p4",  # by the stem of the audio path
+        "/else/other.wav": "p5",
+    }
+    m = match_predictions(preds, refs, paths)
+    assert m.predictions == {"clip1.wav": "p1", "clip2.wav": "p2", "Yabc": "p3", "Yxyz": "p4"}
+    assert m.unmatched == ["/else/other.wav"] and m.missing == []
+    m = match_predictions({"clip1.wav": "x"}, refs)
+    assert m.missing == ["clip2.wav", "Yabc", "Yxyz"]
+    with pytest.raises(MetricsError, match="both match clip clip1.wav"):
+        match_predictions({"a/clip1.wav": "x", "b/clip1.wav": "y"}, refs)
+    with pytest.raises(MetricsError, match="matches several clips"):
+        match_predictions({"d": "x"}, {"a/d.wav": ["r"], "b/d.wav": ["r"]})

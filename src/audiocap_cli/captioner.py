@@ -20,7 +20,7 @@ from .errors import AudiocapError, AudioError
 from .features import ClipFeatures, FeatureCache
 from .index import CaptionIndex, Hit, guidance
 from .model import ModelDir
-from .records import RecordWriter
+from .records import CaptionRecord, Guide, RecordWriter
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Captioner:
         out: list[list[dict[str, Any]]] = [[] for _ in paths]
         for i, (path, f) in enumerate(zip(paths, feats)):
             if isinstance(f, AudioError):
-                out[i] = [{"path": path, "error": f.cause, "error_type": type(f).__name__}]
+                out[i] = [CaptionRecord.failure(path, f.cause, type(f).__name__).to_json()]
                 continue
             assert isinstance(f, ClipFeatures)
             for w in range(len(f.starts)):
@@ -175,14 +175,11 @@ class Captioner:
         n = len(windows)
         for w, row, g, cap, i in zip(windows, hits, guid, captions, owner):
             dist = {h.captions[0]: h.distance for h in row}
-            out[i].append({
-                "path": w.path,
-                "start": round(w.start, 3),
-                "end": round(w.end, 3),
-                "caption": cap,
-                "guidance": [{"caption": c, "distance": round(dist[c], 6) if c in dist else None} for c in g],
-                "seconds": {k: round(v / n, 4) for k, v in per.items()},
-            })
+            out[i].append(CaptionRecord(
+                w.path, round(w.start, 3), round(w.end, 3), cap,
+                guidance=[Guide(c, round(dist[c], 6) if c in dist else None) for c in g],
+                seconds={k: round(v / n, 4) for k, v in per.items()},
+            ).to_json())
         return out
 
 

@@ -263,10 +263,7 @@ def evaluate(
     table = ev.table(rows)
     print(ev.render_table(rows), file=sys.stderr)  # plain: a table must not be re-wrapped
     if per_clip is not None:
-        with open(per_clip, "w", encoding="utf-8") as f:
-            for name, res in rows.items():
-                for clip_id, scores in res.per_clip.items():
-                    f.write(json.dumps({"system": name, "id": clip_id, **scores}) + "\n")
+        ev.write_per_clip(per_clip, rows)
     print(json.dumps(table, indent=None))
 
 

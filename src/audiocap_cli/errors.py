@@ -67,9 +67,3 @@ class ModelNotFoundError(AudiocapError):
 
 class MetricsError(AudiocapError):
     """A metric could not be computed (Java missing, a jar failing, malformed predictions)."""
-
-
-class NotBuiltError(AudiocapError):
-    """A feature that exists in the CLI but is not implemented yet."""
-
-    exit_code = 2

@@ -34,6 +34,7 @@ import numpy as np
 from .config import atomic_write_text, save_config
 from .errors import MetricsError
 from .metrics import DEFAULT_METRICS, MetricsResult, metric_keys, score_batch
+from .vectors import l2_normalize
 
 # Row names (Table 1). The paper's retrieval baseline used VGGish features: "1NN-VGGish".
 OURS = "Ours"
@@ -201,16 +202,6 @@ def evaluate_scopes(
 # ----------------------------------------------------------------------------------------------
 
 
-def first_captions(guidance: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    """Top-1 captioning: each clip's first guidance / retrieved caption."""
-    out = {}
-    for cid, caps in guidance.items():
-        if not caps:
-            raise MetricsError(f"no retrieved caption for clip {cid}")
-        out[cid] = caps[0]
-    return out
-
-
 def assert_no_leakage(owners: Mapping[str, Sequence[str]]) -> None:
     """``owners``: clip id -> owner clip ids of its guidance captions. Raise if a clip is
     guided by (or retrieves) one of its own captions."""
@@ -237,8 +228,8 @@ def nearest_captions(
     Returns query id -> the first ``k`` captions met walking its neighbour clips nearest first
     (k=1: the first caption of the nearest clip). A key clip with the query's id is skipped.
     """
-    q = _unit(np.asarray(queries, dtype=np.float32))
-    x = _unit(np.asarray(keys, dtype=np.float32))
+    q = l2_normalize(queries)
+    x = l2_normalize(keys)
     if q.ndim != 2 or x.ndim != 2 or q.shape[1] != x.shape[1]:
         raise MetricsError(f"feature shapes do not match: queries {q.shape}, keys {x.shape}")
     if len(query_ids) != len(q) or len(key_ids) != len(x) or len(key_captions) != len(x):
@@ -270,10 +261,6 @@ def nearest_captions(
                     break
             out[qid] = caps
     return out
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
 def table(rows: Mapping[str, MetricsResult]) -> list[dict[str, Any]]:
@@ -337,10 +324,16 @@ def save_results(out_dir: str | Path, rows: Mapping[str, MetricsResult], cfg: Ev
         "unavailable": {name: dict(res.unavailable) for name, res in rows.items() if res.unavailable},
     }
     atomic_write_text(out_dir / "table.json", json.dumps(payload, indent=2) + "\n")
+    write_per_clip(out_dir / "per_clip.jsonl", rows, keys)
+    save_config(cfg, out_dir / "eval_config.json")
+
+
+def write_per_clip(path: str | Path, rows: Mapping[str, MetricsResult], keys: Sequence[str] | None = None) -> None:
+    """One JSON line per system and clip: ``{"system", "clip", <metric key>: score}`` (only
+    ``keys`` when given); NaN/unavailable become null."""
     lines = []
     for name, res in rows.items():
         for cid, scores in res.per_clip.items():
-            obj = {"system": name, "clip": cid, **{k: _json_value(scores.get(k)) for k in keys if k in scores}}
-            lines.append(json.dumps(obj))
-    atomic_write_text(out_dir / "per_clip.jsonl", "".join(f"{ln}\n" for ln in lines))
-    save_config(cfg, out_dir / "eval_config.json")
+            vals = {k: _json_value(v) for k, v in scores.items() if keys is None or k in keys}
+            lines.append(json.dumps({"system": name, "clip": cid, **vals}))
+    atomic_write_text(Path(path), "".join(f"{ln}\n" for ln in lines))

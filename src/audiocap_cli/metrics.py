@@ -24,12 +24,11 @@ What is reused and what is re-driven:
 * BERTScore (max over references) is an optional extra column computed by
   ``bertscore.multi_ref_bertscore`` on the raw (untokenised) captions.
 
-Prediction files (:func:`read_predictions`) and matching their keys to reference clip ids
-(:func:`match_predictions`) live here too.
+Prediction files and matching their keys to reference clip ids live with the caption record, in
+:mod:`records`.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import importlib.util
 import json
@@ -203,68 +202,109 @@ def score_batch(
     families = _expand(metrics)
     prepared = {name: _prepare(name, preds, refs) for name, (preds, refs) in jobs.items()}
     unavailable: dict[str, str] = {}
-    coco = [f for f in families if f in _COCO_FAMILIES]
-
-    spice_jars: list[Path] | None = None
-    if "spice" in families:
-        spice_jars, reason = find_corenlp_jars(spice_dir)
-        if spice_jars is None:
-            unavailable["spice"] = reason
-            if "spider" in families:
-                unavailable["spider"] = f"SPIDEr is the mean of CIDEr-D and SPICE; {reason}"
-
+    spice_jars = _spice_jars(families, spice_dir, unavailable)
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in prepared}
     corpus: dict[str, dict[str, float]] = {name: {} for name in prepared}
-
-    if coco:
-        java_exe = _check_java(java)
-        meteor = _MeteorProcess(java_exe) if "meteor" in families else None  # loads while we tokenize
-        try:
-            tokenized = _tokenize(java_exe, prepared)
-            spice_run = None
-            if spice_jars is not None:
-                spice_run = _SpiceRun(java_exe, spice_jars, tokenized)
-            try:
-                # METEOR talks to its JVM from a thread (waiting on a pipe frees the GIL) while
-                # the pure-Python scorers run here.
-                m_out: dict[str, Any] = {}
-                m_thread = None
-                if meteor is not None:
-                    m_thread = threading.Thread(target=_capture, args=(meteor.score, tokenized, m_out))
-                    m_thread.start()
-                try:
-                    for name, (gts, res) in tokenized.items():
-                        _score_python(families, gts, res, scores[name], corpus[name])
-                finally:
-                    if m_thread is not None:
-                        m_thread.join()
-                if "error" in m_out:
-                    raise m_out["error"]
-                for name, (m_corpus, m_items) in m_out.get("value", {}).items():
-                    corpus[name]["meteor"] = m_corpus
-                    scores[name]["meteor"] = m_items
-                if spice_run is not None:
-                    for name, s_items in spice_run.result().items():
-                        # spice/spice.py: np.mean over per-image "All" F-scores (NaN propagates).
-                        corpus[name]["spice"] = float(np.mean(np.array(s_items)))
-                        scores[name]["spice"] = s_items
-                        if "spider" in families:
-                            c_items = scores[name]["cider_d"]
-                            corpus[name]["spider"] = (corpus[name]["cider_d"] + corpus[name]["spice"]) / 2
-                            scores[name]["spider"] = [(c + s) / 2 for c, s in zip(c_items, s_items)]
-            finally:
-                if spice_run is not None:
-                    spice_run.close()
-        finally:
-            if meteor is not None:
-                meteor.close()
-
+    if any(f in _COCO_FAMILIES for f in families):
+        _score_coco(families, prepared, java, spice_jars, scores, corpus)
     if "bertscore" in families:
         reason = _bertscore(prepared, bertscore_cfg, scores, corpus)
         if reason:
             unavailable["bertscore"] = reason
+    return _results(prepared, metric_keys(families), scores, corpus, unavailable)
 
-    keys = metric_keys(families)
+
+def _spice_jars(families: Sequence[str], spice_dir: str | Path | None, unavailable: dict[str, str]) -> list[Path] | None:
+    """The CoreNLP jars SPICE needs, or None (then SPICE and SPIDEr go to ``unavailable``)."""
+    if "spice" not in families:
+        return None
+    jars, reason = find_corenlp_jars(spice_dir)
+    if jars is None:
+        unavailable["spice"] = reason
+        if "spider" in families:
+            unavailable["spider"] = f"SPIDEr is the mean of CIDEr-D and SPICE; {reason}"
+    return jars
+
+
+def _score_coco(
+    families: Sequence[str],
+    prepared: Mapping[str, _Job],
+    java: str,
+    spice_jars: list[Path] | None,
+    scores: dict[str, dict[str, list[float]]],
+    corpus: dict[str, dict[str, float]],
+) -> None:
+    """The COCO metrics of every job: one tokenizer, one METEOR and one SPICE JVM in all."""
+    java_exe = _check_java(java)
+    meteor = _MeteorProcess(java_exe) if "meteor" in families else None  # loads while we tokenize
+    try:
+        tokenized = _tokenize(java_exe, prepared)
+        spice_run = None
+        if spice_jars is not None:
+            spice_run = _SpiceRun(java_exe, spice_jars, tokenized)
+        try:
+            _score_python_and_meteor(families, tokenized, meteor, scores, corpus)
+            if spice_run is not None:
+                _add_spice(families, spice_run.result(), scores, corpus)
+        finally:
+            if spice_run is not None:
+                spice_run.close()
+    finally:
+        if meteor is not None:
+            meteor.close()
+
+
+def _score_python_and_meteor(
+    families: Sequence[str],
+    tokenized: _Tokenized,
+    meteor: _MeteorProcess | None,
+    scores: dict[str, dict[str, list[float]]],
+    corpus: dict[str, dict[str, float]],
+) -> None:
+    """METEOR talks to its JVM from a thread (waiting on a pipe frees the GIL) while the
+    pure-Python scorers run here."""
+    m_out: dict[str, Any] = {}
+    m_thread = None
+    if meteor is not None:
+        m_thread = threading.Thread(target=_capture, args=(meteor.score, tokenized, m_out))
+        m_thread.start()
+    try:
+        for name, (gts, res) in tokenized.items():
+            _score_python(families, gts, res, scores[name], corpus[name])
+    finally:
+        if m_thread is not None:
+            m_thread.join()
+    if "error" in m_out:
+        raise m_out["error"]
+    for name, (m_corpus, m_items) in m_out.get("value", {}).items():
+        corpus[name]["meteor"] = m_corpus
+        scores[name]["meteor"] = m_items
+
+
+def _add_spice(
+    families: Sequence[str],
+    spice: Mapping[str, list[float]],
+    scores: dict[str, dict[str, list[float]]],
+    corpus: dict[str, dict[str, float]],
+) -> None:
+    """SPICE per job (and SPIDEr, the mean of CIDEr-D and SPICE, when asked for)."""
+    for name, s_items in spice.items():
+        # spice/spice.py: np.mean over per-image "All" F-scores (NaN propagates).
+        corpus[name]["spice"] = float(np.mean(np.array(s_items)))
+        scores[name]["spice"] = s_items
+        if "spider" in families:
+            c_items = scores[name]["cider_d"]
+            corpus[name]["spider"] = (corpus[name]["cider_d"] + corpus[name]["spice"]) / 2
+            scores[name]["spider"] = [(c + s) / 2 for c, s in zip(c_items, s_items)]
+
+
+def _results(
+    prepared: Mapping[str, _Job],
+    keys: Sequence[str],
+    scores: dict[str, dict[str, list[float]]],
+    corpus: dict[str, dict[str, float]],
+    unavailable: Mapping[str, str],
+) -> dict[str, MetricsResult]:
     results: dict[str, MetricsResult] = {}
     for name, job in prepared.items():
         per_clip = {
@@ -720,198 +760,3 @@ def _bertscore(
         scores[name]["bertscore"] = part.tolist()
         corpus[name]["bertscore"] = float(part.mean())
     return ""
-
-
-# ----------------------------------------------------------------------------------------------
-# Prediction files
-# ----------------------------------------------------------------------------------------------
-
-#: Column names accepted in prediction CSVs. aac-metrics' CLI reads ``caption_predicted`` by
-#: default and DCASE submissions use ``file_name,caption_predicted``; ``fname,caption`` is the
-#: other common layout.
-CSV_KEY_COLUMNS: tuple[str, ...] = ("path", "file_name", "fname", "filename", "file", "audio", "id")
-CSV_CAPTION_COLUMNS: tuple[str, ...] = ("caption", "caption_predicted", "prediction", "preds", "candidate")
-
-
-class Predictions(dict[str, str]):
-    """key (path / file name / id) -> caption, plus what could not be scored.
-
-    ``errors``: key -> error message for clips whose captioning failed (JSONL lines with
-    ``"error"`` instead of ``"caption"``); they are counted and reported, never scored.
-    """
-
-    def __init__(self, captions: Mapping[str, str], errors: Mapping[str, str], source: str) -> None:
-        super().__init__(captions)
-        self.errors: dict[str, str] = dict(errors)
-        self.source = source
-
-
-def read_predictions(path: str | Path) -> Predictions:
-    """Read our ``audiocap caption`` JSONL, or an aac-metrics / DCASE style CSV.
-
-    JSONL: one object per line with ``path`` and ``caption`` (or ``error``); for a path given
-    several times the last line wins (a resumed run appends). CSV: a header with a key column
-    (one of :data:`CSV_KEY_COLUMNS`) and a caption column (one of :data:`CSV_CAPTION_COLUMNS`).
-    Malformed input is a MetricsError naming the line numbers.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MetricsError(f"{path}: predictions file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MetricsError(f"{path}: unreadable predictions file ({e})") from e
-    suffix = path.suffix.lower()
-    is_jsonl = suffix in (".jsonl", ".json", ".ndjson") or (
-        suffix != ".csv" and text.lstrip().startswith("{")
-    )
-    return _read_jsonl(path, text) if is_jsonl else _read_csv(path, text)
-
-
-def _raise_problems(path: Path, problems: list[str]) -> None:
-    if problems:
-        shown = "; ".join(problems[:10])
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise MetricsError(f"{path}: {len(problems)} malformed line(s): {shown}{more}")
-
-
-def _read_jsonl(path: Path, text: str) -> Predictions:
-    captions: dict[str, str] = {}
-    errors: dict[str, str] = {}
-    problems: list[str] = []
-    for no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            problems.append(f"line {no}: not JSON")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"line {no}: not a JSON object")
-            continue
-        key = next((obj[k] for k in ("path", "id", "file_name", "fname") if k in obj), None)
-        if not isinstance(key, str) or not key:
-            problems.append(f'line {no}: no "path"')
-            continue
-        if isinstance(obj.get("caption"), str):
-            captions[key] = obj["caption"]
-            errors.pop(key, None)
-        elif "error" in obj:
-            errors[key] = str(obj["error"])
-            captions.pop(key, None)
-        else:
-            problems.append(f'line {no}: no "caption" (nor "error")')
-    _raise_problems(path, problems)
-    if not captions and not errors:
-        raise MetricsError(f"{path}: no predictions in file")
-    return Predictions(captions, errors, str(path))
-
-
-def _read_csv(path: Path, text: str) -> Predictions:
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    lower = {h.lower(): h for h in header}
-    key_col = next((lower[c] for c in CSV_KEY_COLUMNS if c in lower), None)
-    cap_col = next((lower[c] for c in CSV_CAPTION_COLUMNS if c in lower), None)
-    if key_col is None or cap_col is None:
-        raise MetricsError(
-            f"{path}: CSV header {','.join(header) or '(empty)'} needs a key column "
-            f"({'/'.join(CSV_KEY_COLUMNS)}) and a caption column ({'/'.join(CSV_CAPTION_COLUMNS)})"
-        )
-    reader.fieldnames = header
-    captions: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    problems: list[str] = []
-    for row in reader:
-        no = reader.line_num
-        if None in row or any(v is None for v in row.values()):
-            problems.append(f"line {no}: expected {len(header)} fields")
-        else:
-            key, cap = (row[key_col] or "").strip(), row[cap_col]
-            if not key:
-                problems.append(f"line {no}: empty {key_col}")
-            elif key in captions:
-                problems.append(f"line {no}: {key} repeats line {first_line[key]}")
-            else:
-                captions[key] = cap
-                first_line[key] = no
-    _raise_problems(path, problems)
-    if not captions:
-        raise MetricsError(f"{path}: no predictions in file")
-    return Predictions(captions, {}, str(path))
-
-
-# ----------------------------------------------------------------------------------------------
-# Matching prediction keys to reference clip ids
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Matched:
-    """``predictions`` re-keyed by clip id; ``unmatched``: prediction keys matching no clip;
-    ``missing``: clip ids without a prediction."""
-
-    predictions: dict[str, str]
-    unmatched: list[str]
-    missing: list[str]
-
-
-def _name(s: str) -> str:
-    return s.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-
-
-def _stem(s: str) -> str:
-    n = _name(s)
-    return n.rsplit(".", 1)[0] if "." in n[1:] else n
-
-
-def match_predictions(
-    predictions: Mapping[str, str],
-    references: Mapping[str, Sequence[str]],
-    paths: Mapping[str, str | Path] | None = None,
-) -> Matched:
-    """Re-key predictions by reference clip id.
-
-    A prediction key matches a clip, in this order of precedence: its id exactly; its audio
-    path (``paths``: clip id -> path, e.g. from ``datasets.Clip.path``; compared normalised);
-    the file name (``.../x.wav`` == ``x.wav``); the file stem (``x.wav`` == ``x``). A key matching
-    two clips at the first rule that hits, or two keys matching one clip, is a MetricsError.
-    """
-    paths = paths or {}
-    rules: list[dict[str, set[str]]] = [{}, {}, {}, {}]
-    for cid in references:
-        p = paths.get(cid)
-        rules[0].setdefault(cid, set()).add(cid)
-        if p is not None:
-            rules[1].setdefault(os.path.normpath(str(p)), set()).add(cid)
-        for v in {cid, str(p)} if p is not None else {cid}:
-            rules[2].setdefault(_name(v), set()).add(cid)
-            rules[3].setdefault(_stem(v), set()).add(cid)
-    out: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    unmatched: list[str] = []
-    problems: list[str] = []
-    for key, cap in predictions.items():
-        probes = (key, os.path.normpath(key), _name(key), _stem(key))
-        hit: set[str] | None = None
-        for table, probe in zip(rules, probes):
-            if probe in table:
-                hit = table[probe]
-                break
-        if hit is None:
-            unmatched.append(key)
-        elif len(hit) > 1:
-            problems.append(f"{key} matches several clips ({', '.join(sorted(hit)[:3])})")
-        else:
-            cid = next(iter(hit))
-            if cid in owner:
-                problems.append(f"{owner[cid]} and {key} both match clip {cid}")
-            else:
-                owner[cid] = key
-                out[cid] = cap
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise MetricsError(f"ambiguous prediction keys: {'; '.join(problems[:5])}{more}")
-    missing = [cid for cid in references if cid not in out]
-    return Matched(out, unmatched, missing)

@@ -10,7 +10,6 @@ them from the feature cache) and embeddings leave as arrays.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,9 +23,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from .config import check_config, load_config, save_config
+from .config import check_config, file_sha256, load_config, save_config
 from .errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from .training import RunDir, RunState
+from .vectors import l2_normalize
 
 CONFIG_NAME = "retriever.json"  # the RetrieverConfig beside best.safetensors
 WEIGHTS_NAME = "best.safetensors"
@@ -226,8 +226,7 @@ def triplet_loss(
 def mean_pool(frames: np.ndarray) -> np.ndarray:
     """The paper's 1NN baseline embedding: frames ``[N, T, D]`` -> time mean ``[N, D]``,
     L2-normalised, float32."""
-    m = np.asarray(frames, dtype=np.float32).mean(axis=1)
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(np.asarray(frames, dtype=np.float32).mean(axis=1))
 
 
 def embed(net: EmbedNet, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -273,11 +272,7 @@ def retriever_id(run_dir: str | Path) -> str:
     path = Path(run_dir) / WEIGHTS_NAME
     if not path.is_file():
         raise ModelNotFoundError(f"{run_dir}: no trained retriever ({WEIGHTS_NAME} missing)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"retriever:{h.hexdigest()[:16]}"
+    return f"retriever:{file_sha256(path)[:16]}"
 
 
 def load_retriever(run_dir: str | Path, expected_encoder_fingerprint: str | None = None) -> EmbedNet:

@@ -380,15 +380,18 @@ def bootstrap(
 
 def _predict(captioner, clips: Sequence[Clip], rep: Reporter) -> dict[str, str]:
     """The full system's caption of every clip (first window), by clip id."""
+    from .records import CaptionRecord
+
     out: dict[str, str] = {}
     advance = rep.progress("captioning", len(clips))
     bs = max(1, captioner.opts.batch_size)
     for s in range(0, len(clips), bs):
         batch = clips[s : s + bs]
         for clip, recs in zip(batch, captioner.caption_batch([str(c.path) for c in batch])):
-            if "error" in recs[0]:
-                raise DatasetError(str(clip.path), [recs[0]["error"]])
-            out[clip.id] = recs[0]["caption"]
+            rec = CaptionRecord.from_json(recs[0])
+            if rec.failed:
+                raise DatasetError(str(clip.path), [str(rec.error)])
+            out[clip.id] = str(rec.caption)
         advance(len(batch))
     return out
 
@@ -418,7 +421,7 @@ def evaluate(
     """
     from . import evaluate as ev
     from . import similarity
-    from .metrics import match_predictions, read_predictions
+    from .records import match_predictions, read_predictions
 
     if scope not in ("system", "all"):
         raise ValueError(f"unknown scope {scope!r}: system or all")

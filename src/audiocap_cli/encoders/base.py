@@ -7,10 +7,8 @@ a classifier).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -60,16 +58,6 @@ class EncoderOutput(NamedTuple):
 
     frames: torch.Tensor
     scores: torch.Tensor | None
-
-
-def file_digest(*paths: str | Path) -> str:
-    """Short sha256 of the bytes of ``paths`` (in order)."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 class AudioEncoder(torch.nn.Module):

@@ -27,7 +27,8 @@ from torch import nn
 
 from ..errors import ModelNotFoundError
 from ..resources import cache_dir
-from .base import AudioEncoder, EncoderConfig, file_digest
+from ..config import file_sha256
+from .base import AudioEncoder, EncoderConfig
 
 EMBEDDING_DIM = 128
 # vggish_params.py: LOG_OFFSET = 0.01, EXAMPLE_WINDOW/HOP_SECONDS = 0.96 -> 96-frame hop.
@@ -147,7 +148,7 @@ def load_vggish(weights: str | Path | None, device: str = "cpu", channels_last: 
         )
     path = _fetch(str(weights))
     state = _read_state(path)
-    config = dataclasses.replace(VGGISH_CONFIG, weights=file_digest(path))
+    config = dataclasses.replace(VGGISH_CONFIG, weights=file_sha256(path)[:16])
     model = VGGish(config, init_weights=False)
     model.load_torchvggish(state, str(weights))
     model.freeze().place(device, channels_last)

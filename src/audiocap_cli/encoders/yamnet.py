@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelNotFoundError
-from .base import AudioEncoder, EncoderConfig, file_digest
+from ..config import file_sha256
+from .base import AudioEncoder, EncoderConfig
 from .tfcheckpoint import read_checkpoint
 
 # (kernel, stride, output channels) per layer, from yamnet.py's _YAMNET_LAYER_DEFS; layer 1
@@ -190,7 +191,7 @@ def load_yamnet(weights: str | Path, device: str = "cpu", fused: bool = True,
     if not class_map.is_file():
         raise ModelNotFoundError(f"{class_map}: YAMNet class map not found")
     variables = read_checkpoint(prefix)  # raises on a bad index or a missing data shard
-    digest = file_digest(*sorted(prefix.parent.glob(prefix.name + ".data-*")))
+    digest = file_sha256(*sorted(prefix.parent.glob(prefix.name + ".data-*")))[:16]
     config = dataclasses.replace(YAMNET_CONFIG, weights=digest)
     names = read_class_names(class_map)
     if len(names) != NUM_CLASSES:
