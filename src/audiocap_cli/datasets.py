@@ -267,67 +267,103 @@ def _parse(
     problems: list[str],
 ) -> dict[str, _Group]:
     """Rows to clip groups keyed by clip id, in first-seen order."""
+    if kind == "audiocaps":
+        return _parse_audiocaps(header, rows, patterns, text_only, user_pattern, problems)
+    if kind == "clotho":
+        return _parse_clotho(header, rows, problems)
+    return _parse_generic(header, rows, split, text_only, problems)
+
+
+def _parse_audiocaps(
+    header: Sequence[str],
+    rows: list[tuple[int, dict[str, Any]]],
+    patterns: Sequence[str],
+    text_only: bool,
+    user_pattern: bool,
+    problems: list[str],
+) -> dict[str, _Group]:
+    """AudioCaps: one caption per row, clips keyed ``<youtube_id>_<start_time>``; audio names
+    from ``patterns`` formatted with the row's columns."""
+    groups: dict[str, _Group] = {}
+    missing = [c for c in _AUDIOCAPS_COLUMNS if c not in set(header)]
+    if missing:
+        problems.append("missing column(s) " + ", ".join(missing) + " for AudioCaps layout")
+        return groups
+    bad_pattern: dict[str, str] = {}
+    for no, row in rows:
+        where = f"line {no}"
+        yt, start = str(row["youtube_id"]).strip(), str(row["start_time"]).strip()
+        if not yt or not start:
+            problems.append(f"{where}: empty youtube_id or start_time")
+            continue
+        cid = f"{yt}_{start}"
+        g = groups.get(cid)
+        if g is None:
+            g = groups[cid] = _Group(where, None)
+        cap = str(row["caption"] or "").strip()
+        if cap:
+            g.captions.append(cap)
+        else:
+            problems.append(f"{where}: empty caption")
+        if not text_only:
+            g.names += _audiocaps_names(row, yt, start, patterns, bad_pattern)
+    if user_pattern and len(bad_pattern) == len(patterns) and all(not g.names for g in groups.values()):
+        pat, err = next(iter(bad_pattern.items()))
+        problems.append(f"pattern {pat!r} does not fit the columns {', '.join(header)} ({err})")
+    return groups
+
+
+def _audiocaps_names(row: dict[str, Any], yt: str, start: str, patterns: Sequence[str],
+                     bad_pattern: dict[str, str]) -> list[str]:
+    """The audio file names ``patterns`` give for one AudioCaps row; a pattern that does not
+    fit is noted in ``bad_pattern`` (a default pattern may need a column or number this file
+    lacks; a user's pattern that never fits is reported once, by the caller)."""
+    s = _number(start)
+    fields = {**row, "youtube_id": yt, "start_time": s,
+              "end_time": s + AUDIOCAPS_CLIP_SECONDS if not isinstance(s, str) else s}
+    names = []
+    for pat in patterns:
+        try:
+            names.append(pat.format(**fields))
+        except (KeyError, ValueError, IndexError, AttributeError) as e:
+            bad_pattern.setdefault(pat, f"{type(e).__name__}: {e}")
+    return names
+
+
+def _parse_clotho(header: Sequence[str], rows: list[tuple[int, dict[str, Any]]], problems: list[str]) -> dict[str, _Group]:
+    """Clotho: one clip per row, ``file_name`` and ``caption_1..caption_N``."""
+    groups: dict[str, _Group] = {}
+    cap_cols = sorted((c for c in header if c.startswith("caption_")), key=lambda c: (len(c), c))
+    missing = [c for c in ("file_name",) if c not in set(header)] + ([] if cap_cols else ["caption_1"])
+    if missing:
+        problems.append("missing column(s) " + ", ".join(missing) + " for Clotho layout")
+        return groups
+    for no, row in rows:
+        where = f"line {no}"
+        name = str(row["file_name"]).strip()
+        if not name:
+            problems.append(f"{where}: empty file_name")
+            continue
+        if name in groups:
+            problems.append(f"{where}: duplicate file_name {name!r} (first at {groups[name].where})")
+            continue
+        g = groups[name] = _Group(where, None)
+        g.captions = _clean((row.get(c) for c in cap_cols), where, problems)
+        g.names = [name]
+    return groups
+
+
+def _parse_generic(
+    header: Sequence[str],
+    rows: list[tuple[int, dict[str, Any]]],
+    split: str | None,
+    text_only: bool,
+    problems: list[str],
+) -> dict[str, _Group]:
+    """Generic CSV/JSONL: ``path`` with ``caption`` (a row each) or ``captions`` (a list); ``id``
+    and ``split`` optional (rows of other splits are skipped)."""
     cols = set(header)
     groups: dict[str, _Group] = {}
-
-    if kind == "audiocaps":
-        missing = [c for c in _AUDIOCAPS_COLUMNS if c not in cols]
-        if missing:
-            problems.append("missing column(s) " + ", ".join(missing) + " for AudioCaps layout")
-            return groups
-        bad_pattern: dict[str, str] = {}
-        for no, row in rows:
-            where = f"line {no}"
-            yt, start = str(row["youtube_id"]).strip(), str(row["start_time"]).strip()
-            if not yt or not start:
-                problems.append(f"{where}: empty youtube_id or start_time")
-                continue
-            cid = f"{yt}_{start}"
-            g = groups.get(cid)
-            if g is None:
-                g = groups[cid] = _Group(where, None)
-            cap = str(row["caption"] or "").strip()
-            if cap:
-                g.captions.append(cap)
-            else:
-                problems.append(f"{where}: empty caption")
-            if not text_only:
-                s = _number(start)
-                fields = {**row, "youtube_id": yt, "start_time": s,
-                          "end_time": s + AUDIOCAPS_CLIP_SECONDS if not isinstance(s, str) else s}
-                for pat in patterns:
-                    try:
-                        g.names.append(pat.format(**fields))
-                    except (KeyError, ValueError, IndexError, AttributeError) as e:
-                        # A default pattern may need a column or number this file lacks; a
-                        # user's pattern that never fits is reported once.
-                        bad_pattern.setdefault(pat, f"{type(e).__name__}: {e}")
-        if user_pattern and len(bad_pattern) == len(patterns) and all(not g.names for g in groups.values()):
-            pat, err = next(iter(bad_pattern.items()))
-            problems.append(f"pattern {pat!r} does not fit the columns {', '.join(header)} ({err})")
-        return groups
-
-    if kind == "clotho":
-        cap_cols = sorted((c for c in header if c.startswith("caption_")), key=lambda c: (len(c), c))
-        missing = [c for c in ("file_name",) if c not in cols] + ([] if cap_cols else ["caption_1"])
-        if missing:
-            problems.append("missing column(s) " + ", ".join(missing) + " for Clotho layout")
-            return groups
-        for no, row in rows:
-            where = f"line {no}"
-            name = str(row["file_name"]).strip()
-            if not name:
-                problems.append(f"{where}: empty file_name")
-                continue
-            if name in groups:
-                problems.append(f"{where}: duplicate file_name {name!r} (first at {groups[name].where})")
-                continue
-            g = groups[name] = _Group(where, None)
-            g.captions = _clean((row.get(c) for c in cap_cols), where, problems)
-            g.names = [name]
-        return groups
-
-    # generic
     has_cap = "caption" in cols or "captions" in cols
     missing = ([] if text_only or "path" in cols else ["path"]) + ([] if has_cap else ["caption or captions"])
     if missing:
@@ -336,26 +372,15 @@ def _parse(
     use_split = split is not None and "split" in cols
     for no, row in rows:
         where = f"line {no}"
-        if use_split:
-            row_split = _canonical_split(str(row.get("split", "")).strip())
-            if row_split is None:
-                problems.append(f"{where}: unknown split {row.get('split')!r} (expected {', '.join(SPLITS)})")
-                continue
-            if row_split != split:
-                continue
+        if use_split and not _in_split(row, split, where, problems):
+            continue
         path = row.get("path")
         path = None if path is None else str(path).strip()
         if not path and not text_only:
             problems.append(f"{where}: empty path")
             continue
         cid = str(row.get("id") or "").strip() or path or f"line{no}"
-        caps: list[Any] = []
-        if row.get("captions") not in (None, ""):
-            caps += _caption_list(row["captions"], where, problems)
-        if "caption" in row:
-            caps.append(row["caption"])
-        elif not caps:
-            problems.append(f"{where}: no caption")
+        caps = _row_captions(row, where, problems)
         g = groups.get(cid)
         if g is None:
             g = groups[cid] = _Group(where, path)
@@ -366,6 +391,27 @@ def _parse(
         if path:
             g.names = [path]
     return groups
+
+
+def _in_split(row: dict[str, Any], split: str | None, where: str, problems: list[str]) -> bool:
+    """Whether a generic row's ``split`` is ``split`` (an unknown split is a problem)."""
+    row_split = _canonical_split(str(row.get("split", "")).strip())
+    if row_split is None:
+        problems.append(f"{where}: unknown split {row.get('split')!r} (expected {', '.join(SPLITS)})")
+        return False
+    return row_split == split
+
+
+def _row_captions(row: dict[str, Any], where: str, problems: list[str]) -> list[Any]:
+    """A generic row's captions: its ``captions`` list, then its ``caption``."""
+    caps: list[Any] = []
+    if row.get("captions") not in (None, ""):
+        caps += _caption_list(row["captions"], where, problems)
+    if "caption" in row:
+        caps.append(row["caption"])
+    elif not caps:
+        problems.append(f"{where}: no caption")
+    return caps
 
 
 def _canonical_split(split: str) -> str | None:
