@@ -186,76 +186,16 @@ def _raw_edges(emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, stages:
     rng = np.random.default_rng(cfg.seed)
     unit = _pooled_unit(emb)
     stats: dict[str, float] = {"unique_captions": float(n)}
-
-    # raw max/min seeds: repeated strings score their self F1 (~1); a random sample of pairs
-    dup = torch.from_numpy(np.nonzero(counts > 1)[0])
-    self_f = greedy_f1(emb, dup, dup) if len(dup) else torch.zeros(0)
-    m = min(cfg.min_sample, n * (n - 1) // 2) if n > 1 else 0
-    sa = torch.from_numpy(rng.integers(0, n, m)) if m else torch.zeros(0, dtype=torch.long)
-    sb = torch.from_numpy(rng.integers(0, n, m)) if m else torch.zeros(0, dtype=torch.long)
-    keep = sa != sb
-    sample_f = greedy_f1(emb, sa[keep], sb[keep])
-    lo = [float(sample_f.min())] if len(sample_f) else []
-    hi = [float(sample_f.max())] if len(sample_f) else []
-    if len(self_f):
-        hi.append(float(self_f.max()))
-
-    # calibration of the pooled-cosine cutoff: anchors vs their nearest CALIB_FRACTION
+    lo: list[float] = []
+    hi: list[float] = []
+    dup, self_f, sample_f = _range_seeds(emb, cfg, counts, rng, lo, hi)
     cutoff = cfg.candidate_cos
     if cutoff is None and n > 1:
-        anchors = torch.from_numpy(rng.choice(n, min(cfg.calib_anchors, n), replace=False))
-        kk = min(n - 1, max(32, int(math.ceil(CALIB_FRACTION * n))))
-        cos = unit[anchors] @ unit.T
-        cos[torch.arange(len(anchors)), anchors] = -math.inf
-        top = torch.topk(cos, kk, dim=1)
-        ca = anchors[:, None].expand(-1, kk).reshape(-1)
-        cb = top.indices.reshape(-1)
-        cf = greedy_f1(emb, ca, cb)
-        hi.append(float(cf.max()))
-        raw_min0 = min(lo) if lo else 0.0
-        thr0 = raw_min0 + cfg.threshold * (max(hi) - raw_min0)
-        pos = cf > thr0
-        c_sim = top.values.reshape(-1)[pos]
-        # no similar pair found: fall back to the loosest cosine the calibration covered
-        base = float(c_sim.min()) if len(c_sim) else float(top.values[:, -1].min())
-        cutoff = base - cfg.calib_slack
-        stats.update(calib_pairs=float(len(cf)), calib_similar=float(pos.sum()),
-                     calib_min_cos=base, calib_kth_cos_min=float(top.values[:, -1].min()))
+        cutoff = _calibrate_cutoff(emb, unit, cfg, rng, lo, hi, stats)
     stats["candidate_cos"] = float(cutoff if cutoff is not None else 1.0)
     stages.advance(0.05)
-
-    # candidates: blocks of rows against later rows; keep pooled cosine >= cutoff, and each
-    # row's min_bottom lowest-cosine partners (where the global F1 minimum is likely)
-    cand_a: list[torch.Tensor] = []
-    cand_b: list[torch.Tensor] = []
-    bot_a: list[torch.Tensor] = []
-    bot_b: list[torch.Tensor] = []
-    col = torch.arange(n)
-    for start in range(0, n, POOLED_ROWS_PER_BLOCK):
-        rows = torch.arange(start, min(n, start + POOLED_ROWS_PER_BLOCK))
-        cos = unit[rows] @ unit.T
-        later = col[None, :] > rows[:, None]
-        hit = (cos >= cutoff) & later
-        r, c = torch.nonzero(hit, as_tuple=True)
-        cand_a.append(rows[r])
-        cand_b.append(c)
-        if cfg.min_bottom > 0 and n > 1:
-            cos[~later] = math.inf  # also excludes self
-            has = later.any(1)
-            k_b = min(cfg.min_bottom, n - 1)
-            low = torch.topk(cos[has], k_b, dim=1, largest=False)
-            ok = torch.isfinite(low.values)
-            bot_a.append(rows[has][:, None].expand(-1, k_b)[ok])
-            bot_b.append(low.indices[ok])
-        stages.advance(0.25 * len(rows) / n)
-    a = torch.cat(cand_a) if cand_a else torch.zeros(0, dtype=torch.long)
-    b = torch.cat(cand_b) if cand_b else torch.zeros(0, dtype=torch.long)
+    a, b = _candidates(emb, unit, cutoff, cfg.min_bottom, lo, stages)
     stats["candidate_pairs"] = float(len(a))
-    if bot_a:
-        bf = greedy_f1(emb, torch.cat(bot_a), torch.cat(bot_b))
-        if len(bf):
-            lo.append(float(bf.min()))
-
     # exact F1 of candidates, in slices so progress moves
     f = torch.empty(len(a))
     step = 1 << 18
@@ -272,6 +212,87 @@ def _raw_edges(emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, stages:
     eb = torch.cat([b, dup]).numpy()
     ef = torch.cat([f, self_f]).numpy()
     return ea, eb, ef, raw_min, raw_max, stats
+
+
+def _range_seeds(emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, rng: np.random.Generator,
+                 lo: list[float], hi: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeds of the raw max/min (appended to ``hi``/``lo``): repeated strings score their self
+    F1 (~1); a random sample of pairs. Returns (repeated ids, their self F1, the sample's F1)."""
+    n = len(emb.lengths)
+    dup = torch.from_numpy(np.nonzero(counts > 1)[0])
+    self_f = greedy_f1(emb, dup, dup) if len(dup) else torch.zeros(0)
+    m = min(cfg.min_sample, n * (n - 1) // 2) if n > 1 else 0
+    sa = torch.from_numpy(rng.integers(0, n, m)) if m else torch.zeros(0, dtype=torch.long)
+    sb = torch.from_numpy(rng.integers(0, n, m)) if m else torch.zeros(0, dtype=torch.long)
+    keep = sa != sb
+    sample_f = greedy_f1(emb, sa[keep], sb[keep])
+    if len(sample_f):
+        lo.append(float(sample_f.min()))
+        hi.append(float(sample_f.max()))
+    if len(self_f):
+        hi.append(float(self_f.max()))
+    return dup, self_f, sample_f
+
+
+def _calibrate_cutoff(emb: Embedded, unit: torch.Tensor, cfg: SimilarityConfig, rng: np.random.Generator,
+                      lo: list[float], hi: list[float], stats: dict[str, float]) -> float:
+    """The pooled-cosine cutoff: the lowest cosine of a truly similar pair among random anchors
+    scored exactly against their nearest CALIB_FRACTION, minus ``cfg.calib_slack``."""
+    n = len(emb.lengths)
+    anchors = torch.from_numpy(rng.choice(n, min(cfg.calib_anchors, n), replace=False))
+    kk = min(n - 1, max(32, int(math.ceil(CALIB_FRACTION * n))))
+    cos = unit[anchors] @ unit.T
+    cos[torch.arange(len(anchors)), anchors] = -math.inf
+    top = torch.topk(cos, kk, dim=1)
+    ca = anchors[:, None].expand(-1, kk).reshape(-1)
+    cb = top.indices.reshape(-1)
+    cf = greedy_f1(emb, ca, cb)
+    hi.append(float(cf.max()))
+    raw_min0 = min(lo) if lo else 0.0
+    thr0 = raw_min0 + cfg.threshold * (max(hi) - raw_min0)
+    pos = cf > thr0
+    c_sim = top.values.reshape(-1)[pos]
+    # no similar pair found: fall back to the loosest cosine the calibration covered
+    base = float(c_sim.min()) if len(c_sim) else float(top.values[:, -1].min())
+    stats.update(calib_pairs=float(len(cf)), calib_similar=float(pos.sum()),
+                 calib_min_cos=base, calib_kth_cos_min=float(top.values[:, -1].min()))
+    return base - cfg.calib_slack
+
+
+def _candidates(emb: Embedded, unit: torch.Tensor, cutoff: float | None, min_bottom: int,
+                lo: list[float], stages: _Stages) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (a < b) whose pooled cosine is >= ``cutoff``, in blocks of rows against later rows;
+    each row's ``min_bottom`` lowest-cosine partners (where the global F1 minimum is likely) are
+    scored on the way and their minimum appended to ``lo``."""
+    n = len(emb.lengths)
+    cand_a: list[torch.Tensor] = []
+    cand_b: list[torch.Tensor] = []
+    bot_a: list[torch.Tensor] = []
+    bot_b: list[torch.Tensor] = []
+    col = torch.arange(n)
+    for start in range(0, n, POOLED_ROWS_PER_BLOCK):
+        rows = torch.arange(start, min(n, start + POOLED_ROWS_PER_BLOCK))
+        cos = unit[rows] @ unit.T
+        later = col[None, :] > rows[:, None]
+        r, c = torch.nonzero((cos >= cutoff) & later, as_tuple=True)
+        cand_a.append(rows[r])
+        cand_b.append(c)
+        if min_bottom > 0 and n > 1:
+            cos[~later] = math.inf  # also excludes self
+            has = later.any(1)
+            k_b = min(min_bottom, n - 1)
+            low = torch.topk(cos[has], k_b, dim=1, largest=False)
+            ok = torch.isfinite(low.values)
+            bot_a.append(rows[has][:, None].expand(-1, k_b)[ok])
+            bot_b.append(low.indices[ok])
+        stages.advance(0.25 * len(rows) / n)
+    if bot_a:
+        bf = greedy_f1(emb, torch.cat(bot_a), torch.cat(bot_b))
+        if len(bf):
+            lo.append(float(bf.min()))
+    a = torch.cat(cand_a) if cand_a else torch.zeros(0, dtype=torch.long)
+    b = torch.cat(cand_b) if cand_b else torch.zeros(0, dtype=torch.long)
+    return a, b
 
 
 def _expand(inverse: np.ndarray, ua: np.ndarray, ub: np.ndarray, uf: np.ndarray, n: int) -> tuple[
@@ -404,35 +425,44 @@ def clip_similarity(
     if cfg.clip_rule != "max" and len(pairs):
         if max(len(c) for c in clip_captions) > MAX_CAPTIONS_PER_CLIP:
             raise AudiocapError(f"clip_similarity: clips hold at most {MAX_CAPTIONS_PER_CLIP} captions")
-        prep = prepare(flat, cfg, idf_source=flat)
-        starts = np.concatenate([[0], np.cumsum([len(c) for c in clip_captions])])
-        sizes = np.diff(starts)
-        na, nb = sizes[pairs[:, 0]], sizes[pairs[:, 1]]
-        cnt = na * nb
-        pid = np.repeat(np.arange(len(pairs)), cnt)
-        within = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        ia = starts[pairs[pid, 0]] + within // nb[pid]
-        ib = starts[pairs[pid, 1]] + within % nb[pid]
-        ua = rows_of(prep, [flat[i] for i in ia])
-        ub = rows_of(prep, [flat[i] for i in ib])
-        f = labels.normalise(greedy_f1(prep.emb, ua, ub).numpy())
-        if cfg.clip_rule == "mean":
-            score = np.bincount(pid, weights=f, minlength=len(pairs)) / cnt
-        else:  # "match": every caption's best partner in the other clip, averaged both ways
-            row_key = pid * MAX_CAPTIONS_PER_CLIP + within // nb[pid]
-            col_key = pid * MAX_CAPTIONS_PER_CLIP + within % nb[pid]
-            row_best = np.full(len(pairs) * MAX_CAPTIONS_PER_CLIP, -np.inf)
-            np.maximum.at(row_best, row_key, f)
-            col_best = np.full(len(pairs) * MAX_CAPTIONS_PER_CLIP, -np.inf)
-            np.maximum.at(col_best, col_key, f)
-            row_best[~np.isfinite(row_best)] = 0.0
-            col_best[~np.isfinite(col_best)] = 0.0
-            score = 0.5 * (row_best.reshape(-1, MAX_CAPTIONS_PER_CLIP).sum(1) / na + col_best.reshape(-1, MAX_CAPTIONS_PER_CLIP).sum(1) / nb)
-        pairs = pairs[score > cfg.threshold]
+        pairs = pairs[_clip_pair_scores(pairs, clip_captions, flat, labels, cfg) > cfg.threshold]
+    return _neighbour_lists(pairs, len(clip_captions))
+
+
+def _clip_pair_scores(pairs: np.ndarray, clip_captions: Sequence[Sequence[str]], flat: list[str],
+                      labels: SimilarityLabels, cfg: SimilarityConfig) -> np.ndarray:
+    """Clip-level normalised scores of clip ``pairs`` [P, 2] by ``cfg.clip_rule`` ("mean" or
+    "match"), every caption pair of the two clips scored exactly."""
+    prep = prepare(flat, cfg, idf_source=flat)
+    starts = np.concatenate([[0], np.cumsum([len(c) for c in clip_captions])])
+    sizes = np.diff(starts)
+    na, nb = sizes[pairs[:, 0]], sizes[pairs[:, 1]]
+    cnt = na * nb
+    pid = np.repeat(np.arange(len(pairs)), cnt)
+    within = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    ia = starts[pairs[pid, 0]] + within // nb[pid]
+    ib = starts[pairs[pid, 1]] + within % nb[pid]
+    ua = rows_of(prep, [flat[i] for i in ia])
+    ub = rows_of(prep, [flat[i] for i in ib])
+    f = labels.normalise(greedy_f1(prep.emb, ua, ub).numpy())
+    if cfg.clip_rule == "mean":
+        return np.bincount(pid, weights=f, minlength=len(pairs)) / cnt
+    # "match": every caption's best partner in the other clip, averaged both ways
+    best = []
+    for key in (pid * MAX_CAPTIONS_PER_CLIP + within // nb[pid], pid * MAX_CAPTIONS_PER_CLIP + within % nb[pid]):
+        b = np.full(len(pairs) * MAX_CAPTIONS_PER_CLIP, -np.inf)
+        np.maximum.at(b, key, f)
+        b[~np.isfinite(b)] = 0.0
+        best.append(b.reshape(-1, MAX_CAPTIONS_PER_CLIP).sum(1))
+    return 0.5 * (best[0] / na + best[1] / nb)
+
+
+def _neighbour_lists(pairs: np.ndarray, n_clips: int) -> list[np.ndarray]:
+    """Clip pairs (a < b) [P, 2] -> each clip's sorted neighbours, both directions."""
     both = np.concatenate([pairs, pairs[:, ::-1]]) if len(pairs) else pairs
-    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in clip_captions]
+    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in range(n_clips)]
     if len(both):
         both = both[np.lexsort((both[:, 1], both[:, 0]))]
-        bounds = np.searchsorted(both[:, 0], np.arange(len(clip_captions) + 1))
-        out = [both[bounds[i] : bounds[i + 1], 1].astype(np.int64) for i in range(len(clip_captions))]
+        bounds = np.searchsorted(both[:, 0], np.arange(n_clips + 1))
+        out = [both[bounds[i] : bounds[i + 1], 1].astype(np.int64) for i in range(n_clips)]
     return out
