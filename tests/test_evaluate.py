@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from audiocap_cli import metrics as M
 from audiocap_cli.config import load_config
 from audiocap_cli.errors import MetricsError
 
-from _shared import EXAMPLE_REFS, JAVA, clotho_validation_rows, needs_java
+from _shared import EXAMPLE_REFS, clotho_validation_rows, needs_java
 
 CHEAP = ("bleu", "rouge_l", "cider_d")
 
