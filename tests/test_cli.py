@@ -39,3 +39,47 @@ def test_library_imports_without_cli_deps() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# A bad option value for every command: exit status 2, one line on stderr, no traceback.
+BAD_VALUES = [
+    ("train-retriever", "data", "-m", "m", "--encoder", "bogus"),
+    ("train-retriever", "data", "-m", "m", "--similarity-model", "./no/such/folder"),
+    ("train-retriever", "data", "-m", "m", "--encoder-weights", "/no/such/weights.pth"),
+    ("train-retriever", "data", "-m", "m", "--epochs", "0"),
+    ("build-index", "data", "-m", "m", "--encoder", "bogus"),
+    ("build-index", "data", "-m", "m", "--clip-seconds", "0"),
+    ("train-decoder", "data", "-m", "m", "--guidance", "bogus"),
+    ("train-decoder", "data", "-m", "m", "--audio", "bogus"),
+    ("train-decoder", "data", "-m", "m", "--lm", "/no/such/lm"),
+    ("bootstrap", "corpus.csv", "-m", "m", "--audio", "frames"),
+    ("bootstrap", "corpus.csv", "-m", "m", "--lm", "a/b/c"),
+    ("caption", "x.wav", "-m", "m", "--format", "xml"),
+    ("caption", "x.wav", "-m", "m", "--long-audio", "bogus"),
+    ("caption", "x.wav", "-m", "m", "--beam-size", "0"),
+    ("caption", "x.wav", "-m", "m", "--device", "gpu0"),
+    ("eval", "-d", "data", "--scope", "bogus"),
+    ("eval", "-d", "data", "--beam-size", "many"),
+    ("eval", "--split", "test"),  # neither --dataset nor a model that records one
+    ("eval", "--split", "test", "-m", "."),  # a model directory that records no dataset
+    ("no-such-command",),
+]
+
+
+@pytest.mark.parametrize("args", BAD_VALUES, ids=lambda a: " ".join(a))
+def test_bad_option_values_are_one_line_usage_errors(args: tuple[str, ...], tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUDIOCAP_MODEL", raising=False)
+    r = run(*args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("audiocap: error: "), r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_encoder_choices_match_the_library() -> None:
+    from typing import get_args
+
+    from audiocap_cli.cli import EncoderName
+    from audiocap_cli.encoders import ENCODERS
+
+    assert set(get_args(EncoderName)) == set(ENCODERS)

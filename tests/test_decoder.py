@@ -20,6 +20,7 @@ from audiocap_cli.decoder import (
 )
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from audiocap_cli.lm import FrozenLM, load_lm
+from audiocap_cli.training import RunDir
 
 from _shared import D_A, make_decoder
 
@@ -152,21 +153,24 @@ def test_training_resumes_exactly(lm: FrozenLM, tmp_path: Path) -> None:
     cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2)  # dropout on: RNG must resume too
     tc = DecoderTrainConfig(batch_size=4, micro_batch=2, lr_max=1e-3)
     ex, val = _examples(6), _examples(2, seed=1)
-    straight = train_decoder(ex, cfg, lm, tmp_path / "a", epochs=3, val_examples=val, train_cfg=tc)
-    train_decoder(ex, cfg, lm, tmp_path / "b", epochs=2, val_examples=val, train_cfg=tc)
+    straight = train_decoder(ex, cfg, lm, tmp_path / "a", epochs=3, val_examples=val, train_cfg=tc, keep_state=True)
+    train_decoder(ex, cfg, lm, tmp_path / "b", epochs=2, val_examples=val, train_cfg=tc, keep_state=True)
     seen: list[int] = []
     resumed = train_decoder(ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc,
-                            progress=seen.append)
+                            progress=seen.append, keep_state=True)
     assert sum(seen) == len(ex)  # only the third epoch ran
     rows = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[0]["train_loss"] > rows[-1]["train_loss"]
-    a = torch.load(straight / "last.pt", weights_only=False)["weights"]
-    b = torch.load(resumed / "last.pt", weights_only=False)["weights"]
+    a = RunDir(straight).resume()[0]
+    b = RunDir(resumed).resume()[0]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     dec = load_decoder(resumed, lm)  # best epoch's weights + config, loadable
     assert dec.cfg == cfg
+    # the best epoch's weights are written once, as decoder.safetensors (no best.safetensors copy)
+    assert sorted(p.name for p in resumed.iterdir()) == [
+        "decoder.json", "decoder.safetensors", "decoder_train.json", "last.safetensors", "metrics.jsonl"]
     # resuming with another config is refused
     with pytest.raises(ConfigMismatchError, match="k:"):
         train_decoder(ex, DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=3), lm, tmp_path / "b",

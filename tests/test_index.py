@@ -91,7 +91,39 @@ def test_round_trip_through_disk(tmp_path: Path) -> None:
     # Saving over an existing index replaces it whole, leaving no temp dirs behind.
     CaptionIndex.build(vecs[:10], ids[:10], caps[:10], _cfg()).save(out)
     assert len(CaptionIndex.load(out)) == 10
-    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    # idx is a symlink to its one current version: no temp dirs or old versions left behind.
+    assert out.is_symlink() and [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["idx"]
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == [out.resolve()]
+
+
+def test_replacing_an_index_never_leaves_it_missing(tmp_path: Path) -> None:
+    import threading
+
+    vecs = _unit(40, 8)
+    ids, caps = _entries(40)
+    out = tmp_path / "idx"
+    out.mkdir()  # a real directory, as an older audiocap wrote it, is migrated on the first save
+    CaptionIndex.build(vecs[:5], ids[:5], caps[:5], _cfg()).save(out)
+    assert out.is_symlink() and len(CaptionIndex.load(out)) == 5
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for n in range(6, 40):
+                CaptionIndex.build(vecs[:n], ids[:n], caps[:n], _cfg()).save(out)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    seen, loads = set(), 0
+    while not done.is_set():
+        assert (out / "index.json").is_file() and (out / "entries.jsonl").is_file()
+        seen.add(len(CaptionIndex.load(out)))  # always a whole index: entries match the graph
+        loads += 1
+    t.join()
+    assert loads > 0 and len(CaptionIndex.load(out)) == 39
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".")]) == 1
 
 
 def test_config_mismatch_and_missing_dir(tmp_path: Path) -> None:

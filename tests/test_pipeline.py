@@ -121,6 +121,10 @@ def test_eval_on_predictions_and_split(workspace: Path, model: Path, env: dict[s
     assert "Human" in names[-1]
     r2 = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(model), "-q", env=env)
     assert json.loads(r2.stdout)[0]["CIDEr-D"] == pytest.approx(table[0]["CIDEr-D"])
+    # The model records the dataset it was trained on: `eval --split test -m MODEL` needs no --dataset.
+    assert json.loads((model / "config.json").read_text())["config"]["dataset"] == str(workspace.resolve())
+    r3 = cli("eval", "--split", "test", "-m", str(model), "-q", env=env)
+    assert f"dataset {workspace.resolve()}" in r3.stderr and r3.stdout == r2.stdout
 
 
 def test_caption_resume_after_sigkill(workspace: Path, model: Path, env: dict[str, str]) -> None:

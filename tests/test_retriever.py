@@ -171,19 +171,21 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     keys = ("epoch", "train_loss", "val_loss", "val_p_at_1", "best")
     whole = train_retriever(train, train_sim, val, val_sim, TINY, tmp_path / "whole", epochs=4)
     part = tmp_path / "part"
-    train_retriever(train, train_sim, val, val_sim, TINY, part, epochs=2)
+    train_retriever(train, train_sim, val, val_sim, TINY, part, epochs=2, keep_state=True)  # as if killed
+    assert (part / "last.safetensors").is_file() and not (whole / "last.safetensors").exists()
     # A run killed after logging epoch 3 but before its checkpoint: the stray row is dropped.
     with open(part / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 3, "train_loss": -1}) + "\n")
-    train_retriever(train, train_sim, val, val_sim, TINY, part, epochs=4)
+    train_retriever(train, train_sim, val, val_sim, TINY, part, epochs=4, keep_state=True)
     a, b = _metrics(whole), _metrics(part)
     assert len(a) == len(b) == 4
     for ra, rb in zip(a, b):
         for k in keys:
             assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-7), (k, ra, rb)
-    # Running again with the epochs already done trains nothing more.
+    # Running again with the epochs already done (state kept) trains nothing more, and the
+    # finished run then deletes its state.
     train_retriever(train, train_sim, val, val_sim, TINY, part, epochs=4)
-    assert len(_metrics(part)) == 4
+    assert len(_metrics(part)) == 4 and not (part / "last.safetensors").exists()
     # resume=False starts over.
     train_retriever(train, train_sim, val, val_sim, TINY, part, epochs=1, resume=False)
     assert len(_metrics(part)) == 1
@@ -192,7 +194,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
 def test_resume_with_other_config_or_data_refused(tmp_path: Path) -> None:
     train, train_sim = _clips(32, 5)
     val, val_sim = _clips(16, 6)
-    run = train_retriever(train, train_sim, val, val_sim, TINY, tmp_path / "run", epochs=1)
+    run = train_retriever(train, train_sim, val, val_sim, TINY, tmp_path / "run", epochs=1, keep_state=True)
     other = RetrieverConfig(**{**TINY.__dict__, "margin": 0.5})
     with pytest.raises(ConfigMismatchError, match="margin"):
         train_retriever(train, train_sim, val, val_sim, other, run, epochs=2)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Literal, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -81,10 +82,54 @@ def _model_cfg(encoder: str, encoder_weights: Optional[str], clip_seconds: float
     return ModelConfig(encoder=encoder, encoder_weights=encoder_weights, clip_seconds=clip_seconds, k=k)
 
 
+# Option values are checked while parsing: a bad one is a usage error (exit status 2, one line
+# on stderr; see main), never a traceback from deep inside the library.
+EncoderName = Literal["yamnet", "vggish"]  # encoders.ENCODERS, without importing torch to parse
+
+
+def _positive(value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, not {value}")
+    return value
+
+
+def _model_spec(value: Optional[str]) -> Optional[str]:
+    """A model named by a known name, a hub id (``org/name``) or a folder: what has the shape
+    of neither a name nor a hub id must be an existing folder. (Whether a name or hub id exists
+    is for the loader to say, in one line.)"""
+    if value is None or Path(value).expanduser().exists():
+        return value
+    if value.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value):
+        raise typer.BadParameter(f"{value!r}: no such folder, and not a model name or hub id (org/name)")
+    return value
+
+
+def _weights(value: Optional[str]) -> Optional[str]:
+    """Encoder weights: an http(s) URL, an existing file or folder, or a TF checkpoint prefix."""
+    path = Path(value).expanduser() if value is not None else None
+    if path is None or re.match(r"https?://", str(value)) or path.exists() or path.with_name(path.name + ".index").is_file():
+        return value
+    raise typer.BadParameter(f"{value!r}: no such file or folder, and not an http(s) URL")
+
+
+def _device(value: str) -> str:
+    """A torch device this machine has (cpu, cuda, cuda:1, mps...)."""
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError) as e:
+        raise typer.BadParameter(f"{value!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from e
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise typer.BadParameter(f"{value!r}: no such CUDA device here ({torch.cuda.device_count()} available)")
+    return value
+
+
 EncoderOpt = typer.Option("yamnet", help="Frozen audio encoder: yamnet (offline default) or vggish.")
-EncoderWeightsOpt = typer.Option(None, help="Encoder weights: a file or URL (vggish needs one).")
-SecondsOpt = typer.Option(10.0, help="Fixed clip length in seconds (pad/crop; AudioCaps clips are 10 s).")
-KOpt = typer.Option(5, "-k", help="Guidance captions per clip (the paper's K).")
+EncoderWeightsOpt = typer.Option(None, callback=_weights, help="Encoder weights: a file or URL (vggish needs one).")
+SecondsOpt = typer.Option(10.0, callback=_positive, help="Fixed clip length in seconds (pad/crop; AudioCaps clips are 10 s).")
+KOpt = typer.Option(5, "-k", min=1, help="Guidance captions per clip (the paper's K).")
+KeepStateOpt = typer.Option(False, "--keep-state", help="Keep the resumable training state of a finished run (to train it further later).")
 
 
 @app.command("train-retriever")
@@ -93,15 +138,16 @@ def train_retriever(
     model: Path = ModelOpt,
     split: str = typer.Option("train", help="Training split."),
     val_split: str = typer.Option("val", help="Validation split (best-validation checkpoint)."),
-    epochs: int = typer.Option(200, help="Epochs (the paper: 200)."),
-    batch_size: int = typer.Option(128, help="Triplet batch size (the paper: 128)."),
-    threshold: float = typer.Option(0.7, help="Normalised BERTScore above which captions are similar."),
-    similarity_model: str = typer.Option("minilm", help="BERTScore backbone: minilm (offline) or a hub id/folder (roberta-large)."),
-    encoder: str = EncoderOpt,
+    epochs: int = typer.Option(200, min=1, help="Epochs (the paper: 200)."),
+    batch_size: int = typer.Option(128, min=4, help="Triplet batch size (the paper: 128)."),
+    threshold: float = typer.Option(0.7, min=0.0, max=1.0, help="Normalised BERTScore above which captions are similar."),
+    similarity_model: str = typer.Option("minilm", callback=_model_spec, help="BERTScore backbone: minilm (offline) or a hub id/folder (roberta-large)."),
+    encoder: EncoderName = EncoderOpt,
     encoder_weights: Optional[str] = EncoderWeightsOpt,
     clip_seconds: float = SecondsOpt,
     k: int = KOpt,
     resume: bool = typer.Option(True, help="Continue an interrupted run in the same model directory."),
+    keep_state: bool = KeepStateOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Train the triplet retriever on caption-similarity labels (paper, sec. 3.2)."""
@@ -113,6 +159,7 @@ def train_retriever(
         run = workflows.train_retriever(
             dataset, model, _model_cfg(encoder, encoder_weights, clip_seconds, k), epochs,
             split=split, val_split=val_split, batch_size=batch_size, sim_cfg=sim, resume=resume, rep=rep,
+            keep_state=keep_state,
         )
     err.print(f"retriever: {run}", markup=False)
 
@@ -125,7 +172,7 @@ def build_index(
     raw: bool = typer.Option(False, "--raw", help="Index mean-pooled raw encoder frames (the paper's 1NN baseline) instead of the trained retriever."),
     captions: bool = typer.Option(False, "--captions", help="Text-only: index the captions of a corpus without audio, through AudioSet tags."),
     add: bool = typer.Option(False, "--add", help="Add the split's clips missing from the existing index instead of rebuilding it."),
-    encoder: str = EncoderOpt,
+    encoder: EncoderName = EncoderOpt,
     encoder_weights: Optional[str] = EncoderWeightsOpt,
     clip_seconds: float = SecondsOpt,
     k: int = KOpt,
@@ -148,15 +195,16 @@ def train_decoder(
     model: Path = ModelOpt,
     split: str = typer.Option("train", help="Training split."),
     val_split: Optional[str] = typer.Option("val", help="Validation split (best-validation checkpoint); '' for none."),
-    epochs: int = typer.Option(200, help="Epochs (the paper: 200)."),
-    batch_size: int = typer.Option(512, help="Examples per optimiser step (the paper: 512; accumulated)."),
-    lm: str = typer.Option("smollm2", help="Frozen causal LM: smollm2 (offline), gpt2, a hub id or a folder."),
-    guidance: str = typer.Option("separate", help="Guidance captions through the LM: concat (the paper) or separate (cacheable)."),
+    epochs: int = typer.Option(200, min=1, help="Epochs (the paper: 200)."),
+    batch_size: int = typer.Option(512, min=1, help="Examples per optimiser step (the paper: 512; accumulated)."),
+    lm: str = typer.Option("smollm2", callback=_model_spec, help="Frozen causal LM: smollm2 (offline), gpt2, a hub id or a folder."),
+    guidance: Literal["concat", "separate"] = typer.Option("separate", help="Guidance captions through the LM: concat (the paper) or separate (cacheable)."),
     text_only: bool = typer.Option(False, "--text-only", help="Train from captions alone (see `audiocap bootstrap`)."),
-    audio: str = typer.Option("auto", help="Audio branch: frames, tags (text-only pseudo-audio), none, or auto."),
-    max_captions: Optional[int] = typer.Option(None, help="Use at most this many training captions (text-only)."),
+    audio: Literal["frames", "tags", "none", "auto"] = typer.Option("auto", help="Audio branch: frames, tags (text-only pseudo-audio), none, or auto."),
+    max_captions: Optional[int] = typer.Option(None, min=1, help="Use at most this many training captions (text-only)."),
     residual: bool = typer.Option(False, help="Add the LM's own features before the head (not in the paper; trains faster)."),
     resume: bool = typer.Option(True, help="Continue an interrupted run."),
+    keep_state: bool = KeepStateOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Train the guided decoder on a frozen language model (paper, sec. 3.3)."""
@@ -166,7 +214,7 @@ def train_decoder(
         run = workflows.train_decoder(
             dataset, model, epochs, split=split, val_split=val_split or None, batch_size=batch_size, lm_spec=lm,
             guidance=guidance, text_only=text_only, audio=audio, max_captions=max_captions, resume=resume, rep=rep,
-            residual=residual,
+            residual=residual, keep_state=keep_state,
         )
     err.print(f"decoder: {run}", markup=False)
 
@@ -175,12 +223,13 @@ def train_decoder(
 def bootstrap(
     corpus: Path = typer.Argument(..., help="Caption corpus: AudioCaps or Clotho CSV, or a generic list."),
     model: Path = ModelOpt,
-    epochs: int = typer.Option(6, help="Decoder epochs."),
-    max_captions: Optional[int] = typer.Option(3000, help="Captions the decoder trains on (all are indexed)."),
-    lm: str = typer.Option("smollm2", help="Frozen causal LM."),
-    audio: str = typer.Option("tags", help="Decoder audio branch: tags (pseudo-audio from the caption's AudioSet profile) or none."),
-    batch_size: int = typer.Option(32, help="Decoder examples per optimiser step (small corpora need more steps than the paper's 512)."),
+    epochs: int = typer.Option(6, min=1, help="Decoder epochs."),
+    max_captions: Optional[int] = typer.Option(3000, min=1, help="Captions the decoder trains on (all are indexed)."),
+    lm: str = typer.Option("smollm2", callback=_model_spec, help="Frozen causal LM."),
+    audio: Literal["tags", "none"] = typer.Option("tags", help="Decoder audio branch: tags (pseudo-audio from the caption's AudioSet profile) or none."),
+    batch_size: int = typer.Option(32, min=1, help="Decoder examples per optimiser step (small corpora need more steps than the paper's 512)."),
     residual: bool = typer.Option(True, help="Add the LM's own features before the head (not in the paper; trains faster)."),
+    keep_state: bool = KeepStateOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus alone: zero-shot index + text-only decoder."""
@@ -188,7 +237,7 @@ def bootstrap(
 
     with reporter(quiet) as rep:
         workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio,
-                            batch_size=batch_size, residual=residual, rep=rep)
+                            batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state)
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 
@@ -197,16 +246,16 @@ def caption(
     inputs: list[str] = typer.Argument(..., help="Audio files, directories (recursive), globs, or - for paths on stdin."),
     model: Path = ModelOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl, or csv (file_name,caption_predicted for aac-metrics)."),
+    fmt: Literal["jsonl", "csv"] = typer.Option("jsonl", "--format", help="jsonl, or csv (file_name,caption_predicted for aac-metrics)."),
     resume: bool = typer.Option(False, help="With -o: skip clips already in the output."),
-    beam_size: int = typer.Option(4, help="Beam width (1 = greedy)."),
-    batch_size: int = typer.Option(16, help="Files per batch."),
-    max_len: int = typer.Option(30, help="Maximum caption length in tokens."),
-    no_repeat_ngram: int = typer.Option(3, help="Never repeat an n-gram of this size in a caption (0: off)."),
-    k: Optional[int] = typer.Option(None, "-k", help="Guidance captions per clip (default: the model's)."),
-    long_audio: str = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
-    hop: Optional[float] = typer.Option(None, help="Window step in seconds with --long-audio windows."),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    beam_size: int = typer.Option(4, min=1, help="Beam width (1 = greedy)."),
+    batch_size: int = typer.Option(16, min=1, help="Files per batch."),
+    max_len: int = typer.Option(30, min=1, help="Maximum caption length in tokens."),
+    no_repeat_ngram: int = typer.Option(3, min=0, help="Never repeat an n-gram of this size in a caption (0: off)."),
+    k: Optional[int] = typer.Option(None, "-k", min=1, help="Guidance captions per clip (default: the model's)."),
+    long_audio: Literal["crop", "windows"] = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
+    hop: Optional[float] = typer.Option(None, callback=_positive, help="Window step in seconds with --long-audio windows."),
+    device: str = typer.Option("cpu", callback=_device, help="torch device, e.g. cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Caption audio files: one JSON line per clip (or window) on stdout."""
@@ -215,8 +264,6 @@ def caption(
 
     if resume and output is None:
         fatal("--resume needs -o FILE", 2)
-    if fmt not in ("jsonl", "csv"):
-        fatal(f"unknown --format {fmt!r}: use jsonl or csv", 2)
     paths = expand_inputs(inputs, sys.stdin)
     if not paths:
         fatal("no input files", 2)
@@ -237,24 +284,25 @@ def caption(
 @app.command("eval")
 def evaluate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="AUDIOCAP_MODEL", help=MODEL_HELP),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Dataset whose split holds the references."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Dataset whose split holds the references (default: the one the model was trained on)."),
     split: str = typer.Option("test", help="Split to caption and score."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="Score this JSONL/CSV of captions instead of captioning."),
-    scope: str = typer.Option("system", help="system (the full model), or all: the paper's Table 1 (retrieval baselines, oracles, human)."),
+    scope: Literal["system", "all"] = typer.Option("system", help="system (the full model), or all: the paper's Table 1 (retrieval baselines, oracles, human)."),
     train_split: str = typer.Option("train", help="Split the retrieval baselines and oracles draw captions from (--scope all)."),
     per_clip: Optional[Path] = typer.Option(None, help="Write per-clip scores (JSONL) here."),
     bertscore: bool = typer.Option(False, help="Add a BERTScore column (max over references)."),
     spice_dir: Optional[Path] = typer.Option(None, envvar="AUDIOCAP_SPICE_DIR", help="Folder with Stanford CoreNLP 3.6.0 jars, for SPICE/SPIDEr."),
     java: str = typer.Option("java", help="Java executable for the PTB tokenizer, METEOR and SPICE."),
-    beam_size: int = typer.Option(4, help="Beam width when captioning."),
+    beam_size: int = typer.Option(4, min=1, help="Beam width when captioning."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Score captions with BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr (pycocoevalcap 1.2)."""
     from . import evaluate as ev
     from . import workflows
 
-    if dataset is None:
-        fatal("--dataset is required: the references come from its split", 2)
+    dataset, recorded = workflows.eval_dataset(dataset, model)
+    if recorded:
+        err.print(f"audiocap: dataset {dataset} (recorded in model {model})", markup=False)
     with reporter(quiet) as rep:
         rows = workflows.evaluate(
             dataset, split, model=model, predictions=predictions, scope=scope, train_split=train_split,
@@ -274,10 +322,25 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        app()
+        # standalone_mode=False: click hands usage errors (bad option values...) to us instead of
+        # printing usage + a boxed message; they become one line and exit status 2 like ours.
+        code = app(standalone_mode=False)
     except AudiocapError as e:
         print(f"audiocap: error: {e}", file=sys.stderr)  # one line, never wrapped
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except typer.TyperException as e:  # click's errors, as typer vendors them
+        code = getattr(e, "exit_code", 1)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()  # type: ignore[attr-defined]  # the help text, as click prints it
+            sys.exit(code)
+        ctx = getattr(e, "ctx", None)
+        message = " ".join(str(getattr(e, "format_message", e.__str__)()).split()).replace("Value error, ", "")
+        hint = f" (see '{ctx.command_path} --help')" if code == 2 and ctx is not None else ""
+        print(f"audiocap: error: {message}{hint}", file=sys.stderr)
+        sys.exit(code)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("audiocap: interrupted", markup=False)
         sys.exit(130)
+    if code == 130:  # click turns KeyboardInterrupt into exit status 130
+        err.print("audiocap: interrupted", markup=False)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -11,7 +11,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -62,6 +64,43 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_safetensors(tensors: Mapping[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write torch ``tensors`` (detached, moved to the CPU, contiguous) as one safetensors file,
+    atomically (:func:`atomic_write_bytes`). safetensors holds data only: loading it runs no code."""
+    from safetensors.torch import save
+
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(data, metadata=metadata))
+
+
+def replace_dir(built: str | Path, target: str | Path) -> Path:
+    """Make the finished directory ``built`` appear at ``target`` in one atomic step.
+
+    ``target`` becomes a symlink to a versioned sibling ``.<name>.v<random>`` (``built`` is
+    moved there); the swap is ``os.replace`` of a symlink, so a reader always finds the old
+    version or the new one, never nothing. The previous version is deleted afterwards (readers
+    should :func:`Path.resolve` ``target`` once and read through the result; a reader that loses
+    the race sees its version vanish and can resolve again). A real directory left at ``target``
+    by an older audiocap is moved aside first: that one migration is not atomic.
+    """
+    built, target = Path(built), Path(target)
+    parent = target.parent
+    version = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.v"))
+    os.replace(built, version)  # an empty directory is replaced by a rename (same filesystem)
+    old = target.resolve() if target.is_symlink() else None
+    if target.exists() and not target.is_symlink():  # a real directory: the old layout
+        old = parent / f".{target.name}.v{os.getpid()}-legacy"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    link = parent / f".{target.name}.{os.getpid()}.link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(version.name)  # relative: the model directory can be moved or copied
+    os.replace(link, target)
+    if old is not None and old != version.resolve() and old.parent == parent.resolve():
+        shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def save_config(cfg: Any, path: str | Path, **extra: Any) -> None:

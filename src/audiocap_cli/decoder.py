@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .config import check_config, load_config, save_config
+from .config import atomic_save_safetensors, check_config, load_config, save_config
 from .errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from .lm import FrozenLM, load_lm, pad_ids
 from .training import RunDir, RunState
@@ -316,7 +316,7 @@ class GuidedDecoder(nn.Module):
         """Write ``decoder.safetensors`` (trainable weights only) and ``decoder.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _save_weights(self.state_dict(), folder / DECODER_WEIGHTS)
+        atomic_save_safetensors(self.state_dict(), folder / DECODER_WEIGHTS)
         save_config(self.cfg, folder / DECODER_CONFIG, lm_name=self.lm.name, lm_fingerprint=self.lm.fingerprint)
         return folder
 
@@ -325,12 +325,6 @@ def _init(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, 0.0, INIT_STD)
         nn.init.zeros_(m.bias)
-
-
-def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
 
 
 def _check_lm(folder: Path, lm: FrozenLM) -> None:
@@ -473,9 +467,12 @@ def train_decoder(
     seed: int = 0,
     val_examples: Sequence[Example] | None = None,
     train_cfg: DecoderTrainConfig | None = None,
+    keep_state: bool = False,
 ) -> Path:
     """Train a :class:`GuidedDecoder` by teacher forcing; returns ``run_dir`` holding the best
     epoch's ``decoder.safetensors`` + ``decoder.json`` (load with :func:`load_decoder`).
+    ``decoder.safetensors`` is the run's best-epoch file itself, written once per improvement.
+    A finished run deletes its resumable state unless ``keep_state`` (see ``RunDir.finish``).
 
     ``examples``: (target caption, guidance pool, frames ``[T, D_a]`` or None). Each epoch
     draws K pool captions at random, in random order (see :func:`draw_guidance`).
@@ -488,7 +485,7 @@ def train_decoder(
     _check_examples(examples, cfg, "decoder training examples")
     if val_examples:
         _check_examples(val_examples, cfg, "decoder validation examples")
-    run = RunDir(run_dir)
+    run = RunDir(run_dir, best_name=DECODER_WEIGHTS)
     torch.manual_seed(tcfg.seed)  # the N(0, 0.02) init: a run is reproducible from its seed
     dec = GuidedDecoder(cfg, lm)
     opt = torch.optim.Adam(dec.parameters(), lr=tcfg.lr_max, betas=tcfg.betas, eps=tcfg.eps)
@@ -502,8 +499,7 @@ def train_decoder(
         dec.load_state_dict(weights)
         opt.load_state_dict(optim["adam"])
     else:
-        for stale in (run.last, run.best, run.metrics):
-            stale.unlink(missing_ok=True)
+        run.reset()
         save_config(cfg, run.path / DECODER_CONFIG, lm_name=lm.name, lm_fingerprint=lm.fingerprint)
         save_config(tcfg, run.path / TRAIN_CONFIG)
 
@@ -552,8 +548,7 @@ def train_decoder(
         run.log(row)
         run.save(weights, {"adam": opt.state_dict()}, state)
 
-    if run.best.is_file():
-        dec.load_state_dict(run.load_best())
-    _save_weights(dec.state_dict(), run.path / DECODER_WEIGHTS)
-    save_config(cfg, run.path / DECODER_CONFIG, lm_name=lm.name, lm_fingerprint=lm.fingerprint)
+    if not run.best.is_file():  # no epoch improved (a NaN loss): the last weights are all there is
+        run.save_best(dec.state_dict())
+    run.finish(keep_state)
     return run.path

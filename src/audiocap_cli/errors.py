@@ -67,3 +67,10 @@ class ModelNotFoundError(AudiocapError):
 
 class MetricsError(AudiocapError):
     """A metric could not be computed (Java missing, a jar failing, malformed predictions)."""
+
+
+class UsageError(AudiocapError):
+    """A bad value for an option or argument, found by the library (exit status 2, as for
+    any command-line usage error)."""
+
+    exit_code = 2

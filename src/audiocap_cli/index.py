@@ -7,7 +7,8 @@ Knows nothing about torch modules: vectors arrive as float32 arrays (from
   ``entries.jsonl``  one ``{"id": ..., "captions": [...]}`` per entry, in label order
   ``index.json``     the IndexConfig (``config.save_config``) plus the entry count
 
-and is written atomically (a temp dir, then renames), so a reader sees a whole index.
+and is written atomically (the directory is a symlink to a versioned folder, swapped in one
+step; see ``config.replace_dir``), so a reader sees a whole index.
 """
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hnswlib
 import numpy as np
 
-from .config import check_config, load_config, save_config
+from .config import check_config, load_config, replace_dir, save_config
 from .errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 
 CONFIG_NAME = "index.json"
@@ -147,8 +148,14 @@ class CaptionIndex:
 
     # -- persistence ----------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the index to ``directory`` atomically (temp dir + rename); returns it."""
+    def save(self, directory: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
+        """Write the index to ``directory`` atomically; returns it.
+
+        The files are written into a temporary directory that then replaces ``directory`` in
+        one step (:func:`config.replace_dir`: ``directory`` is a symlink to the current
+        version), so a reader sees the old index or the new one, never none or half of one.
+        ``extra(folder)``: writes more files that belong to this version into ``folder``.
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
@@ -159,17 +166,10 @@ class CaptionIndex:
                     f.write(json.dumps({"id": cid, "captions": list(caps)}, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            if extra is not None:
+                extra(tmp)
             save_config(self.config, tmp / CONFIG_NAME, count=len(self._ids))
-            # A non-empty dir cannot be replaced in one rename: move the old one aside first.
-            # A reader sees the old index or the new one (or, for that instant, none).
-            old = None
-            if directory.exists():
-                old = directory.parent / f".{directory.name}.{os.getpid()}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-            os.replace(tmp, directory)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -183,12 +183,22 @@ class CaptionIndex:
         match (ConfigMismatchError naming the fields otherwise) and its ``ef_search`` is used.
         A missing or incomplete directory is a ModelNotFoundError.
         """
-        directory = Path(directory)
+        for _ in range(5):  # read one version; one replaced (and deleted) meanwhile: read anew
+            real = Path(directory).resolve()
+            try:
+                return cls._load(real, expected, directory)
+            except ModelNotFoundError:
+                if Path(directory).resolve() == real:
+                    raise
+        return cls._load(Path(directory).resolve(), expected, directory)
+
+    @classmethod
+    def _load(cls, directory: Path, expected: IndexConfig | None, shown: str | Path) -> CaptionIndex:
         if not (directory / CONFIG_NAME).is_file():
-            raise ModelNotFoundError(f"{directory}: no caption index here (run `audiocap build-index`)")
+            raise ModelNotFoundError(f"{shown}: no caption index here (run `audiocap build-index`)")
         cfg = load_config(IndexConfig, directory / CONFIG_NAME)
         if expected is not None:
-            check_config(expected, cfg, f"caption index {directory}", fields=MATCH_FIELDS)
+            check_config(expected, cfg, f"caption index {shown}", fields=MATCH_FIELDS)
             cfg = replace(cfg, ef_search=expected.ef_search)
         ids: list[str] = []
         caps: list[tuple[str, ...]] = []
@@ -200,15 +210,15 @@ class CaptionIndex:
                         ids.append(str(row["id"]))
                         caps.append(tuple(str(c) for c in row["captions"]))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelNotFoundError(f"{directory}: unreadable {ENTRIES_NAME} ({e})") from e
+            raise ModelNotFoundError(f"{shown}: unreadable {ENTRIES_NAME} ({e})") from e
         graph = hnswlib.Index(space=cfg.space, dim=cfg.dim)
         try:
             graph.load_index(str(directory / GRAPH_NAME), max_elements=max(len(ids), 1))
         except (RuntimeError, OSError) as e:
-            raise ModelNotFoundError(f"{directory}: unreadable {GRAPH_NAME} ({e})") from e
+            raise ModelNotFoundError(f"{shown}: unreadable {GRAPH_NAME} ({e})") from e
         if graph.get_current_count() != len(ids):
             raise ModelNotFoundError(
-                f"{directory}: corrupt index ({graph.get_current_count()} vectors, {len(ids)} entries)"
+                f"{shown}: corrupt index ({graph.get_current_count()} vectors, {len(ids)} entries)"
             )
         graph.set_ef(cfg.ef_search)
         return cls(cfg, graph, ids, caps)

@@ -2,10 +2,10 @@
 
 ```
 model/
-  config.json     ModelConfig (encoder, clip policy, retrieval kind, K) + audiocap version
+  config.json     ModelConfig (encoder, clip policy, retrieval kind, K, dataset) + audiocap version
   similarity/     caption-similarity labels of the training captions + their config
-  retriever/      best.safetensors + retriever.json (+ last.pt, metrics.jsonl while training)
-  index/          hnswlib index + ids + captions + index.json
+  retriever/      best.safetensors + retriever.json + metrics.jsonl (+ last.safetensors while training)
+  index/          hnswlib index + ids + captions + index.json (a symlink to the current version)
   decoder/        trainable decoder weights (safetensors) + decoder.json naming the frozen LM
 ```
 Each stage checks its own config on load; this module only names the places and checks the
@@ -34,6 +34,8 @@ class ModelConfig:
     retrieval: how a clip finds its guidance captions: "triplet" (the paper's trained
         retriever), "mean" (1NN on mean-pooled raw encoder frames: the paper's 1NN-VGGish
         baseline), or "zeroshot" (text-only bootstrap: AudioSet tags bridge audio and captions).
+    dataset: the dataset folder (or manifest) the model was last trained or indexed on, as an
+        absolute path; ``audiocap eval`` takes its references from it when ``--dataset`` is absent.
     """
 
     encoder: str = "yamnet"
@@ -41,6 +43,7 @@ class ModelConfig:
     clip_seconds: float = 10.0
     retrieval: str = "triplet"
     k: int = 5  # guidance captions per clip (the paper's K)
+    dataset: str | None = None
 
     def policy(self, long_audio: str = "crop", hop_seconds: float | None = None) -> ClipPolicy:
         return ClipPolicy(seconds=self.clip_seconds, long_audio=long_audio, hop_seconds=hop_seconds)
@@ -60,6 +63,13 @@ class ModelDir:
 
     def exists(self) -> bool:
         return self.config_path.is_file()
+
+    def dataset(self) -> Path | None:
+        """The dataset recorded in the config (see ``ModelConfig.dataset``), or None."""
+        if not self.exists():
+            return None
+        recorded = self.load().dataset
+        return Path(recorded) if recorded else None
 
     def load(self) -> ModelConfig:
         if not self.exists():

@@ -312,14 +312,16 @@ def train_retriever(
     resume: bool = True,
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
+    keep_state: bool = False,
 ) -> Path:
     """Train an EmbedNet with the triplet loss; returns ``run_dir`` holding ``best.safetensors``
-    (best validation epoch), ``retriever.json``, ``last.pt`` and ``metrics.jsonl``.
+    (best validation epoch), ``retriever.json`` and ``metrics.jsonl``; ``last.safetensors`` (the
+    resumable state) while the run is unfinished, or after it with ``keep_state``.
 
     ``*_frames`` ``[N, T, D_a]``; ``*_similar[i]``: indices (into the same split) of clips
     similar to clip i (made symmetric here); a scipy sparse matrix or CSR-like labels
     (``indptr``/``indices``) work too. ``epochs`` is the total to reach: a resumed run
-    (``resume=True`` and ``last.pt`` present, same config and data shape) continues from its
+    (``resume=True`` and ``last.safetensors`` present, same config and data shape) continues from its
     last finished epoch with the same random streams, so an interrupted run ends as an
     uninterrupted one would. ``resume=False`` starts over. ``progress(1)`` after each epoch.
 
@@ -415,6 +417,7 @@ def train_retriever(
             )
             if progress is not None:
                 progress(1)
+    run.finish(keep_state)
     return run.path
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import fingerprint, load_config, save_config
 from .datasets import Clip, load_split, read_captions
-from .errors import AudioError, DatasetError, ModelNotFoundError
+from .errors import AudioError, DatasetError, ModelNotFoundError, UsageError
 from .features import FeatureCache
 from .model import ModelConfig, ModelDir
 
@@ -85,6 +85,25 @@ def _sim_dir(md: ModelDir, what: str) -> Path:
     return md.similarity / what
 
 
+def dataset_ref(dataset: str | Path) -> str:
+    """How a model records the dataset it was trained on: an absolute path."""
+    return str(Path(dataset).resolve())
+
+
+def eval_dataset(dataset: str | Path | None, model: str | Path | None) -> tuple[Path, bool]:
+    """The dataset ``eval`` scores against: ``dataset``, else the one ``model`` records.
+    Returns (path, recorded); neither known is a one-line UsageError."""
+    if dataset is not None:
+        return Path(dataset), False
+    md = ModelDir(model) if model is not None else None
+    recorded = md.dataset() if md is not None else None
+    if recorded is None:
+        why = ("no --model to take it from" if md is None else f"{model} is not a model directory"
+               if not md.exists() else "the model records none: it was not trained on a dataset folder")
+        raise UsageError(f"--dataset is required: the references come from its split ({why})")
+    return recorded, True
+
+
 # --------------------------------------------------------------------------- train-retriever
 
 
@@ -101,13 +120,15 @@ def train_retriever(
     cache: FeatureCache | None = None,
     rep: Reporter = Reporter(),
     seed: int = 0,
+    keep_state: bool = False,
 ) -> Path:
-    """Train the triplet retriever on ``split`` of ``dataset`` into ``model_dir/retriever``."""
+    """Train the triplet retriever on ``split`` of ``dataset`` into ``model_dir/retriever``
+    (the model records ``dataset``; ``keep_state``: keep the resumable state of a finished run)."""
     from . import retriever, similarity
 
     train, val = load_split(dataset, split), load_split(dataset, val_split)
     md = ModelDir(model_dir)
-    cfg = md.init(model_cfg, retrieval="triplet")
+    cfg = md.init(model_cfg, retrieval="triplet", dataset=dataset_ref(dataset))
     cache = cache or FeatureCache()
     encoder = _encoder_for(cfg)
     rep.say(f"{len(train)} {split} clips, {len(val)} {val_split} clips")
@@ -127,7 +148,7 @@ def train_retriever(
     )
     return retriever.train_retriever(
         tr_frames, tr_sim, va_frames, va_sim, rcfg, md.retriever, epochs,
-        resume=resume, progress=rep.progress("retriever epochs", epochs), seed=seed,
+        resume=resume, progress=rep.progress("retriever epochs", epochs), seed=seed, keep_state=keep_state,
     )
 
 
@@ -154,7 +175,9 @@ def build_index(
 
     clips = load_split(dataset, split)
     md = ModelDir(model_dir)
-    cfg = md.init(model_cfg, retrieval=kind)
+    if kind not in ("triplet", "mean"):
+        raise UsageError(f"unknown index kind {kind!r}: triplet or mean")
+    cfg = md.init(model_cfg, retrieval=kind, dataset=dataset_ref(dataset))
     cache = cache or FeatureCache()
     encoder = _encoder_for(cfg)
     enc_fp = fingerprint(encoder.config)
@@ -166,7 +189,7 @@ def build_index(
     elif kind == "mean":
         vectors, embedder = retriever.mean_pool(frames), f"mean:{enc_fp}"
     else:
-        raise ValueError(f"unknown index kind {kind!r}")
+        raise UsageError(f"unknown index kind {kind!r}: triplet or mean")
     icfg = IndexConfig(dim=vectors.shape[1], embedder=embedder, encoder=enc_fp)
     if add and md.index.is_dir():
         index = CaptionIndex.load(md.index, expected=icfg)
@@ -207,8 +230,7 @@ def build_caption_index(
     )
     ids = [f"c{i}" for i in range(len(texts))]
     index = CaptionIndex.build(np.asarray(vectors, dtype=np.float32), ids, [(t,) for t in texts], icfg)
-    index.save(md.index)
-    save_config(zcfg, md.index / ZEROSHOT_CONFIG)
+    index.save(md.index, extra=lambda folder: save_config(zcfg, folder / ZEROSHOT_CONFIG))  # one version
     rep.say(f"indexed {len(texts)} captions ({vectors.shape[1]} dims) into {md.index}")
     return md.index
 
@@ -281,8 +303,10 @@ def train_decoder(
     rep: Reporter = Reporter(),
     seed: int = 0,
     residual: bool = False,
+    keep_state: bool = False,
 ) -> Path:
-    """Train the guided decoder into ``model_dir/decoder``.
+    """Train the guided decoder into ``model_dir/decoder`` (``keep_state``: keep the resumable
+    state of a finished run; with audio, the model records ``dataset``).
 
     With audio: every caption of every ``split`` clip is a target; its guidance pool is its
     "similar" captions from other clips; the audio branch reads the clip's encoder frames.
@@ -302,7 +326,7 @@ def train_decoder(
     if audio == "auto":
         audio = ("tags" if cfg.retrieval == "zeroshot" else "none") if text_only else "frames"
     if audio not in ("frames", "tags", "none"):
-        raise ValueError(f"unknown audio mode {audio!r}")
+        raise UsageError(f"unknown audio mode {audio!r}: frames, tags, none or auto")
     if audio == "frames" and text_only:
         raise DatasetError(dataset, ["--text-only has no audio frames: use --audio tags or none"])
     lm = load_lm(lm_spec)
@@ -327,6 +351,7 @@ def train_decoder(
         cache = cache or FeatureCache()
         encoder = _encoder_for(cfg)
         clips = load_split(dataset, split)
+        cfg = md.init(cfg, dataset=dataset_ref(dataset))
         frames_arr, _ = clip_features(clips, encoder, cfg, cache, rep, split)
         flat = [c for clip in clips for c in clip.captions]
         owner = np.repeat(np.arange(len(clips)), [len(c.captions) for c in clips])
@@ -351,6 +376,7 @@ def train_decoder(
     return _train(
         train_ex, dcfg, lm, md.decoder, epochs, batch_size=batch_size, resume=resume,
         progress=rep.progress("decoder training (examples)", total), seed=seed, val_examples=val_ex or None,
+        keep_state=keep_state,
     )
 
 
@@ -365,13 +391,14 @@ def bootstrap(
     batch_size: int = 32,
     residual: bool = True,
     rep: Reporter = Reporter(),
+    keep_state: bool = False,
 ) -> Path:
     """Caption corpus -> captioner, with no paired audio: the zero-shot caption index, then the
     text-only decoder on (a sample of) the same captions."""
     build_caption_index(corpus, model_dir, ModelConfig(encoder=encoder), rep=rep)
     return train_decoder(
         corpus, model_dir, epochs, text_only=True, audio=audio, max_captions=max_captions,
-        lm_spec=lm_spec, batch_size=batch_size, residual=residual, rep=rep,
+        lm_spec=lm_spec, batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state,
     )
 
 
@@ -424,7 +451,7 @@ def evaluate(
     from .records import match_predictions, read_predictions
 
     if scope not in ("system", "all"):
-        raise ValueError(f"unknown scope {scope!r}: system or all")
+        raise UsageError(f"unknown scope {scope!r}: system or all")
     clips = load_split(dataset, split, require_audio=predictions is None or scope == "all")
     refs = {c.id: list(c.captions) for c in clips}
     rep.say(f"{len(clips)} {split} clips, {sum(map(len, refs.values()))} references")
