@@ -12,38 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-from test_pipeline import CLASSES, SR, _wave, cli
+from test_pipeline import cli, env, workspace  # noqa: F401 - fixtures, one instance per module
 
 pytestmark = pytest.mark.slow
 ARGS = ("--beam-size", "2", "--max-len", "8", "-q")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {**os.environ, "AUDIOCAP_CACHE": str(tmp_path_factory.mktemp("cache"))}
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> tuple[Path, list[str]]:
-    root = tmp_path_factory.mktemp("scale")
-    rng = np.random.default_rng(0)
-    for split, n in {"train": 4, "val": 1}.items():
-        rows = []
-        for kind, caps in CLASSES.items():
-            for i in range(n):
-                path = root / "audio" / f"{split}_{kind}_{i}.wav"
-                path.parent.mkdir(exist_ok=True)
-                sf.write(path, _wave(kind, rng, rng.uniform(1.0, 2.5)), SR)
-                rows.append({"id": path.stem, "path": str(path), "captions": caps})
-        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m = root / "model"
-    cli("build-index", str(root), "-m", str(m), "--raw", "-q", env=env)
-    cli("train-decoder", str(root), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "8", "-q", env=env)
-    (root / "audio" / "broken.wav").write_bytes(b"RIFF not really")
-    return m, sorted(str(p) for p in (root / "audio").glob("*.wav"))
+def setup(workspace: Path, env: dict[str, str]) -> tuple[Path, list[str]]:
+    """test_pipeline's synthetic dataset (this module's own copy), a raw-frame index and a
+    tiny-gpt2 decoder, and one file that is not audio."""
+    m = workspace / "scale_model"
+    cli("build-index", str(workspace), "-m", str(m), "--raw", "-q", env=env)
+    cli("train-decoder", str(workspace), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "8", "-q", env=env)
+    (workspace / "audio" / "broken.wav").write_bytes(b"RIFF not really")
+    return m, sorted(str(p) for p in (workspace / "audio").glob("*.wav"))
 
 
 def _lines(text: str) -> list[str]:

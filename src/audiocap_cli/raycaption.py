@@ -7,12 +7,12 @@ single-process ``caption_files`` does. A file that cannot be used, or a batch th
 becomes error records; nothing kills the job::
 
     import ray
-    from audiocap_cli.raycaption import caption_dataset, iter_records
+    from audiocap_cli.raycaption import caption_dataset, write_jsonl
 
     ray.init()                                     # or ray.init("ray://head:10001")
     paths = ray.data.read_text("paths.txt")        # one path per line: column "text"
     out = caption_dataset(paths, "/shared/model", workers=8, column="text")
-    out.write_json("/shared/captions/")            # or: for rec in iter_records(out): ...
+    write_jsonl(out, "captions.jsonl")             # or: for recs in iter_records(out): ...
 
 The model directory, the audio files and (for reuse) ``$AUDIOCAP_CACHE`` must be readable at
 the same paths on every node (a shared file system); audiocap must be installed on every node.
@@ -97,12 +97,14 @@ def caption_dataset(
     if gpus_per_worker > 0 and opts.device == "cpu":
         opts = replace(opts, device="cuda")
     threads = max(1, int(cpus_per_worker)) if cpus_per_worker >= 1 else 1
+    import ray.data
+
     return ds.map_batches(
         CaptionActor,
         fn_constructor_args=(str(Path(model_dir).absolute()), asdict(opts), threads),
         batch_size=max(1, opts.batch_size),
         batch_format="numpy",
-        concurrency=max(1, workers),
+        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker or None,
     )
@@ -112,6 +114,16 @@ def iter_records(out: Any) -> Iterator[list[dict[str, Any]]]:
     """The records of each file of a :func:`caption_dataset` result, as they arrive."""
     for row in out.iter_rows():
         yield [json.loads(line) for line in str(row["jsonl"]).splitlines()]
+
+
+def write_jsonl(out: Any, path: str | Path) -> tuple[int, int]:
+    """Write a :func:`caption_dataset` result as ``audiocap caption -o path`` does (one flushed
+    write per file, on the driver); returns (captioned, failed)."""
+    from .captioner import write_records
+    from .records import RecordWriter
+
+    with RecordWriter(str(path)) as writer:
+        return write_records(iter_records(out), writer)
 
 
 def init(address: str, num_cpus: int | None = None, quiet: bool = False) -> None:
@@ -126,6 +138,11 @@ def init(address: str, num_cpus: int | None = None, quiet: bool = False) -> None
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kw)
     else:
         ray.init(address=address, **kw)
+    if quiet:
+        import logging
+
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # records come back in input order
     ctx.enable_progress_bars = not quiet
