@@ -8,7 +8,7 @@ that fails into an error record instead of stopping the run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,21 +193,36 @@ def caption_files(
     """Caption ``paths`` (those not already in ``writer.done``) in batches; returns
     (captioned, failed). Every file's records are written together, so a kill loses at most
     the batch in flight and never half a file."""
+    todo = pending(paths, writer, advance)
+    bs = max(1, captioner.opts.batch_size)
+    stream = (recs for s in range(0, len(todo), bs) for recs in captioner.caption_batch(todo[s : s + bs]))
+    return write_records(stream, writer, advance, on_error)
+
+
+def pending(paths: Sequence[str], writer: RecordWriter, advance: Callable[[int], None] | None = None) -> list[str]:
+    """The paths not yet in ``writer.done`` (a resumed output); the others count as progress."""
     todo = [p for p in paths if p not in writer.done]
     if advance is not None and len(todo) < len(paths):
         advance(len(paths) - len(todo))
+    return todo
+
+
+def write_records(
+    stream: Iterable[list[dict[str, Any]]],
+    writer: RecordWriter,
+    advance: Callable[[int], None] | None = None,
+    on_error: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[int, int]:
+    """Write each file's records as they arrive (one write per file); returns (captioned, failed)."""
     ok = failed = 0
-    bs = max(1, captioner.opts.batch_size)
-    for s in range(0, len(todo), bs):
-        batch = todo[s : s + bs]
-        for recs in captioner.caption_batch(batch):
-            writer.write(recs)
-            if recs and "error" in recs[0]:
-                failed += 1
-                if on_error is not None:
-                    on_error(recs[0])
-            else:
-                ok += 1
+    for recs in stream:
+        writer.write(recs)
+        if recs and "error" in recs[0]:
+            failed += 1
+            if on_error is not None:
+                on_error(recs[0])
+        else:
+            ok += 1
         if advance is not None:
-            advance(len(batch))
+            advance(1)
     return ok, failed

@@ -76,6 +76,16 @@ def reporter(quiet: bool = False) -> Iterator["object"]:
         yield Reporter(say=say, progress=progress)
 
 
+@contextlib.contextmanager
+def training(quiet: bool = False) -> Iterator["object"]:
+    """A training command's reporter. Under ``torchrun`` it joins the process group for the
+    command (see distributed.py) and only rank 0 reports."""
+    from . import distributed
+
+    with distributed.session(), reporter(quiet or not distributed.is_main()) as rep:
+        yield rep
+
+
 def _model_cfg(encoder: str, encoder_weights: Optional[str], clip_seconds: float, k: int):
     from .model import ModelConfig
 
@@ -90,6 +100,18 @@ EncoderName = Literal["yamnet", "vggish"]  # encoders.ENCODERS, without importin
 def _positive(value: Optional[float]) -> Optional[float]:
     if value is not None and not value > 0:
         raise typer.BadParameter(f"must be > 0, not {value}")
+    return value
+
+
+def _shard(value: Optional[str]) -> Optional[str]:
+    """``--shard I/N`` checked at parse time (a usage error, exit 2)."""
+    if value is not None:
+        from .shards import parse_shard
+
+        try:
+            parse_shard(value)
+        except AudiocapError as e:
+            raise typer.BadParameter(str(e).removeprefix(f"--shard {value!r}: ")) from None
     return value
 
 
@@ -155,13 +177,14 @@ def train_retriever(
     from .similarity import SimilarityConfig
 
     sim = SimilarityConfig(model=similarity_model, threshold=threshold, num_layers=6 if similarity_model == "minilm" else None)
-    with reporter(quiet) as rep:
+    with training(quiet) as rep:
         run = workflows.train_retriever(
             dataset, model, _model_cfg(encoder, encoder_weights, clip_seconds, k), epochs,
             split=split, val_split=val_split, batch_size=batch_size, sim_cfg=sim, resume=resume, rep=rep,
             keep_state=keep_state,
         )
-    err.print(f"retriever: {run}", markup=False)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
+        err.print(f"retriever: {run}", markup=False)
 
 
 @app.command("build-index")
@@ -210,13 +233,14 @@ def train_decoder(
     """Train the guided decoder on a frozen language model (paper, sec. 3.3)."""
     from . import workflows
 
-    with reporter(quiet) as rep:
+    with training(quiet) as rep:
         run = workflows.train_decoder(
             dataset, model, epochs, split=split, val_split=val_split or None, batch_size=batch_size, lm_spec=lm,
             guidance=guidance, text_only=text_only, audio=audio, max_captions=max_captions, resume=resume, rep=rep,
             residual=residual, keep_state=keep_state,
         )
-    err.print(f"decoder: {run}", markup=False)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
+        err.print(f"decoder: {run}", markup=False)
 
 
 @app.command("bootstrap")
@@ -256,6 +280,11 @@ def caption(
     long_audio: Literal["crop", "windows"] = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
     hop: Optional[float] = typer.Option(None, callback=_positive, help="Window step in seconds with --long-audio windows."),
     device: str = typer.Option("cpu", callback=_device, help="torch device, e.g. cpu or cuda."),
+    shard: Optional[str] = typer.Option(None, callback=_shard, help="I/N: caption only shard I of N (by a stable hash of each path; for array jobs)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Caption on Ray (extra audiocap-cli[ray]): local (a private instance), auto (this node's cluster) or ray://HOST:PORT."),
+    workers: int = typer.Option(2, min=1, help="With --ray: actors, each loading the model once."),
+    cpus_per_worker: float = typer.Option(1.0, callback=_positive, help="With --ray: CPUs per actor (torch threads)."),
+    gpus_per_worker: float = typer.Option(0.0, min=0.0, help="With --ray: GPUs per actor (> 0 runs the model on cuda)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Caption audio files: one JSON line per clip (or window) on stdout."""
@@ -265,9 +294,16 @@ def caption(
     if resume and output is None:
         fatal("--resume needs -o FILE", 2)
     paths = expand_inputs(inputs, sys.stdin)
-    if not paths:
+    if shard is not None:
+        from .shards import parse_shard, select_shard
+
+        paths = select_shard(paths, *parse_shard(shard))
+    if not paths and shard is None:
         fatal("no input files", 2)
     opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
+    if ray is not None:
+        _caption_ray(paths, model, opts, ray, workers, cpus_per_worker, gpus_per_worker, output, fmt, resume, quiet)
+        return
     captioner = Captioner(model, opts)
 
     def on_error(rec: dict) -> None:
@@ -278,6 +314,52 @@ def caption(
         ok, failed = caption_files(captioner, paths, writer, advance=advance, on_error=on_error)
     if failed:
         err.print(f"audiocap: {failed} of {ok + failed} files failed", markup=False)
+        raise typer.Exit(1)
+
+
+def _caption_ray(paths: list[str], model: Path, opts, address: str, workers: int, cpus: float, gpus: float,
+                 output: Optional[Path], fmt: str, resume: bool, quiet: bool) -> None:
+    """``caption --ray``: the same records and writer, captioned by a Ray actor pool."""
+    from .records import RecordWriter
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        fatal("--ray needs Ray: pip install 'audiocap-cli[ray]'", 2)
+    from . import raycaption
+    raycaption.init(address, num_cpus=max(1, int(workers * cpus)) if address == "local" else None, quiet=quiet)
+
+    def on_error(rec: dict) -> None:
+        print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
+
+    with reporter(quiet) as rep, RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer:
+        advance = rep.progress("captioning (ray)", len(paths))
+        ok, failed = raycaption.caption_files(paths, model, opts, writer, workers, cpus, gpus, advance=advance, on_error=on_error)
+    if failed:
+        err.print(f"audiocap: {failed} of {ok + failed} files failed", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command("merge")
+def merge(
+    files: list[Path] = typer.Argument(..., help="JSONL outputs of `caption --shard I/N` (one per shard)."),
+    expect: Optional[list[str]] = typer.Option(None, "--expect", help="The inputs the shards were given (files, directories, globs, - ; repeatable): fail if one is missing."),
+) -> None:
+    """Concatenate shard outputs to stdout after checking that no record is duplicated or cut
+    short and (with --expect) that no input is missing; on a problem write nothing, exit 1."""
+    from .records import expand_inputs
+    from .shards import merge as merge_files
+
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        fatal(f"no such file: {', '.join(missing)}", 2)
+    expected = expand_inputs(expect, sys.stdin) if expect else None
+    report = merge_files([str(f) for f in files], sys.stdout, expected)
+    for line in report.problems():
+        print(f"audiocap: merge: {line}", file=sys.stderr)
+    note = f"{report.records} records of {report.files} files ({report.errors} error records) from {len(files)} shard outputs"
+    print(f"audiocap: merge: {note}" if report.ok else "audiocap: merge: nothing written", file=sys.stderr)
+    if not report.ok:
         raise typer.Exit(1)
 
 

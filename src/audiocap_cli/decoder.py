@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from . import distributed
 from .config import atomic_save_safetensors, check_config, load_config, save_config
 from .errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from .lm import FrozenLM, load_lm, pad_ids
@@ -446,11 +447,13 @@ def _validate(dec: GuidedDecoder, batcher: _Batcher, examples: Sequence[Example]
     """Mean per-token NLL (no smoothing, no dropout) with the first K pool captions as guidance."""
     dec.eval()
     total, count = 0.0, 0
+    examples = distributed.shard(examples)  # under torchrun: each rank a slice, summed below
     for s in range(0, len(examples), micro):
         chunk = examples[s : s + micro]
         t = batcher.tensors(chunk, [list(e[1])[: dec.cfg.k] for e in chunk])
         loss, n = _loss(dec, t, 0.0)
         total, count = total + float(loss), count + n
+    total, count = distributed.all_sum(total, count)
     return total / max(count, 1)
 
 
@@ -488,67 +491,107 @@ def train_decoder(
     run = RunDir(run_dir, best_name=DECODER_WEIGHTS)
     torch.manual_seed(tcfg.seed)  # the N(0, 0.02) init: a run is reproducible from its seed
     dec = GuidedDecoder(cfg, lm)
+    distributed.broadcast_params(dec)
     opt = torch.optim.Adam(dec.parameters(), lr=tcfg.lr_max, betas=tcfg.betas, eps=tcfg.eps)
-    state = RunState()
-    if resume and run.can_resume():
-        found = load_config(DecoderConfig, run.path / DECODER_CONFIG)
-        check_config(cfg, found, f"decoder run {run.path}")
-        check_config(tcfg, load_config(DecoderTrainConfig, run.path / TRAIN_CONFIG), f"decoder run {run.path}")
-        _check_lm(run.path, lm)
-        weights, optim, state = run.resume()
-        dec.load_state_dict(weights)
-        opt.load_state_dict(optim["adam"])
-    else:
-        run.reset()
-        save_config(cfg, run.path / DECODER_CONFIG, lm_name=lm.name, lm_fingerprint=lm.fingerprint)
-        save_config(tcfg, run.path / TRAIN_CONFIG)
-
+    state = _start_run(run, dec, opt, tcfg, resume)
     batcher = _Batcher(dec)
     if state.epoch < epochs:
         batcher.warm(list(examples) + list(val_examples or []))
-    n = len(examples)
-    steps = max(1, math.ceil(n / tcfg.batch_size))
     while state.epoch < epochs:
-        epoch, t0 = state.epoch, time.perf_counter()
-        # per-epoch generators: a resumed run draws exactly what an uninterrupted one would
-        rng = np.random.default_rng([tcfg.seed, epoch])
-        torch.manual_seed(tcfg.seed * 100_003 + epoch)
-        dec.train()
-        order = rng.permutation(n)
-        total, count = 0.0, 0
-        for step in range(steps):
-            idx = order[step * tcfg.batch_size : (step + 1) * tcfg.batch_size]
-            batch = [examples[i] for i in idx]
-            guidance = [draw_guidance(list(e[1]), cfg.k, rng) for e in batch]
-            # sort by target length so micro-batches carry little padding (the sum is unchanged)
-            lens = [len(e[0]) for e in batch]
-            srt = sorted(range(len(batch)), key=lens.__getitem__)
-            batch, guidance = [batch[i] for i in srt], [guidance[i] for i in srt]
-            n_tok = sum(len(t) + 1 for t in dec.hyp_tokens([e[0] for e in batch]))
-            for lr_group in opt.param_groups:
-                lr_group["lr"] = lr_at(epoch + step / steps, tcfg)
-            opt.zero_grad(set_to_none=True)
-            for s in range(0, len(batch), tcfg.micro_batch):
-                t = batcher.tensors(batch[s : s + tcfg.micro_batch], guidance[s : s + tcfg.micro_batch])
-                loss, k = _loss(dec, t, cfg.label_smoothing)
-                (loss / n_tok).backward()  # mean over the whole batch's tokens
-                total, count = total + float(loss.detach()), count + k
-                if progress is not None:
-                    progress(len(t["gold"]))
-            opt.step()
-        state.epoch = epoch + 1
-        train_loss = total / max(count, 1)
+        t0 = time.perf_counter()
+        train_loss = _train_epoch(dec, opt, batcher, examples, tcfg, state.epoch, progress)
+        state.epoch += 1
         row: dict[str, Any] = {"epoch": state.epoch, "train_loss": train_loss,
                                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         metric = train_loss
         if val_examples:
             metric = row["val_nll"] = _validate(dec, batcher, val_examples, tcfg.micro_batch)
-        weights = {k: v.detach().clone() for k, v in dec.state_dict().items()}
-        row["best"] = run.update_best(state, metric, weights)
-        run.log(row)
-        run.save(weights, {"adam": opt.state_dict()}, state)
-
-    if not run.best.is_file():  # no epoch improved (a NaN loss): the last weights are all there is
-        run.save_best(dec.state_dict())
-    run.finish(keep_state)
+        _checkpoint(run, state, dec, opt, row, metric)
+    if distributed.is_main():
+        if not run.best.is_file():  # no epoch improved (a NaN loss): the last weights are all there is
+            run.save_best(dec.state_dict())
+        run.finish(keep_state)
+    distributed.barrier()
     return run.path
+
+
+def _start_run(run: RunDir, dec: GuidedDecoder, opt: torch.optim.Optimizer, tcfg: DecoderTrainConfig, resume: bool) -> RunState:
+    """Resume the run in ``run`` (same configs and LM) or start it over (rank 0 writes)."""
+    cfg, lm = dec.cfg, dec.lm
+    if not distributed.gather_object(bool(resume and run.can_resume()))[0]:  # rank 0 decides
+        if distributed.is_main():
+            run.reset()
+            save_config(cfg, run.path / DECODER_CONFIG, lm_name=lm.name, lm_fingerprint=lm.fingerprint)
+            save_config(tcfg, run.path / TRAIN_CONFIG)
+        distributed.barrier()
+        return RunState()
+    check_config(cfg, load_config(DecoderConfig, run.path / DECODER_CONFIG), f"decoder run {run.path}")
+    check_config(tcfg, load_config(DecoderTrainConfig, run.path / TRAIN_CONFIG), f"decoder run {run.path}")
+    _check_lm(run.path, lm)
+    weights, optim, state = run.resume()
+    dec.load_state_dict(weights)
+    opt.load_state_dict(optim["adam"])
+    if distributed.is_main():
+        run.trim_metrics(state.epoch)
+    distributed.barrier()
+    return state
+
+
+def _checkpoint(run: RunDir, state: RunState, dec: GuidedDecoder, opt: torch.optim.Optimizer,
+                row: dict[str, Any], metric: float) -> None:
+    """After an epoch, on rank 0: keep the best weights, log ``row``, save the resumable state."""
+    if not distributed.is_main():
+        return
+    weights = {k: v.detach().clone() for k, v in dec.state_dict().items()}
+    row["best"] = run.update_best(state, metric, weights)
+    run.log(row)
+    run.save(weights, {"adam": opt.state_dict()}, state)
+
+
+def _step_batch(dec: GuidedDecoder, examples: Sequence[Example], idx: np.ndarray,
+                rng: np.random.Generator) -> tuple[list[Example], list[list[str]], int]:
+    """One step's examples and drawn guidance, sorted by target length (micro-batches then carry
+    little padding; the sum is unchanged), and the step's target token count."""
+    batch = [examples[i] for i in idx]
+    guidance = [draw_guidance(list(e[1]), dec.cfg.k, rng) for e in batch]
+    lens = [len(e[0]) for e in batch]
+    srt = sorted(range(len(batch)), key=lens.__getitem__)
+    batch, guidance = [batch[i] for i in srt], [guidance[i] for i in srt]
+    n_tok = sum(len(t) + 1 for t in dec.hyp_tokens([e[0] for e in batch]))
+    return batch, guidance, n_tok
+
+
+def _train_epoch(dec: GuidedDecoder, opt: torch.optim.Optimizer, batcher: _Batcher, examples: Sequence[Example],
+                 tcfg: DecoderTrainConfig, epoch: int, progress: Callable[[int], None] | None) -> float:
+    """One epoch of optimiser steps; returns the mean per-token training loss.
+
+    Every step's summed token loss is divided by the step's global token count, so the
+    gradient is the mean over the whole batch's tokens however it is split: into micro-batches
+    here and, under torchrun, between ranks (each takes an interleaved slice of the sorted
+    batch; the ranks' gradients are summed)."""
+    n, bs = len(examples), tcfg.batch_size
+    steps = max(1, math.ceil(n / bs))
+    # per-epoch generators: a resumed run draws exactly what an uninterrupted one would; every
+    # rank draws the same batches and guidance, and its own dropout masks
+    rng = np.random.default_rng([tcfg.seed, epoch])
+    torch.manual_seed(tcfg.seed * 100_003 + epoch + 7919 * distributed.rank())
+    dec.train()
+    order = rng.permutation(n)
+    total, count = 0.0, 0
+    for step in range(steps):
+        batch, guidance, n_tok = _step_batch(dec, examples, order[step * bs : (step + 1) * bs], rng)
+        batch, guidance = list(distributed.shard(batch)), list(distributed.shard(guidance))
+        for lr_group in opt.param_groups:
+            lr_group["lr"] = lr_at(epoch + step / steps, tcfg)
+        opt.zero_grad(set_to_none=True)
+        for s in range(0, len(batch), tcfg.micro_batch):
+            t = batcher.tensors(batch[s : s + tcfg.micro_batch], guidance[s : s + tcfg.micro_batch])
+            loss, k = _loss(dec, t, dec.cfg.label_smoothing)
+            (loss / n_tok).backward()
+            total, count = total + float(loss.detach()), count + k
+            if progress is not None:
+                progress(len(t["gold"]) * distributed.world())
+        distributed.all_reduce_grads(list(dec.parameters()))
+        opt.step()
+    total, count = distributed.all_sum(total, count)
+    return total / max(count, 1)

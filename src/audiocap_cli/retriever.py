@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from . import distributed
 from .config import check_config, file_sha256, load_config, save_config
 from .errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from .training import RunDir, RunState
@@ -333,6 +334,32 @@ def train_retriever(
     """
     from pytorch_optimizer import AdaBound
 
+    s_train, s_val, data_key = _labels(train_frames, train_similar, val_frames, val_similar, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = EmbedNet(cfg)
+        distributed.broadcast_params(net)
+        opt = AdaBound(net.parameters(), lr=cfg.lr, final_lr=cfg.final_lr)
+        loop = _RetrieverLoop(net, opt, np.random.default_rng(seed), torch.Generator().manual_seed(seed),
+                              RunDir(run_dir), cfg, data_key)
+        loop.start(resume)
+        while loop.state.epoch < epochs:
+            t0 = time.perf_counter()
+            if distributed.active():  # each rank its own dropout masks, reproducible on resume
+                torch.manual_seed(seed * 1_000_003 + loop.state.epoch * 7919 + distributed.rank())
+            losses, active = loop.train_epoch(train_frames, s_train)
+            loop.end_epoch(val_frames, s_val, losses, active, t0)
+            if progress is not None:
+                progress(1)
+    if distributed.is_main():
+        loop.run.finish(keep_state)
+    distributed.barrier()
+    return loop.run.path
+
+
+def _labels(train_frames: np.ndarray, train_similar: Any, val_frames: np.ndarray, val_similar: Any,
+            cfg: RetrieverConfig) -> tuple[sp.csr_matrix, sp.csr_matrix, list[Any]]:
+    """Checked symmetric similarity matrices of both splits, and the data key a resume checks."""
     _check_frames(train_frames, cfg, "training frames")
     _check_frames(val_frames, cfg, "validation frames")
     for name, fr, sim in (("training", train_frames, train_similar), ("validation", val_frames, val_similar)):
@@ -344,81 +371,109 @@ def train_retriever(
         raise DatasetError("training", ["no clip has a similar clip: nothing to train the retriever on"])
     if s_val.nnz == 0:
         raise DatasetError("validation", ["no clip has a similar clip: cannot validate the retriever"])
-    data_key = [list(train_frames.shape), int(s_train.nnz), list(val_frames.shape), int(s_val.nnz)]
+    return s_train, s_val, [list(train_frames.shape), int(s_train.nnz), list(val_frames.shape), int(s_val.nnz)]
 
-    run = RunDir(run_dir)
-    cfg_path = run.path / CONFIG_NAME
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = EmbedNet(cfg)
-        opt = AdaBound(net.parameters(), lr=cfg.lr, final_lr=cfg.final_lr)
-        rng = np.random.default_rng(seed)
-        gen = torch.Generator().manual_seed(seed)
-        state = RunState()
-        if resume and run.can_resume():
-            check_config(cfg, load_config(RetrieverConfig, cfg_path), f"retriever run {run.path}")
-            weights, optim_state, state = run.resume()
-            if state.extra.get("data") != data_key:
-                raise ConfigMismatchError(
-                    f"retriever run {run.path} was trained on other data "
-                    f"(shapes/labels {state.extra.get('data')} != {data_key}); use --no-resume or another dir"
-                )
-            net.load_state_dict(weights)
-            opt.load_state_dict(optim_state)
-            rng.bit_generator.state = state.extra["np_rng"]
-            gen.set_state(state.extra["gen"])
-            torch.set_rng_state(state.extra["torch_rng"])
-            run.trim_metrics(state.epoch)
-        else:
-            run.reset()
-            save_config(cfg, cfg_path, embedding_dim=cfg.dim)
 
-        for _ in range(state.epoch, epochs):
-            t0 = time.perf_counter()
-            net.train()
-            losses: list[float] = []
-            active: list[float] = []
-            for idx in _batches(s_train, cfg.batch_size, rng):
-                x = torch.from_numpy(np.ascontiguousarray(train_frames[idx], dtype=np.float32))
-                sim = torch.from_numpy(_batch_similar(s_train, idx))
-                loss, st = triplet_loss(net(x), sim, cfg.margin, gen)
-                if st.anchors == 0:
-                    continue
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-                active.append(st.active)
-            val_loss, val_p1 = _validate(net, val_frames, s_val, cfg)
-            state.epoch += 1
-            metric = val_loss if cfg.select_by == "loss" else -val_p1
-            weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            improved = run.update_best(state, metric, weights)
-            if not run.best.is_file():  # a NaN metric (no val triplet formed) never "improves"
-                run.save_best(weights)
-                state.best_epoch = state.epoch
-            state.extra = {
-                "data": data_key,
-                "np_rng": rng.bit_generator.state,
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-            }
-            run.save(weights, opt.state_dict(), state)
-            run.log(
-                {
-                    "epoch": state.epoch,
-                    "train_loss": float(np.mean(losses)) if losses else math.nan,
-                    "train_active": float(np.mean(active)) if active else math.nan,
-                    "val_loss": val_loss,
-                    "val_p_at_1": val_p1,
-                    "best": improved,
-                    "seconds": round(time.perf_counter() - t0, 4),
-                }
+@dataclass
+class _RetrieverLoop:
+    """The state of one :func:`train_retriever` run and its three phases (start, epoch, end of
+    epoch). Under torchrun every rank runs it; rank 0 alone validates and writes."""
+
+    net: EmbedNet
+    opt: Any
+    rng: np.random.Generator  # batches
+    gen: torch.Generator  # triplet positives
+    run: RunDir
+    cfg: RetrieverConfig
+    data_key: list[Any]
+    state: RunState = field(default_factory=RunState)
+
+    def start(self, resume: bool) -> None:
+        """Resume the run (same config and data, same random streams) or start it over."""
+        run, cfg_path = self.run, self.run.path / CONFIG_NAME
+        if not distributed.gather_object(bool(resume and run.can_resume()))[0]:  # rank 0 decides
+            if distributed.is_main():
+                run.reset()
+                save_config(self.cfg, cfg_path, embedding_dim=self.cfg.dim)
+            distributed.barrier()
+            return
+        check_config(self.cfg, load_config(RetrieverConfig, cfg_path), f"retriever run {run.path}")
+        weights, optim_state, state = run.resume()
+        if state.extra.get("data") != self.data_key:
+            raise ConfigMismatchError(
+                f"retriever run {run.path} was trained on other data "
+                f"(shapes/labels {state.extra.get('data')} != {self.data_key}); use --no-resume or another dir"
             )
-            if progress is not None:
-                progress(1)
-    run.finish(keep_state)
-    return run.path
+        self.net.load_state_dict(weights)
+        self.opt.load_state_dict(optim_state)
+        self.rng.bit_generator.state = state.extra["np_rng"]
+        self.gen.set_state(state.extra["gen"])
+        torch.set_rng_state(state.extra["torch_rng"])
+        self.state = state
+        if distributed.is_main():
+            run.trim_metrics(state.epoch)
+        distributed.barrier()
+
+    def train_epoch(self, frames: np.ndarray, s: sp.csr_matrix) -> tuple[list[float], list[float]]:
+        """One epoch of triplet steps; returns the steps' losses and active-anchor fractions."""
+        self.net.train()
+        losses: list[float] = []
+        active: list[float] = []
+        for idx in _batches(s, self.cfg.batch_size, self.rng):
+            emb = _embed_batch(self.net, frames, idx)
+            loss, st = triplet_loss(emb, torch.from_numpy(_batch_similar(s, idx)), self.cfg.margin, self.gen)
+            if st.anchors == 0:
+                continue
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.all_reduce_grads(list(self.net.parameters()))
+            self.opt.step()
+            losses.append(float(loss.detach()))
+            active.append(st.active)
+        return losses, active
+
+    def end_epoch(self, val_frames: np.ndarray, s_val: sp.csr_matrix, losses: list[float], active: list[float], t0: float) -> None:
+        """Validate, keep the best weights, checkpoint and log (rank 0; the others count the epoch)."""
+        state = self.state
+        state.epoch += 1
+        if not distributed.is_main():
+            return
+        val_loss, val_p1 = _validate(self.net, val_frames, s_val, self.cfg)
+        metric = val_loss if self.cfg.select_by == "loss" else -val_p1
+        weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        improved = self.run.update_best(state, metric, weights)
+        if not self.run.best.is_file():  # a NaN metric (no val triplet formed) never "improves"
+            self.run.save_best(weights)
+            state.best_epoch = state.epoch
+        state.extra = {"data": self.data_key, "np_rng": self.rng.bit_generator.state,
+                       "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+        self.run.save(weights, self.opt.state_dict(), state)
+        self.run.log({
+            "epoch": state.epoch,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "train_active": float(np.mean(active)) if active else math.nan,
+            "val_loss": val_loss,
+            "val_p_at_1": val_p1,
+            "best": improved,
+            "seconds": round(time.perf_counter() - t0, 4),
+        })
+
+
+def _embed_batch(net: EmbedNet, frames: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    """Embeddings ``[B, E]`` of clips ``idx``, with gradients. Under torchrun each rank embeds
+    its interleaved slice and all-gathers the others' rows, so the semi-hard mining sees the
+    whole global batch, in the one-process order, and summing the ranks' gradients gives the
+    one-process gradient."""
+    w = distributed.world()
+    if w == 1:
+        return net(torch.from_numpy(np.ascontiguousarray(frames[idx], dtype=np.float32)))
+    r = distributed.rank()
+    mine = idx[r::w]
+    x = torch.from_numpy(np.ascontiguousarray(frames[mine], dtype=np.float32))
+    local = net(x) if len(mine) else torch.zeros((0, net.cfg.dim))
+    gathered = distributed.gather_rows(local, [len(idx[q::w]) for q in range(w)])
+    order = np.concatenate([np.arange(len(idx))[q::w] for q in range(w)])
+    return gathered[torch.from_numpy(np.argsort(order))]
 
 
 # ---------------------------------------------------------------------------------------------

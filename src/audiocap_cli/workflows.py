@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .config import fingerprint, load_config, save_config
 from .datasets import Clip, load_split, read_captions
 from .errors import AudioError, DatasetError, ModelNotFoundError, UsageError
@@ -128,15 +129,16 @@ def train_retriever(
 
     train, val = load_split(dataset, split), load_split(dataset, val_split)
     md = ModelDir(model_dir)
-    cfg = md.init(model_cfg, retrieval="triplet", dataset=dataset_ref(dataset))
     cache = cache or FeatureCache()
-    encoder = _encoder_for(cfg)
-    rep.say(f"{len(train)} {split} clips, {len(val)} {val_split} clips")
-    tr_frames, _ = clip_features(train, encoder, cfg, cache, rep, split)
-    va_frames, _ = clip_features(val, encoder, cfg, cache, rep, val_split)
     sim_cfg = sim_cfg or similarity.SimilarityConfig()
-    tr_sim = clip_labels(train, sim_cfg, _sim_dir(md, split), rep)
-    va_sim = clip_labels(val, sim_cfg, _sim_dir(md, val_split), rep)
+    with distributed.rank0_first():  # under torchrun rank 0 fills the caches the others read
+        cfg = md.init(model_cfg, retrieval="triplet", dataset=dataset_ref(dataset)) if distributed.is_main() else md.load()
+        encoder = _encoder_for(cfg)
+        rep.say(f"{len(train)} {split} clips, {len(val)} {val_split} clips")
+        tr_frames, _ = clip_features(train, encoder, cfg, cache, rep, split)
+        va_frames, _ = clip_features(val, encoder, cfg, cache, rep, val_split)
+        tr_sim = clip_labels(train, sim_cfg, _sim_dir(md, split), rep)
+        va_sim = clip_labels(val, sim_cfg, _sim_dir(md, val_split), rep)
     n_pos = sum(len(s) > 0 for s in tr_sim)
     rep.say(f"similar clips: {n_pos}/{len(train)} training clips have at least one")
     rcfg = retriever.RetrieverConfig(
@@ -314,59 +316,19 @@ def train_decoder(
     (``audio="none"``) or reads pseudo-audio (``audio="tags"``): the target caption's vector in
     the zero-shot tag space, which at captioning time comes from the clip's AudioSet scores.
     """
-    from . import similarity
     from .decoder import DecoderConfig
     from .decoder import train_decoder as _train
     from .lm import load_lm
 
     md = ModelDir(model_dir)
     cfg = md.load()
-    sim_cfg = sim_cfg or similarity.SimilarityConfig()
-    rng = np.random.default_rng(seed)
-    if audio == "auto":
-        audio = ("tags" if cfg.retrieval == "zeroshot" else "none") if text_only else "frames"
-    if audio not in ("frames", "tags", "none"):
-        raise UsageError(f"unknown audio mode {audio!r}: frames, tags, none or auto")
-    if audio == "frames" and text_only:
-        raise DatasetError(dataset, ["--text-only has no audio frames: use --audio tags or none"])
+    audio = _audio_mode(audio, text_only, cfg.retrieval, dataset)
     lm = load_lm(lm_spec)
-    if text_only:
-        captions = list(dict.fromkeys(c for clip in read_captions(dataset) for c in clip.captions))
-        if max_captions is not None and len(captions) > max_captions:
-            captions = [captions[i] for i in np.sort(rng.choice(len(captions), max_captions, replace=False))]
-        rep.say(f"text-only decoder: {len(captions)} distinct target captions")
-        labels = caption_labels(captions, sim_cfg, _sim_dir(md, f"text-{similarity.captions_hash(captions)[:12]}"), rep)
-        from . import zeroshot
-
-        zcfg = load_zeroshot_config(md) if audio == "tags" else zeroshot.resolve_config(zeroshot.ZeroShotConfig(variant="sentence", top_k=0))
-        tvec = np.asarray(zeroshot.caption_vectors(captions, zcfg, progress=rep.progress("caption vectors", len(captions))), dtype=np.float32)
-        unit = tvec / np.maximum(np.linalg.norm(tvec, axis=1, keepdims=True), 1e-12)
-        pools = _pools(captions, labels, None, cfg.k, _nearest_text(unit, min(2 * cfg.k, len(captions) - 1)))
-        frames = [tvec[i][None, :] for i in range(len(captions))] if audio == "tags" else [None] * len(captions)
-        examples = list(zip(captions, pools, frames))
-        tr, va = _split_val(len(examples), 0.05, rng)
-        train_ex, val_ex = [examples[i] for i in tr], [examples[i] for i in va]
-        d_a = tvec.shape[1] if audio == "tags" else 1
-    else:
-        cache = cache or FeatureCache()
-        encoder = _encoder_for(cfg)
-        clips = load_split(dataset, split)
-        cfg = md.init(cfg, dataset=dataset_ref(dataset))
-        frames_arr, _ = clip_features(clips, encoder, cfg, cache, rep, split)
-        flat = [c for clip in clips for c in clip.captions]
-        owner = np.repeat(np.arange(len(clips)), [len(c.captions) for c in clips])
-        labels = caption_labels(flat, sim_cfg, _sim_dir(md, split), rep)
-        pools = _pools(flat, labels, owner, cfg.k)
-        train_ex = [(cap, pool, frames_arr[o]) for cap, pool, o in zip(flat, pools, owner)]
-        val_ex = []
-        if val_split:
-            vclips = load_split(dataset, val_split)
-            vframes, _ = clip_features(vclips, encoder, cfg, cache, rep, val_split)
-            vflat = [c for clip in vclips for c in clip.captions]
-            vowner = np.repeat(np.arange(len(vclips)), [len(c.captions) for c in vclips])
-            vlabels = caption_labels(vflat, sim_cfg, _sim_dir(md, val_split), rep)
-            val_ex = [(cap, pool, vframes[o]) for cap, pool, o in zip(vflat, _pools(vflat, vlabels, vowner, cfg.k), vowner)]
-        d_a = encoder.dim
+    with distributed.rank0_first():  # rank 0 fills the caches the other ranks then read
+        if text_only:
+            train_ex, val_ex, d_a = _text_only_examples(dataset, md, cfg.k, audio, max_captions, sim_cfg, seed, rep)
+        else:
+            train_ex, val_ex, d_a = _paired_examples(dataset, md, cfg, split, val_split, sim_cfg, cache, rep)
     empty = sum(not p for _, p, _ in train_ex)
     if empty:
         rep.say(f"warning: {empty} of {len(train_ex)} targets have no similar caption (they train without guidance)")
@@ -378,6 +340,65 @@ def train_decoder(
         progress=rep.progress("decoder training (examples)", total), seed=seed, val_examples=val_ex or None,
         keep_state=keep_state,
     )
+
+
+def _audio_mode(audio: str, text_only: bool, retrieval: str, dataset: str | Path) -> str:
+    """The decoder's audio branch: ``auto`` resolved, the combination checked."""
+    if audio == "auto":
+        audio = ("tags" if retrieval == "zeroshot" else "none") if text_only else "frames"
+    if audio not in ("frames", "tags", "none"):
+        raise UsageError(f"unknown audio mode {audio!r}: frames, tags, none or auto")
+    if audio == "frames" and text_only:
+        raise DatasetError(dataset, ["--text-only has no audio frames: use --audio tags or none"])
+    return audio
+
+
+def _text_only_examples(dataset: str | Path, md: ModelDir, k: int, audio: str, max_captions: int | None,
+                        sim_cfg, seed: int, rep: Reporter) -> tuple[list, list, int]:
+    """(train, val, d_a) decoder examples of a caption corpus: each caption a target, its
+    similar (else nearest) captions its pool, its tag-space vector its pseudo-audio."""
+    from . import similarity, zeroshot
+
+    rng = np.random.default_rng(seed)
+    sim_cfg = sim_cfg or similarity.SimilarityConfig()
+    captions = list(dict.fromkeys(c for clip in read_captions(dataset) for c in clip.captions))
+    if max_captions is not None and len(captions) > max_captions:
+        captions = [captions[i] for i in np.sort(rng.choice(len(captions), max_captions, replace=False))]
+    rep.say(f"text-only decoder: {len(captions)} distinct target captions")
+    labels = caption_labels(captions, sim_cfg, _sim_dir(md, f"text-{similarity.captions_hash(captions)[:12]}"), rep)
+    zcfg = load_zeroshot_config(md) if audio == "tags" else zeroshot.resolve_config(zeroshot.ZeroShotConfig(variant="sentence", top_k=0))
+    tvec = np.asarray(zeroshot.caption_vectors(captions, zcfg, progress=rep.progress("caption vectors", len(captions))), dtype=np.float32)
+    unit = tvec / np.maximum(np.linalg.norm(tvec, axis=1, keepdims=True), 1e-12)
+    pools = _pools(captions, labels, None, k, _nearest_text(unit, min(2 * k, len(captions) - 1)))
+    frames = [tvec[i][None, :] for i in range(len(captions))] if audio == "tags" else [None] * len(captions)
+    examples = list(zip(captions, pools, frames))
+    tr, va = _split_val(len(examples), 0.05, rng)
+    return [examples[i] for i in tr], [examples[i] for i in va], (tvec.shape[1] if audio == "tags" else 1)
+
+
+def _paired_examples(dataset: str | Path, md: ModelDir, cfg: ModelConfig, split: str, val_split: str | None,
+                     sim_cfg, cache: FeatureCache | None, rep: Reporter) -> tuple[list, list, int]:
+    """(train, val, d_a) decoder examples of a paired dataset: every caption of every clip a
+    target, its "similar" captions from other clips its pool, the clip's frames its audio."""
+    from . import similarity
+
+    sim_cfg = sim_cfg or similarity.SimilarityConfig()
+    cache = cache or FeatureCache()
+    encoder = _encoder_for(cfg)
+    clips = load_split(dataset, split)
+    cfg = md.init(cfg, dataset=dataset_ref(dataset)) if distributed.is_main() else md.load()
+    train_ex = _split_examples(clips, split, md, cfg, encoder, cache, sim_cfg, rep)
+    val_ex = _split_examples(load_split(dataset, val_split), val_split, md, cfg, encoder, cache, sim_cfg, rep) if val_split else []
+    return train_ex, val_ex, encoder.dim
+
+
+def _split_examples(clips: Sequence[Clip], what: str, md: ModelDir, cfg: ModelConfig, encoder, cache: FeatureCache,
+                    sim_cfg, rep: Reporter) -> list:
+    frames, _ = clip_features(clips, encoder, cfg, cache, rep, what)
+    flat = [c for clip in clips for c in clip.captions]
+    owner = np.repeat(np.arange(len(clips)), [len(c.captions) for c in clips])
+    labels = caption_labels(flat, sim_cfg, _sim_dir(md, what), rep)
+    return [(cap, pool, frames[o]) for cap, pool, o in zip(flat, _pools(flat, labels, owner, cfg.k), owner)]
 
 
 def bootstrap(
