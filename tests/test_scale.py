@@ -16,7 +16,9 @@ import pytest
 from test_pipeline import cli, env, workspace  # noqa: F401 - fixtures, one instance per module
 
 pytestmark = pytest.mark.slow
-ARGS = ("--beam-size", "2", "--max-len", "8", "-q")
+# One file per batch: batching changes float rounding in padded attention, which can flip a
+# near-tie in the beam search of an untrained decoder; runs that batch alike agree bit for bit.
+ARGS = ("--beam-size", "2", "--max-len", "8", "--batch-size", "1", "-q")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_ray_equals_single_process(setup: tuple[Path, list[str]], env: dict[str,
         pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'audiocap-cli[ray]')")
     m, files = setup
     out = tmp_path / "ray.jsonl"
-    r = cli("caption", str(m.parent / "audio"), "-m", str(m), "--ray", "local", "--workers", "2", "--batch-size", "4",
+    r = cli("caption", str(m.parent / "audio"), "-m", str(m), "--ray", "local", "--workers", "2",
             "-o", str(out), *ARGS, env=env, check=False)
     assert r.returncode == 1, r.stderr[-3000:]  # the broken file is an error record, the job goes on
     assert _lines(out.read_text()) == _lines(single)
