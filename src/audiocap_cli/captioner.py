@@ -37,6 +37,11 @@ class CaptionOptions:
     device: str = "cpu"
 
 
+# Windows per retrieval + decoding step: far more than a batch of clips in crop mode (so that
+# batching is as before), a bounded copy of features (256 x ~120 KB) for a long file's windows.
+_WINDOW_CHUNK = 256
+
+
 @dataclass
 class _Window:
     path: str
@@ -163,15 +168,23 @@ class Captioner:
                 owner.append(i)
         if not windows:
             return out
-        frames = np.stack([w.frames for w in windows])
-        scores = None if any(w.scores is None for w in windows) else np.stack([w.scores for w in windows])  # type: ignore[misc]
-        t1 = time.perf_counter()
-        hits = self.retrieve(frames, scores)
-        guid = self.guidance_of(hits)
-        t2 = time.perf_counter()
-        captions = self.generate(guid, frames, scores)
-        t3 = time.perf_counter()
-        per = {"features": t_feat, "retrieval": t2 - t1, "decoding": t3 - t2}
+        # Retrieval and decoding take the windows _WINDOW_CHUNK at a time: a 10-hour file in
+        # windows mode is 3,600 windows, and stacking them all would copy its features again.
+        hits: list[list[Hit]] = []
+        guid: list[list[str]] = []
+        captions: list[str] = []
+        t_ret = t_dec = 0.0
+        for c in range(0, len(windows), _WINDOW_CHUNK):
+            part = windows[c : c + _WINDOW_CHUNK]
+            frames = np.stack([w.frames for w in part])
+            scores = None if any(w.scores is None for w in part) else np.stack([w.scores for w in part])  # type: ignore[misc]
+            t1 = time.perf_counter()
+            hits += (h := self.retrieve(frames, scores))
+            guid += (g := self.guidance_of(h))
+            t2 = time.perf_counter()
+            captions += self.generate(g, frames, scores)
+            t_ret, t_dec = t_ret + t2 - t1, t_dec + time.perf_counter() - t2
+        per = {"features": t_feat, "retrieval": t_ret, "decoding": t_dec}
         n = len(windows)
         for w, row, g, cap, i in zip(windows, hits, guid, captions, owner):
             dist = {h.captions[0]: h.distance for h in row}

@@ -21,7 +21,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,17 +75,15 @@ class ClipFeatures:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes, streamed; unreadable files are AudioNotFoundError."""
+    """sha256 hex digest of a file's bytes, streamed in 1 MiB reads (bounded memory);
+    anything but a readable regular file is AudioNotFoundError (see audio.open_regular: a FIFO
+    or /dev/zero is refused, never read)."""
     p = Path(path)
-    try:
-        with open(p, "rb") as f:
+    with audio.open_regular(p) as f:
+        try:
             return file_sha256(f)
-    except FileNotFoundError as e:
-        raise AudioNotFoundError(p, "file not found") from e
-    except IsADirectoryError as e:
-        raise AudioNotFoundError(p, "is a directory, not an audio file") from e
-    except OSError as e:
-        raise AudioNotFoundError(p, f"cannot read ({e.strerror or e})") from e
+        except OSError as e:
+            raise AudioNotFoundError(p, f"cannot read ({e.strerror or e})") from e
 
 
 def _stat_sig(path: Path) -> tuple[int, int, int] | None:
@@ -107,8 +105,93 @@ class _Job:
     starts: tuple[float, ...] = ()
     ends: tuple[float, ...] = ()
     duration: float = 0.0
-    frames: list[np.ndarray] = field(default_factory=list)
-    scores: list[np.ndarray] = field(default_factory=list)
+    capacity: int = 1  # windows expected (audio.SegmentStream.expected)
+    queued: int = 0  # windows cut so far
+    entry: "_Entry | None" = None  # its features, filled as batches are encoded
+
+
+# A JSON float is at most 24 characters (repr of -2.2250738585072014e-308).
+_WIDEST_FLOAT = -2.2250738585072014e-308
+
+
+class _Entry:
+    """One cache entry's bytes, filled window by window as the encoder produces them (so the
+    features of a long file are held once, not as batch outputs and again as the entry).
+
+    ``frames`` / ``scores``: float32 views ``[count, T, D]`` / ``[count, T, C]`` into the bytes.
+    Room is laid out for ``capacity`` windows and the header their widest JSON needs; ``add``
+    grows it if needed (an MP3 longer than its header said), ``seal`` moves the scores up to
+    the frames actually present, writes the header (padded with spaces) and returns the bytes.
+    Filled to capacity (the usual case: the header's length is exact but for MP3), nothing
+    moves; otherwise the scores' old place stays allocated as long as the features live.
+    """
+
+    def __init__(self, digest: str, frame: tuple[int, ...], score: tuple[int, ...] | None,
+                 capacity: int, source: Path) -> None:
+        self.digest, self.frame, self.score, self.source = digest, tuple(frame), score, source
+        self.capacity, self.count = max(1, capacity), 0
+        widest = [_WIDEST_FLOAT] * self.capacity
+        self.head = len(json.dumps(self._meta(self.capacity, widest, widest, _WIDEST_FLOAT, 0xFFFFFFFF)).encode())
+        self.offset = len(_MAGIC) + _HEAD.size + self.head
+        self.nf, self.ns = math.prod(self.frame), 0 if score is None else math.prod(score)
+        # np.zeros (calloc): pages cost memory only once written, so room for windows that
+        # never come costs nothing.
+        self.blob = np.zeros(self.offset + 4 * self.capacity * (self.nf + self.ns), dtype=np.uint8)
+        self._frames = self._view(self.offset, self.capacity, self.frame)
+        self._scores = None if score is None else self._view(self.offset + 4 * self.capacity * self.nf, self.capacity, score)
+
+    def _view(self, at: int, n: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.frombuffer(self.blob, "<f4", n * math.prod(shape), at).reshape(n, *shape)
+
+    def _meta(self, n: int, starts: Sequence[float], ends: Sequence[float], duration: float, crc: int) -> dict[str, Any]:
+        return {
+            "sha256": self.digest,
+            "frames": [n, *self.frame],
+            "scores": None if self.score is None else [n, *self.score],
+            "starts": list(starts),
+            "ends": list(ends),
+            "duration": duration,
+            "crc32": crc,
+            "source": str(self.source),  # informative only: the key is the content
+        }
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self._frames[: self.count]
+
+    @property
+    def scores(self) -> np.ndarray | None:
+        return None if self._scores is None else self._scores[: self.count]
+
+    def add(self, frames: np.ndarray, scores: np.ndarray | None) -> None:
+        """Append one window's frames ``[T, D]`` and scores ``[T, C]``."""
+        if self.count == self.capacity:
+            bigger = _Entry(self.digest, self.frame, self.score, 2 * self.capacity, self.source)
+            for i in range(self.count):
+                bigger.add(self._frames[i], None if self._scores is None else self._scores[i])
+            self.__dict__.update(bigger.__dict__)
+        self._frames[self.count] = frames
+        if self._scores is not None:
+            self._scores[self.count] = scores
+        self.count += 1
+
+    def seal(self, starts: Sequence[float], ends: Sequence[float], duration: float) -> memoryview:
+        """The entry's bytes for ``count`` windows (views ``frames``/``scores`` stay valid)."""
+        n = self.count
+        if self._scores is not None and n < self.capacity:
+            # Scores follow the frames: move them up, window by window in order (each target
+            # lies below its source, so no source is overwritten before it is read).
+            moved = self._view(self.offset + 4 * n * self.nf, n, self.score)  # type: ignore[arg-type]
+            for i in range(n):
+                moved[i] = self._scores[i]
+            self._scores = moved
+        size = self.offset + 4 * n * (self.nf + self.ns)
+        view = memoryview(self.blob)[:size]
+        crc = zlib.crc32(view[self.offset :])
+        head = json.dumps(self._meta(n, starts, ends, duration, crc)).encode()
+        assert len(head) <= self.head, "header room was sized for the widest values"
+        view[: self.offset] = _MAGIC + _HEAD.pack(self.head) + head.ljust(self.head)
+        return view
 
 
 class FeatureCache:
@@ -190,23 +273,11 @@ class FeatureCache:
 
     @staticmethod
     def _write(path: Path, digest: str, feats: ClipFeatures, source: Path) -> None:
-        frames = np.ascontiguousarray(feats.frames, dtype="<f4")
-        parts = [frames.tobytes()]
-        if feats.scores is not None:
-            parts.append(np.ascontiguousarray(feats.scores, dtype="<f4").tobytes())
-        payload = b"".join(parts)
-        meta = {
-            "sha256": digest,
-            "frames": list(frames.shape),
-            "scores": None if feats.scores is None else list(feats.scores.shape),
-            "starts": list(feats.starts),
-            "ends": list(feats.ends),
-            "duration": feats.duration,
-            "crc32": zlib.crc32(payload),
-            "source": str(source),  # informative only: the key is the content
-        }
-        head = json.dumps(meta).encode()
-        atomic_write_bytes(path, _MAGIC + _HEAD.pack(len(head)) + head + payload)
+        sshape = None if feats.scores is None else feats.scores.shape[1:]
+        entry = _Entry(digest, feats.frames.shape[1:], sshape, len(feats.frames), source)
+        for i in range(len(feats.frames)):
+            entry.add(feats.frames[i], None if feats.scores is None else feats.scores[i])
+        atomic_write_bytes(path, entry.seal(feats.starts, feats.ends, feats.duration))
 
     # -- public ---------------------------------------------------------------------------
 
@@ -253,8 +324,6 @@ class FeatureCache:
             p = Path(raw)
             sig = _stat_sig(p)
             try:
-                if p.is_dir():
-                    raise AudioNotFoundError(p, "is a directory, not an audio file")
                 digest = file_digest(p)
             except AudioError as e:
                 finish([i], e)
@@ -270,7 +339,8 @@ class FeatureCache:
                 jobs[digest] = _Job(digest, p, sig, [i])
 
         # 2. Decode, window and encode the misses, streaming: memory holds one batch of windows
-        #    plus the windows of the file being cut, never the whole input.
+        #    plus a block of the file being decoded (audio.SegmentStream), never a whole file;
+        #    what grows with a file's length is its features (job.entry), held once.
         queue: list[tuple[_Job, np.ndarray]] = []
 
         def flush(batch: list[tuple[_Job, np.ndarray]]) -> None:
@@ -280,42 +350,45 @@ class FeatureCache:
             frames = out.frames.detach().to("cpu", torch.float32).numpy()  # [B, T, D]
             scores = None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
             for b, (job, _) in enumerate(batch):
-                job.frames.append(frames[b])
-                if scores is not None:
-                    job.scores.append(scores[b])
-                if len(job.frames) == len(job.starts):
+                if job.entry is None:
+                    score = None if scores is None else scores.shape[1:]
+                    job.entry = _Entry(job.digest, frames.shape[1:], score, job.capacity, job.path)
+                job.entry.add(frames[b], None if scores is None else scores[b])
+                if job.entry.count == len(job.starts):  # starts are set once the file is read
                     self._complete(d, job, finish)
 
         for job in jobs.values():
+            stream = audio.SegmentStream(job.path, policy, sr)
             try:
-                wave = audio.load(job.path, sr)
-            except AudioError as e:
+                for w in stream:
+                    if not job.queued:  # room for the windows the header promises (exactly:
+                        job.capacity = stream.expected  # spare room would cost a move in seal)
+                    job.queued += 1
+                    queue.append((job, w))
+                    if len(queue) >= batch_size:
+                        flush(queue[:batch_size])
+                        queue = queue[batch_size:]
+            except AudioError as e:  # possibly after some windows (damage near the end)
+                queue = [(j, w) for j, w in queue if j is not job]
+                job.entry = None
                 finish(job.owners, e)
                 continue
-            segs = audio.segments(wave, policy, sr)
-            job.starts = tuple(s for s, _, _ in segs)
-            job.ends = tuple(e for _, e, _ in segs)
-            job.duration = wave.shape[0] / sr
-            queue += [(job, w) for _, _, w in segs]
-            while len(queue) >= batch_size:
-                flush(queue[:batch_size])
-                queue = queue[batch_size:]
+            # Known only now that the whole file has been read (flush() completes jobs whose
+            # starts are set; this one may have had all its windows encoded already).
+            job.starts, job.ends, job.duration = stream.starts, stream.ends, stream.duration
+            if job.entry is not None and job.entry.count == len(job.starts):
+                self._complete(d, job, finish)
         if queue:
             flush(queue)
         return results  # type: ignore[return-value]
 
     def _complete(self, d: Path, job: _Job, finish: Callable[[list[int], Any], None]) -> None:
-        feats = ClipFeatures(
-            np.stack(job.frames),
-            np.stack(job.scores) if job.scores else None,
-            job.starts,
-            job.ends,
-            job.duration,
-        )
+        entry, job.entry = job.entry, None
+        assert entry is not None
+        blob = entry.seal(job.starts, job.ends, job.duration)
         # Store only if the file did not change while we read it (else the digest would name
         # features of other bytes); the result is still returned.
         if _stat_sig(job.path) == job.sig:
-            self._write(self._entry(d, job.digest), job.digest, feats, job.path)
-        job.frames, job.scores = [], []
-        finish(job.owners, feats)
+            atomic_write_bytes(self._entry(d, job.digest), blob)
+        finish(job.owners, ClipFeatures(entry.frames, entry.scores, job.starts, job.ends, job.duration))
 

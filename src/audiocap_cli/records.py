@@ -30,7 +30,10 @@ def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> list[st
 
     ``-`` reads one path per line from ``stdin``. Paths are returned as given (not resolved),
     in order, without duplicates. A path that does not exist, or a glob matching nothing, is
-    kept as is, so that it yields an error record rather than vanishing silently.
+    kept as is, so that it yields an error record rather than vanishing silently; so is
+    anything inside a directory whose name looks like audio but which is no regular file (a
+    FIFO, socket or device, a subdirectory named ``x.wav``, still searched itself). Nothing is
+    opened here: audio.open_regular refuses those later, one error record each.
     """
     out: list[str] = []
     seen: set[str] = set()
@@ -51,8 +54,8 @@ def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> list[st
         elif os.path.isdir(item):
             found = [
                 str(Path(root) / name)
-                for root, _dirs, files in os.walk(item)
-                for name in files
+                for root, dirs, files in os.walk(item)
+                for name in files + dirs
                 if name.lower().endswith(AUDIO_EXTENSIONS)
             ]
             for p in sorted(found):
@@ -64,6 +67,24 @@ def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> list[st
         else:
             add(item)
     return out
+
+
+# Test hook (fault injection), not a feature. With AUDIOCAP_TEST_KILL_AFTER=N in the environment
+# the process SIGKILLs itself as soon as the N-th RecordWriter.write has been flushed, so that the
+# crash-and-resume test kills mid-run deterministically, whatever the machine's speed
+# (tests/test_pipeline.py::test_caption_resume_after_sigkill). Unset, it costs a dict lookup.
+_TEST_KILL_AFTER = "AUDIOCAP_TEST_KILL_AFTER"
+_writes_flushed = 0
+
+
+def _test_kill_hook() -> None:
+    global _writes_flushed
+    _writes_flushed += 1
+    after = os.environ.get(_TEST_KILL_AFTER)
+    if after and _writes_flushed >= int(after):
+        import signal
+
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 class Guide(NamedTuple):
@@ -218,6 +239,7 @@ class RecordWriter:
             self._f.flush()
         else:
             self._write_rows([(str(r["path"]), r["caption"]) for r in records if "caption" in r])
+        _test_kill_hook()
 
     def close(self) -> None:
         if self._own:
