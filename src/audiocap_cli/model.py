@@ -24,7 +24,7 @@ from .config import check_config, load_config, save_config
 from .errors import ModelNotFoundError
 
 CONFIG_NAME = "config.json"
-RETRIEVALS = ("triplet", "mean", "zeroshot")
+RETRIEVALS = ("triplet", "mean", "zeroshot", "labels")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class ModelConfig:
 
     retrieval: how a clip finds its guidance captions: "triplet" (the paper's trained
         retriever), "mean" (1NN on mean-pooled raw encoder frames: the paper's 1NN-VGGish
-        baseline), or "zeroshot" (text-only bootstrap: AudioSet tags bridge audio and captions).
+        baseline), "zeroshot" (text-only bootstrap: AudioSet tags bridge audio and captions),
+        or "labels" (label-grounded: clips' AudioSet labels vs the audio's class scores).
     dataset: the dataset folder (or manifest) the model was last trained or indexed on, as an
         absolute path; ``audiocap eval`` takes its references from it when ``--dataset`` is absent.
     """

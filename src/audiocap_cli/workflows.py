@@ -405,22 +405,58 @@ def bootstrap(
     corpus: str | Path,
     model_dir: str | Path,
     epochs: int = 6,
-    max_captions: int | None = 3000,
+    max_captions: int | None = None,
     lm_spec: str = "smollm2",
     audio: str = "tags",
     encoder: str = "yamnet",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     residual: bool = True,
     rep: Reporter = Reporter(),
     keep_state: bool = False,
+    labels: str | Path | None = None,
+    val: str | Path | None = None,
+    text_bridge: bool = False,
 ) -> Path:
-    """Caption corpus -> captioner, with no paired audio: the zero-shot caption index, then the
-    text-only decoder on (a sample of) the same captions."""
+    """Caption corpus -> captioner, with no paired audio.
+
+    With AudioSet labels for the corpus' clips (AudioCaps; ``labels``: a folder of segment
+    CSVs, default the installed wheel's): the label-grounded captioner (``grounded.py``: label
+    index + decoder on all captions, ``max_captions`` of them if given; ``val``: a labelled
+    validation manifest such as AudioCaps val). Otherwise, or with ``text_bridge``: the
+    zero-shot caption index, then the text-only decoder on a sample (3,000) of the captions.
+    """
+    from . import grounded
+
+    lab = None if text_bridge else _labelled(corpus, labels, encoder, rep)
+    if lab is not None:
+        rep.say("building the label-grounded captioner (AudioSet labels)")
+        vlab = grounded.read_labelled(val, labels, encoder) if val is not None else None
+        if vlab is not None:
+            rep.say("validation labels: " + vlab.coverage.describe())
+        return grounded.train(lab, model_dir, ModelConfig(encoder=encoder), val=vlab, epochs=epochs,
+                              max_captions=max_captions, lm_spec=lm_spec, batch_size=batch_size or 128,
+                              keep_state=keep_state, say=rep.say, progress=rep.progress)
+    rep.say("building the text-bridge captioner (zero-shot AudioSet tags; no labels for this corpus)")
     build_caption_index(corpus, model_dir, ModelConfig(encoder=encoder), rep=rep)
     return train_decoder(
-        corpus, model_dir, epochs, text_only=True, audio=audio, max_captions=max_captions,
-        lm_spec=lm_spec, batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state,
+        corpus, model_dir, epochs, text_only=True, audio=audio, max_captions=max_captions or 3000,
+        lm_spec=lm_spec, batch_size=batch_size or 32, residual=residual, rep=rep, keep_state=keep_state,
     )
+
+
+def _labelled(corpus: str | Path, labels: str | Path | None, encoder: str, rep: Reporter):
+    """The corpus with AudioSet labels when at least half its clips have some, else None."""
+    from . import grounded
+
+    try:
+        lab = grounded.read_labelled(corpus, labels, encoder)
+    except ModelNotFoundError as e:
+        if labels is not None:
+            raise
+        rep.say(f"no AudioSet labels: {e}")
+        return None
+    rep.say("labels: " + lab.coverage.describe())
+    return lab if lab.coverage.labelled * 2 >= max(lab.coverage.clips, 1) else None
 
 
 # --------------------------------------------------------------------------- eval

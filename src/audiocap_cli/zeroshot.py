@@ -17,7 +17,6 @@ agrees most with the rest of the pool (TF-IDF n-gram cosine, like CIDEr's consen
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import re
@@ -28,11 +27,11 @@ from functools import lru_cache
 import numpy as np
 
 from .config import fingerprint
+from .encoders.yamnet import NUM_CLASSES  # the scores' last axis, in yamnet_class_map.csv order
 from .errors import ConfigMismatchError, ModelNotFoundError
 from .resources import shipped
+from .vectors import l2_normalize
 
-# AudioSet / YAMNet: 521 classes in the order of yamnet_class_map.csv (the scores' last axis).
-NUM_CLASSES = 521
 VARIANTS = ("profile", "sentence", "hybrid")
 POOLS = ("mean", "max")
 
@@ -135,12 +134,9 @@ def class_names(audio_encoder: str = "yamnet") -> list[str]:
     """The 521 AudioSet display names in YAMNet's score order (read from the shipped class map)."""
     if audio_encoder != "yamnet":
         raise ModelNotFoundError(f"zero-shot retrieval needs class scores; {audio_encoder!r} has none")
-    path = shipped("yamnet") / "assets" / "yamnet_class_map.csv"
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path}: YAMNet class map not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [r["display_name"] for r in sorted(rows, key=lambda r: int(r["index"]))]
+    from .encoders.yamnet import read_class_names
+
+    return read_class_names(shipped("yamnet") / "assets" / "yamnet_class_map.csv")
 
 
 def class_mask(cfg: ZeroShotConfig) -> np.ndarray:
@@ -183,9 +179,7 @@ def class_name_vectors(cfg: ZeroShotConfig) -> np.ndarray:
 
 # ---------------------------------------------------------------- caption and audio vectors
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+_normalize = l2_normalize
 
 
 def caption_profiles(sent: np.ndarray, cfg: ZeroShotConfig) -> np.ndarray:

@@ -169,14 +169,20 @@ def _weight_layers(variables: dict[str, np.ndarray], where: str) -> list[dict[st
     return [full[0][i] for i in range(NUM_WEIGHT_LAYERS)]
 
 
-def read_class_names(csv_path: str | Path) -> list[str]:
-    """Display names, in class-index order, from yamnet_class_map.csv (index,mid,display_name)."""
+def read_class_map(csv_path: str | Path) -> list[tuple[str, str]]:
+    """(AudioSet mid, display name) per class, in class-index order, from yamnet_class_map.csv
+    (index,mid,display_name)."""
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        return [row["display_name"] for row in sorted(rows, key=lambda r: int(r["index"]))]
+        return [(row["mid"], row["display_name"]) for row in sorted(rows, key=lambda r: int(r["index"]))]
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ModelNotFoundError(f"{csv_path}: unreadable YAMNet class map ({e!r})") from e
+
+
+def read_class_names(csv_path: str | Path) -> list[str]:
+    """Display names, in class-index order, from yamnet_class_map.csv."""
+    return [name for _, name in read_class_map(csv_path)]
 
 
 def load_yamnet(weights: str | Path, device: str = "cpu", fused: bool = True,

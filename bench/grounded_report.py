@@ -1,0 +1,151 @@
+"""Validation of a label-grounded model: AudioCaps val (simulated input) and the labelled real clips.
+
+Rows, per set:
+  top-1 retrieved         the first caption of the nearest label set
+  consensus guidance      guidance[0]: the most typical caption of the retrieved pool
+  generated               the decoder's caption (beam 4), what `audiocap caption` prints
+  generated, audio off    the decoder with its audio branch switched off (inference-time ablation)
+  generated, guidance off the decoder with empty guidance
+  generated, head frozen  the low-rank head update and bias zeroed: the pretrained LM head
+Columns: BLEU-4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap 1.2), plus a distribution check
+(mean words, distinct words, % of captions that copy a guidance caption).
+
+AudioCaps val: 495 clips x 5 human captions; the input is class scores simulated from each
+clip's AudioSet labels (grounded.simulated, seed VAL_SIM_SEED), retrieval from the model's
+index (AudioCaps train only). Real clips: ../shared/data/sounds (337 clips), real YAMNet on the
+real audio through the Captioner, against the 5 captions bench/sounds_dataset.py writes from
+each label. Needs ../shared/data; exits with a message without it.
+
+Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from audiocap_cli import grounded  # noqa: E402
+from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
+from audiocap_cli.metrics import score_batch  # noqa: E402
+from audiocap_cli.models import resolve  # noqa: E402
+
+METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
+COLUMNS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr-D", "cider_d"))
+_WORD = re.compile(r"[a-z']+")
+
+
+def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Every row's captions for clips with pooled class ``scores [N, C]``."""
+    frames = np.zeros((len(scores), 1, 1), np.float32)  # label retrieval and decoder read scores only
+    sc = scores[:, None, :]
+    hits = cap.retrieve(frames, sc)
+    guid = cap.guidance_of(hits)
+    out = {
+        "top-1 retrieved": [row[0].captions[0] if row else "" for row in hits],
+        "consensus guidance": [g[0] if g else "" for g in guid],
+        "generated": cap.generate(guid, frames, sc),
+    }
+    if not ablations or cap.decoder is None:
+        return out, guid
+    dec = cap.decoder
+    cfg = dec.cfg
+    dec.cfg = dataclasses.replace(cfg, use_audio=False)
+    out["generated, audio off"] = cap.generate(guid, frames, sc)
+    dec.cfg = cfg
+    out["generated, guidance off"] = cap.generate([[] for _ in guid], frames, sc)
+    if getattr(dec, "vocab_ids", None) is not None:
+        saved = dec.head_b.detach().clone(), dec.head_bias.detach().clone()
+        with torch.no_grad():
+            dec.head_b.zero_()
+            dec.head_bias.zero_()
+        out["generated, head frozen"] = cap.generate(guid, frames, sc)
+        with torch.no_grad():
+            dec.head_b.copy_(saved[0])
+            dec.head_bias.copy_(saved[1])
+    return out, guid
+
+
+def distribution(preds: list[str], guid: list[list[str]]) -> dict[str, float]:
+    words = [_WORD.findall(p.lower()) for p in preds]
+    copies = sum(p.strip().lower() in {g.strip().lower() for g in gs} for p, gs in zip(preds, guid))
+    return {"mean_words": float(np.mean([len(w) for w in words])), "distinct_words": len({x for w in words for x in w}),
+            "copy_pct": 100.0 * copies / max(len(preds), 1)}
+
+
+def val_set(limit: int | None) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+    train = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
+    val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
+    scores = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED)
+    ids, refs = val.clip_ids, dict(zip(val.clip_ids, val.clip_captions()))
+    n = limit or len(ids)
+    return ids[:n], scores[:n], refs
+
+
+def real_scores(cap: Captioner, clips: list[dict]) -> np.ndarray:
+    """Pooled YAMNet scores ``[N, C]`` of each clip's first window, as `caption` computes them."""
+    from audiocap_cli.labelspace import pool_scores
+
+    feats = cap.cache.get_many([c["path"] for c in clips], cap.encoder, cap.policy)
+    return np.stack([pool_scores(f.scores[:1], cap.labels.cfg)[0] for f in feats])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-m", "--model", default=None, help="model directory or name (default: the shipped default)")
+    ap.add_argument("--limit", type=int, default=None, help="first N clips of each set")
+    ap.add_argument("--sets", default="val,real")
+    ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="write the table here too")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
+    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64))
+    if cap.labels is None:
+        sys.exit("this report is for label-grounded models (retrieval 'labels')")
+    jobs, dists, timing = {}, {}, {}
+    for name in args.sets.split(","):
+        t0 = time.perf_counter()
+        if name == "val":
+            ids, scores, refs = val_set(args.limit)
+        else:
+            from bootstrap_report import load_clips
+
+            clips = load_clips(ROOT / "runs" / "sounds")[: args.limit or None]
+            ids, refs = [c["id"] for c in clips], {c["id"]: c["captions"] for c in clips}
+            scores = real_scores(cap, clips)
+        rows, guid = systems(cap, scores, not args.no_ablations)
+        timing[name] = time.perf_counter() - t0
+        for row, preds in rows.items():
+            jobs[f"{name}\t{row}"] = (dict(zip(ids, preds)), {i: refs[i] for i in ids})
+            dists[f"{name}\t{row}"] = distribution(preds, guid)
+        ref_caps = [refs[i][0] for i in ids]
+        dists[f"{name}\treferences (first of each clip)"] = distribution(ref_caps, [[] for _ in ids])
+    res = score_batch(jobs, metrics=METRICS)
+    print("| set | system | " + " | ".join(c for c, _ in COLUMNS) + " | mean words | distinct words | % copies of guidance |")
+    print("|---|---|" + "---|" * (len(COLUMNS) + 3))
+    table = []
+    for key, d in dists.items():
+        s, row = key.split("\t")
+        r = res.get(key)
+        vals = [f"{100 * r.corpus[k]:.1f}" if r is not None and r.corpus.get(k) is not None else "" for _, k in COLUMNS]
+        print(f"| {s} | {row} | " + " | ".join(vals) + f" | {d['mean_words']:.1f} | {d['distinct_words']} | {d['copy_pct']:.0f} |")
+        table.append({"set": s, "system": row, **({k: r.corpus[k] for _, k in COLUMNS} if r else {}), **d})
+    print(f"\nclips: {', '.join(f'{k} {len(v[0])}' for k, v in jobs.items() if k.endswith('generated'))}; "
+          f"seconds: {', '.join(f'{k} {v:.0f}' for k, v in timing.items())}")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Package a trained label-grounded model as the shipped default (package data, a few MB).
+
+Writes ``src/audiocap_cli/data/models/<name>/``: ``model.json`` (ModelConfig, training data,
+validation scores, the command that rebuilds it), ``labelspace.json``, ``corpus.tsv.gz`` (the
+captions and label classes the index is built from) and ``decoder/`` (decoder.json and the
+trainable weights in float16). The index itself is derived on first use (``models.py``).
+
+Usage:
+  python scripts/ship_default.py MODEL_DIR CORPUS_CSV [--name audiocaps-labels]
+         [--report report.json] [--command "..."]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from audiocap_cli import grounded, models
+from audiocap_cli import labelspace as ls
+from audiocap_cli.config import atomic_save_safetensors, load_config, to_dict
+from audiocap_cli.decoder import DECODER_CONFIG, DECODER_WEIGHTS
+from audiocap_cli.model import ModelDir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("corpus", type=Path)
+    ap.add_argument("--name", default=models.DEFAULT_MODEL)
+    ap.add_argument("--report", type=Path, default=None, help="JSON written by bench/grounded_report.py --json")
+    ap.add_argument("--command", default="", help="the command that trained MODEL")
+    args = ap.parse_args()
+    md = ModelDir(args.model)
+    cfg = md.load()
+    if cfg.retrieval != "labels":
+        raise SystemExit(f"{args.model}: not a label-grounded model (retrieval {cfg.retrieval!r})")
+    out = models.SHIPPED_ROOT / args.name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    lcfg = load_config(ls.LabelSpaceConfig, md.index / ls.CONFIG_NAME)
+    shutil.copyfile(md.index / ls.CONFIG_NAME, out / ls.CONFIG_NAME)
+    lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder)
+    models.write_corpus(out, lab.captions, lab.labels)
+    if (md.decoder / DECODER_WEIGHTS).is_file():  # a retrieval-only model has none
+        (out / "decoder").mkdir()
+        shutil.copyfile(md.decoder / DECODER_CONFIG, out / "decoder" / DECODER_CONFIG)
+        weights = load_file(str(md.decoder / DECODER_WEIGHTS))
+        half = {k: (v.to(torch.float16) if v.is_floating_point() else v) for k, v in weights.items()}
+        atomic_save_safetensors(half, out / "decoder" / DECODER_WEIGHTS)
+    validation = {}
+    if args.report is not None:
+        for row in json.loads(args.report.read_text()):
+            if row["system"] in ("generated", "consensus guidance") and "meteor" in row:
+                tag = f"{row['set']} {row['system']}"
+                validation[f"{tag} METEOR"] = round(100 * row["meteor"], 1)
+                validation[f"{tag} CIDEr-D"] = round(100 * row["cider_d"], 1)
+    info = {
+        "model": to_dict(cfg) | {"dataset": None},
+        "trained_on": (f"{len(lab.captions)} AudioCaps train captions (MIT) with their clips' AudioSet "
+                       f"labels (CC BY 4.0); {lab.coverage.describe()}; label space {lcfg}"),
+        "validation": validation,
+        "command": args.command,
+        "measured_by": "python bench/grounded_report.py -m " + args.name,
+    }
+    (out / models.MODEL_INFO).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"{out}: {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

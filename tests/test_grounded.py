@@ -1,0 +1,253 @@
+"""Label-grounded captioning: AudioSet labels, label-space retrieval, the low-rank decoder head,
+the persistent LM feature store and shipped-model resolution (all offline, tiny fixtures)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _shared import D_A
+
+from audiocap_cli import audioset, grounded
+from audiocap_cli import labelspace as ls
+from audiocap_cli.decoder import DecoderConfig, DecoderTrainConfig, GuidedDecoder, load_decoder, train_decoder
+from audiocap_cli.decoding import DecodingOptions, decode
+from audiocap_cli.errors import ModelNotFoundError
+from audiocap_cli.lm import FrozenLM
+from audiocap_cli.lmfeatures import LMFeatureStore
+
+# Three real YAMNet mids (class index in yamnet_class_map.csv): Speech 0, Dog 69, Rain 289;
+# /m/05zppz (Male speech) is one of the AudioSet classes YAMNet lacks.
+SPEECH, DOG, RAIN, MALE = "/m/09x0r", "/m/0bt9lr", "/m/06mb1", "/m/05zppz"
+SEGMENTS = f"""# Segments csv created Sun Mar  5 10:56:58 2017
+# num_ytids=4, num_segs=4, num_unique_labels=4, num_positive_labels=6
+# YTID, start_seconds, end_seconds, positive_labels
+aaa, 30.000, 40.000, "{SPEECH},{DOG}"
+b_b, 0.000, 10.000, "{RAIN}"
+ccc, 10.000, 20.000, "{MALE}"
+ddd, 5.000, 15.000, "{DOG},{MALE}"
+"""
+
+
+@pytest.fixture()
+def segs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "audioset"
+    folder.mkdir()
+    (folder / "unbalanced_train_segments.csv").write_text(SEGMENTS)
+    monkeypatch.setenv(audioset.LABELS_ENV, str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("few", [True, False])
+def test_labels_attach_by_segment_and_report_coverage(segs: Path, monkeypatch: pytest.MonkeyPatch, few: bool) -> None:
+    monkeypatch.setattr(audioset, "FEW_KEYS", 1000 if few else 0)  # byte search vs full parse
+    ids = ["aaa_30", "b_b_0", "ccc_10", "ddd_5", "zzz_0", "aaa_31"]
+    labels, cov = audioset.label_matrix(ids)
+    mids = audioset.class_mids()
+    assert labels.shape == (6, 521) and mids[0] == SPEECH
+    assert labels[0, [mids.index(SPEECH), mids.index(DOG)]].tolist() == [1, 1] and labels[0].sum() == 2
+    assert labels[1, mids.index(RAIN)] == 1  # a youtube id with "_" in it
+    assert labels[2].sum() == 0 and labels[3].sum() == 1  # Male speech has no YAMNet class
+    assert labels[4].sum() == 0 and labels[5].sum() == 0  # unknown clip, other start time
+    assert (cov.clips, cov.labelled, cov.labels, cov.dropped, cov.dropped_mids) == (6, 3, 6, 2, (MALE,))
+    assert "3 of 6 clips labelled" in cov.describe()
+
+
+def test_missing_labels_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="no AudioSet segment CSVs"):
+        audioset.segments_dir(tmp_path)
+
+
+def _corpus(cfg: ls.LabelSpaceConfig = ls.LabelSpaceConfig(num_classes=4)):
+    labels = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], np.float32)
+    caps = ["a dog barks", "a dog barks loudly", "dogs bark", "rain falls", "rain and thunder", "unlabelled"]
+    return labels, caps, ls.LabelCorpus.build(labels, caps, cfg)
+
+
+def test_label_corpus_groups_sets_and_retrieves_by_cosine() -> None:
+    labels, caps, corpus = _corpus()
+    assert len(corpus.captions) == 3  # three distinct non-empty label sets; the unlabelled clip is left out
+    assert sorted(len(c) for c in corpus.captions) == [1, 1, 3]
+    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=10, per_set=2)
+    q = ls.query_vectors(np.array([[0.9, 0.1, 0.0, 0.0]]), corpus.weights, cfg)
+    ranked = ls.nearest_sets(q, corpus.vectors, 3)[0]
+    assert set(corpus.captions[ranked[0]]) == set(caps[:3])
+    pool = ls.gather_pool(((corpus.captions[u], corpus.caption_ids[u]) for u in ranked), cfg)
+    assert len(pool) == 4 and set(pool[:2]) <= set(caps[:3])  # per_set caps the first set at 2
+    # leave-one-out: a clip never gets its own caption back
+    guid = ls.corpus_guidance(corpus, labels[:5], cfg, 2, [{i} for i in range(5)])
+    for i, g in enumerate(guid):
+        assert caps[i] not in g and len(g) == 2
+
+
+def test_simulated_scores_keep_labels_and_add_intruders() -> None:
+    labels = np.zeros((200, 6), np.float32)
+    labels[:, 2] = 1
+    s = ls.simulate_scores(labels, np.random.default_rng(0), np.array([5, 1, 1, 1, 1, 1.0]))
+    assert s.shape == labels.shape and (s[:, 2] > 0).all() and s.max() <= 1
+    intruders = (s > 0) & (labels == 0)
+    assert intruders.any() and intruders[:, 0].sum() > intruders[:, 1].sum()  # drawn by prior
+
+
+def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path) -> None:
+    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=4, per_set=3)
+    labels, caps, corpus = _corpus(cfg)
+    index = ls.build_index(corpus, cfg, "enc")
+    index.save(tmp_path / "index", extra=lambda f: ls.save_extras(f, cfg, corpus.weights))
+    from audiocap_cli.index import CaptionIndex
+
+    r = ls.LabelRetriever(CaptionIndex.load(tmp_path / "index"), tmp_path / "index")
+    assert r.embedder == index.config.embedder
+    scores = np.array([[[0.8, 0.0, 0.1, 0.0], [0.2, 0.3, 0.0, 0.0]], [[0.0, 0.6, 0.5, 0.0]] * 2], np.float32)
+    vec = r.vectors(scores)
+    hits = r.index.query(vec, k=r.sets_per_query)
+    assert r.guidance(hits, 2) == ls.corpus_guidance(corpus, scores.max(axis=1), cfg, 2)
+
+
+def test_lowrank_head_predicts_only_its_vocabulary(lm: FrozenLM, tmp_path: Path) -> None:
+    vocab = grounded.vocabulary(lm, ["a dog barks", "rain falls"], 30)
+    assert lm.eos_id in vocab
+    torch.manual_seed(0)
+    cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, head="lowrank", head_rank=4)
+    dec = GuidedDecoder(cfg, lm, vocab).eval()
+    trained = {k for k, _ in dec.named_parameters()}
+    assert {"head_a", "head_b", "head_bias"} <= trained and "head" not in trained
+    assert sum(p.numel() for n, p in dec.named_parameters() if n.startswith("head")) < 64 * 4 + len(vocab) * 5 + 1
+    hyp = lm.features(torch.tensor([[lm.bos_id, 32]]))
+    ref, pad = dec.ref_features([["a dog"]])
+    fr = torch.randn(1, 2, D_A)
+    local = dec(hyp, ref, pad, fr)
+    assert local.shape[-1] == len(vocab)
+    full = dec.fuse(hyp, dec.context(ref, pad, fr))
+    assert full.shape[-1] == lm.vocab_size
+    outside = torch.ones(lm.vocab_size, dtype=torch.bool)
+    outside[vocab] = False
+    assert torch.isinf(full[..., outside]).all() and torch.isfinite(full[..., vocab]).all()
+    torch.testing.assert_close(full[..., vocab], local)
+    # b = 0 at the start: exactly the frozen pretrained rows (plus a zero bias)
+    torch.testing.assert_close(dec.logits(hyp, full=False), hyp @ lm.lm_head_weight[vocab].T)
+    out = decode(dec, [["a dog barks"]], fr, DecodingOptions(beam_size=2, max_len=5))
+    assert out[0].tokens and set(out[0].tokens) <= set(vocab)
+    with torch.no_grad():
+        dec.head_b.add_(0.1)
+    dec.save(tmp_path / "d")
+    back = load_decoder(tmp_path / "d", lm)
+    torch.testing.assert_close(back(hyp, ref, pad, fr), dec(hyp, ref, pad, fr))
+    assert back.vocab_ids.tolist() == sorted(set(vocab))
+
+
+def test_lowrank_training_with_a_feature_store(lm: FrozenLM, tmp_path: Path) -> None:
+    caps = ["a dog barks", "rain falls on a roof", "a man speaks", "birds chirp"]
+    store = LMFeatureStore(lm, 30, root=tmp_path / "feat")
+    store.ensure(caps)
+    again = LMFeatureStore(lm, 30, root=tmp_path / "feat")  # persisted: read back, not recomputed
+    assert len(again) == 4
+    ids = torch.tensor([[lm.bos_id] + lm.tokenize(["rain falls on a roof"])[0]])
+    torch.testing.assert_close(again.get("rain falls on a roof").float(), lm.features(ids)[0], atol=2e-3, rtol=2e-3)
+    assert again.get("not stored") is None
+    ex = [(caps[i % 4], [caps[(i + 1) % 4], caps[(i + 2) % 4]], np.ones((1, D_A), np.float32) * i) for i in range(8)]
+    cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2, head="lowrank", head_rank=4, guidance="separate", residual=True)
+    tc = DecoderTrainConfig(batch_size=4, micro_batch=4, lr_max=3e-3)
+    calls = []
+    orig = lm.features_of
+    lm.features_of = lambda seqs, **kw: calls.append(len(seqs)) or orig(seqs, **kw)  # type: ignore[method-assign]
+    try:
+        run = train_decoder(ex, cfg, lm, tmp_path / "run", epochs=4, train_cfg=tc,
+                            vocab_ids=grounded.vocabulary(lm, caps, 30), features=again)
+    finally:
+        lm.features_of = orig  # type: ignore[method-assign]
+    assert calls == []  # every caption came from the store
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert load_decoder(run, lm).cfg == cfg
+
+
+def test_model_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiocap_cli import models
+
+    shipped = tmp_path / "shipped"
+    (shipped / "tiny").mkdir(parents=True)
+    (shipped / "tiny" / models.MODEL_INFO).write_text(json.dumps({"model": {}, "trained_on": "x", "validation": {"meteor": 0.2}}))
+    monkeypatch.setattr(models, "SHIPPED_ROOT", shipped)
+    built: list[str] = []
+    monkeypatch.setattr(models, "materialise", lambda folder, say=None: built.append(folder.name) or tmp_path / f"built-{folder.name}")
+    mdir = tmp_path / "mine"
+    mdir.mkdir()
+    assert models.resolve(str(mdir), env={}) == mdir  # -m path
+    assert models.resolve("tiny", env={}) == tmp_path / "built-tiny"  # -m name
+    assert models.resolve(None, env={models.MODEL_ENV: str(mdir)}) == mdir  # env var
+    assert models.resolve(None, env={models.MODEL_ENV: "tiny"}) == tmp_path / "built-tiny"
+    monkeypatch.setattr(models, "DEFAULT_MODEL", "tiny")
+    assert models.resolve(None, env={}) == tmp_path / "built-tiny"  # default
+    assert models.resolve(str(mdir), env={models.MODEL_ENV: "tiny"}) == mdir  # -m wins over env
+    with pytest.raises(ModelNotFoundError, match="no model named 'nope'.*known: tiny"):
+        models.resolve("nope", env={})
+    with pytest.raises(ModelNotFoundError, match="no such model directory"):
+        models.resolve(str(tmp_path / "missing" / "dir"), env={})
+    assert [m.name for m in models.list_models()] == ["tiny"]
+
+
+def test_corpus_file_round_trip(tmp_path: Path) -> None:
+    from audiocap_cli import models
+    from audiocap_cli.config import save_config
+
+    cfg = ls.LabelSpaceConfig(num_classes=4)
+    save_config(cfg, tmp_path / ls.CONFIG_NAME)
+    labels = np.array([[1, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+    models.write_corpus(tmp_path, ["a dog barks", "rain, falls"], labels)
+    first = (tmp_path / models.CORPUS_NAME).read_bytes()
+    caps, back = models.read_corpus(tmp_path)
+    assert caps == ["a dog barks", "rain, falls"] and (back == labels).all()
+    models.write_corpus(tmp_path, caps, back)
+    assert (tmp_path / models.CORPUS_NAME).read_bytes() == first  # deterministic bytes
+
+
+def _shipped_default():
+    from audiocap_cli import models
+
+    found = {m.name: m for m in models.shipped_models()}
+    if models.DEFAULT_MODEL not in found:
+        pytest.fail(f"the default model {models.DEFAULT_MODEL!r} is not shipped in {models.SHIPPED_ROOT}")
+    return found[models.DEFAULT_MODEL]
+
+
+def test_shipped_default_matches_the_code() -> None:
+    """The shipped configs load into today's dataclasses with nothing unknown or missing."""
+    from audiocap_cli.config import from_dict, to_dict
+    from audiocap_cli.decoder import DECODER_CONFIG
+    from audiocap_cli.model import ModelConfig
+
+    m = _shipped_default()
+    info = json.loads((m.path / "model.json").read_text())
+    assert to_dict(from_dict(ModelConfig, info["model"])) == info["model"]
+    for cls, path in ((DecoderConfig, m.path / "decoder" / DECODER_CONFIG), (ls.LabelSpaceConfig, m.path / ls.CONFIG_NAME)):
+        if cls is DecoderConfig and not path.parent.is_dir():
+            continue  # a retrieval-only default ships no decoder
+        saved = json.loads(path.read_text())["config"]
+        assert to_dict(from_dict(cls, saved)) == saved, path
+    assert m.size_bytes < 40 * 2**20
+
+
+@pytest.mark.slow
+def test_shipped_default_captions_real_audio_without_m(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audiocap caption FILE` with no -m: the default is materialised and its weights load."""
+    import subprocess
+    import sys
+
+    from _shared import long_wav
+
+    m = _shipped_default()
+    long_wav(tmp_path / "tone.wav", 3.0)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "AUDIOCAP_MODEL"}
+    env["AUDIOCAP_CACHE"] = str(tmp_path / "cache")
+    run = subprocess.run([sys.executable, "-m", "audiocap_cli", "caption", str(tmp_path / "tone.wav"), "-q"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(run.stdout.splitlines()[0])
+    assert rec["caption"] and len(rec["guidance"]) == 5
+    assert rec["caption"] in {g["caption"] for g in rec["guidance"]} or (m.path / "decoder").is_dir()
+    listed = subprocess.run([sys.executable, "-m", "audiocap_cli", "models", "--json"], capture_output=True, text=True, env=env)
+    rows = [json.loads(x) for x in listed.stdout.splitlines()]
+    assert any(r["default"] and r["validation"] for r in rows)
