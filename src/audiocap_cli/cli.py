@@ -412,7 +412,8 @@ def _use_model(model: Optional[str], quiet: bool = False) -> Path:
     """-m (a directory or a name), else $AUDIOCAP_MODEL, else the shipped default."""
     from .models import resolve
 
-    return resolve(model, say=None if quiet else (lambda m: err.print(f"audiocap: {m}", markup=False, soft_wrap=True)))
+    with reporter(quiet) as rep:  # a bar only when a shipped model is built on first use
+        return resolve(model, say=rep.say, progress=rep.progress)
 
 
 @app.command("models")

@@ -129,7 +129,10 @@ class LabelCorpus:
         labels = np.asarray(labels, dtype=np.float32)
         keep = np.flatnonzero(labels.sum(axis=1) > 0)
         w = class_weights(labels[keep], cfg)
-        _, first, inverse = np.unique(labels[keep] > 0, axis=0, return_index=True, return_inverse=True)
+        # one bytes key per label set: np.unique over a 1-d void view is ~100x faster than axis=0
+        packed = np.ascontiguousarray(np.packbits(labels[keep] > 0, axis=1))
+        keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         order = np.random.default_rng(seed).permutation(len(keep))  # fixed caption order per set
         groups: list[list[int]] = [[] for _ in range(len(first))]

@@ -33,6 +33,7 @@ MODEL_ENV = "AUDIOCAP_MODEL"
 SHIPPED_ROOT = Path(__file__).parent / "data" / "models"
 MODEL_INFO = "model.json"
 CORPUS_NAME = "corpus.tsv.gz"
+Progress = Callable[[str, int], Callable[[int], None]]  # (name, total) -> advance(n)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def list_models() -> list[ModelInfo]:
 
 
 def resolve(model: str | Path | None, env: dict[str, str] | None = None,
-            say: Callable[[str], None] | None = None) -> Path:
+            say: Callable[[str], None] | None = None, progress: Progress | None = None) -> Path:
     """The model directory to use: ``model`` (a directory, or a name), else $AUDIOCAP_MODEL,
     else the default model. A name is materialised into the cache on first use."""
     env = dict(os.environ) if env is None else env
@@ -77,7 +78,7 @@ def resolve(model: str | Path | None, env: dict[str, str] | None = None,
         return path
     names = {m.name: m for m in shipped_models()}
     if spec in names:
-        return materialise(names[spec].path, say)
+        return materialise(names[spec].path, say, progress)
     if os.sep in spec or spec.startswith("."):
         raise ModelNotFoundError(f"{spec}: no such model directory")
     known = ", ".join(sorted(names)) or "none installed"
@@ -99,15 +100,17 @@ def read_corpus(folder: Path) -> tuple[list[str], np.ndarray]:
 
     cfg = load_config(LabelSpaceConfig, folder / CONFIG_NAME)
     captions: list[str] = []
-    rows: list[list[int]] = []
+    rows: list[int] = []
+    cols: list[str] = []
     with gzip.open(folder / CORPUS_NAME, "rt", encoding="utf-8") as f:
-        for line in f:
+        for i, line in enumerate(f):
             cap, _, classes = line.rstrip("\n").partition("\t")
             captions.append(cap)
-            rows.append([int(c) for c in classes.split()])
+            split = classes.split()
+            rows.extend([i] * len(split))
+            cols.extend(split)
     labels = np.zeros((len(captions), cfg.num_classes), dtype=np.float32)
-    for i, r in enumerate(rows):
-        labels[i, r] = 1.0
+    labels[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)] = 1.0
     return captions, labels
 
 
@@ -118,7 +121,7 @@ def write_corpus(folder: Path, captions: list[str], labels: np.ndarray) -> None:
         f.write("".join(lines).encode("utf-8"))
 
 
-def materialise(folder: Path, say: Callable[[str], None] | None = None) -> Path:
+def materialise(folder: Path, say: Callable[[str], None] | None = None, progress: Progress | None = None) -> Path:
     """The runnable model directory of a shipped model, built into the cache once."""
     from .resources import cache_dir
 
@@ -130,7 +133,7 @@ def materialise(folder: Path, say: Callable[[str], None] | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        _build(folder, tmp)
+        _build(folder, tmp, progress("building the model's index", len(BUILD_STEPS)) if progress else (lambda n: None))
         try:
             os.rename(tmp, target)  # atomic; a concurrent first use may have won the race
         except OSError:
@@ -141,7 +144,10 @@ def materialise(folder: Path, say: Callable[[str], None] | None = None) -> Path:
     return target
 
 
-def _build(folder: Path, out: Path) -> None:
+BUILD_STEPS = ("corpus", "label sets", "encoder", "index")
+
+
+def _build(folder: Path, out: Path, advance: Callable[[int], None]) -> None:
     from . import labelspace as ls
     from .config import fingerprint, load_config
     from .encoders import load_encoder
@@ -153,9 +159,13 @@ def _build(folder: Path, out: Path) -> None:
     mcfg = from_dict(ModelConfig, info["model"])
     lcfg = load_config(ls.LabelSpaceConfig, folder / ls.CONFIG_NAME)
     captions, labels = read_corpus(folder)
+    advance(1)
     corpus = ls.LabelCorpus.build(labels, captions, lcfg)
+    advance(1)
     encoder = load_encoder(mcfg.encoder, mcfg.encoder_weights)
+    advance(1)
     index = ls.build_index(corpus, lcfg, fingerprint(encoder.config))
+    advance(1)
     md = ModelDir(out)
     md.init(mcfg)
     index.save(md.index, extra=lambda f: ls.save_extras(f, lcfg, corpus.weights))
