@@ -93,9 +93,8 @@ class Captioner:
             self._embed = lambda frames, scores: self.labels.vectors(scores)  # type: ignore[union-attr]
         else:
             from . import zeroshot
-            from .workflows import load_zeroshot_config
 
-            self.zcfg = load_zeroshot_config(self.md)
+            self.zcfg = zeroshot.load_config_of(self.md.index)
             self._check_embedder(zeroshot.embedder_id(self.zcfg))
             self._embed = lambda frames, scores: zeroshot.audio_vectors(scores, self.zcfg)  # type: ignore[arg-type]
         self.decoder = None

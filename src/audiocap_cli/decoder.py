@@ -552,9 +552,8 @@ def train_decoder(
     draws K pool captions at random, in random order (see :func:`draw_guidance`).
     Best = lowest validation NLL, or lowest training loss without ``val_examples``.
     ``progress(n)`` is called with the number of examples just processed.
-    ``vocab_ids``: the token ids a low-rank head predicts over (``cfg.head == "lowrank"``).
-    ``features(text)``: precomputed frozen-LM features of ``[bos] text`` (e.g. an
-    ``lmfeatures.LMFeatureStore``), used before running the LM.
+    ``vocab_ids``: what a low-rank head predicts over; ``features(text)``: precomputed frozen-LM
+    features of ``[bos] text`` (an ``lmfeatures.LMFeatureStore``), used before running the LM.
     """
     tcfg = train_cfg or DecoderTrainConfig(batch_size=batch_size, micro_batch=micro_batch, seed=seed)
     if not examples:

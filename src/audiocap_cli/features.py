@@ -306,8 +306,6 @@ class FeatureCache:
         """
         batch_size = max(1, int(batch_size))
         d = self.directory(encoder, policy)
-        dim = getattr(encoder, "dim", None)
-        sr = int(encoder.sample_rate)
         results: list[ClipFeatures | AudioError | None] = [None] * len(paths)
 
         def finish(indices: list[int], value: ClipFeatures | AudioError) -> None:
@@ -316,8 +314,14 @@ class FeatureCache:
             if progress is not None:
                 progress(len(indices))
 
-        # 1. Hash every file and serve what the cache holds; identical contents are looked up
-        #    (or computed) once.
+        jobs = self._lookup(paths, d, getattr(encoder, "dim", None), finish)
+        self._compute(jobs, d, encoder, policy, batch_size, finish)
+        return results  # type: ignore[return-value]
+
+    def _lookup(self, paths: Sequence[str | Path], d: Path, dim: int | None,
+                finish: Callable[[list[int], Any], None]) -> dict[str, _Job]:
+        """Hash every file and serve what the cache holds; identical contents are looked up (or
+        computed) once. Returns the misses, one job per content digest."""
         hits: dict[str, ClipFeatures] = {}
         jobs: dict[str, _Job] = {}
         for i, raw in enumerate(paths):
@@ -337,26 +341,15 @@ class FeatureCache:
                 finish([i], hit)
             else:
                 jobs[digest] = _Job(digest, p, sig, [i])
+        return jobs
 
-        # 2. Decode, window and encode the misses, streaming: memory holds one batch of windows
-        #    plus a block of the file being decoded (audio.SegmentStream), never a whole file;
-        #    what grows with a file's length is its features (job.entry), held once.
+    def _compute(self, jobs: dict[str, _Job], d: Path, encoder: Encoder, policy: ClipPolicy, batch_size: int,
+                 finish: Callable[[list[int], Any], None]) -> None:
+        """Decode, window and encode the misses, streaming: memory holds one batch of windows
+        plus a block of the file being decoded (audio.SegmentStream), never a whole file; what
+        grows with a file's length is its features (job.entry), held once."""
         queue: list[tuple[_Job, np.ndarray]] = []
-
-        def flush(batch: list[tuple[_Job, np.ndarray]]) -> None:
-            waves = torch.from_numpy(np.stack([w for _, w in batch]))  # [B, N]
-            with torch.inference_mode():
-                out = encoder.encode(waves)
-            frames = out.frames.detach().to("cpu", torch.float32).numpy()  # [B, T, D]
-            scores = None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
-            for b, (job, _) in enumerate(batch):
-                if job.entry is None:
-                    score = None if scores is None else scores.shape[1:]
-                    job.entry = _Entry(job.digest, frames.shape[1:], score, job.capacity, job.path)
-                job.entry.add(frames[b], None if scores is None else scores[b])
-                if job.entry.count == len(job.starts):  # starts are set once the file is read
-                    self._complete(d, job, finish)
-
+        sr = int(encoder.sample_rate)
         for job in jobs.values():
             stream = audio.SegmentStream(job.path, policy, sr)
             try:
@@ -366,21 +359,36 @@ class FeatureCache:
                     job.queued += 1
                     queue.append((job, w))
                     if len(queue) >= batch_size:
-                        flush(queue[:batch_size])
+                        self._encode_batch(queue[:batch_size], d, encoder, finish)
                         queue = queue[batch_size:]
             except AudioError as e:  # possibly after some windows (damage near the end)
                 queue = [(j, w) for j, w in queue if j is not job]
                 job.entry = None
                 finish(job.owners, e)
                 continue
-            # Known only now that the whole file has been read (flush() completes jobs whose
-            # starts are set; this one may have had all its windows encoded already).
+            # Known only now that the whole file has been read (_encode_batch completes jobs
+            # whose starts are set; this one may have had all its windows encoded already).
             job.starts, job.ends, job.duration = stream.starts, stream.ends, stream.duration
             if job.entry is not None and job.entry.count == len(job.starts):
                 self._complete(d, job, finish)
         if queue:
-            flush(queue)
-        return results  # type: ignore[return-value]
+            self._encode_batch(queue, d, encoder, finish)
+
+    def _encode_batch(self, batch: list[tuple[_Job, np.ndarray]], d: Path, encoder: Encoder,
+                      finish: Callable[[list[int], Any], None]) -> None:
+        """Encode windows ``[B, N]`` of several files and append each to its file's entry."""
+        waves = torch.from_numpy(np.stack([w for _, w in batch]))  # [B, N]
+        with torch.inference_mode():
+            out = encoder.encode(waves)
+        frames = out.frames.detach().to("cpu", torch.float32).numpy()  # [B, T, D]
+        scores = None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
+        for b, (job, _) in enumerate(batch):
+            if job.entry is None:
+                score = None if scores is None else scores.shape[1:]
+                job.entry = _Entry(job.digest, frames.shape[1:], score, job.capacity, job.path)
+            job.entry.add(frames[b], None if scores is None else scores[b])
+            if job.entry.count == len(job.starts):  # starts are set once the file is read
+                self._complete(d, job, finish)
 
     def _complete(self, d: Path, job: _Job, finish: Callable[[list[int], Any], None]) -> None:
         entry, job.entry = job.entry, None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import distributed
-from .config import fingerprint, load_config, save_config
+from .config import fingerprint, save_config
 from .datasets import Clip, load_split, read_captions
 from .errors import AudioError, DatasetError, ModelNotFoundError, UsageError
 from .features import FeatureCache
@@ -23,7 +23,6 @@ from .model import ModelConfig, ModelDir
 
 Advance = Callable[[int], None]
 Progress = Callable[[str, "int | None"], Advance]
-ZEROSHOT_CONFIG = "zeroshot.json"
 
 
 def _no_progress(name: str, total: int | None) -> Advance:
@@ -232,18 +231,9 @@ def build_caption_index(
     )
     ids = [f"c{i}" for i in range(len(texts))]
     index = CaptionIndex.build(np.asarray(vectors, dtype=np.float32), ids, [(t,) for t in texts], icfg)
-    index.save(md.index, extra=lambda folder: save_config(zcfg, folder / ZEROSHOT_CONFIG))  # one version
+    index.save(md.index, extra=lambda folder: save_config(zcfg, folder / zeroshot.CONFIG_NAME))  # one version
     rep.say(f"indexed {len(texts)} captions ({vectors.shape[1]} dims) into {md.index}")
     return md.index
-
-
-def load_zeroshot_config(md: ModelDir):
-    from .zeroshot import ZeroShotConfig
-
-    path = md.index / ZEROSHOT_CONFIG
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path}: missing; rebuild the caption index with `audiocap build-index --captions`")
-    return load_config(ZeroShotConfig, path)
 
 
 # --------------------------------------------------------------------------- train-decoder
@@ -366,7 +356,7 @@ def _text_only_examples(dataset: str | Path, md: ModelDir, k: int, audio: str, m
         captions = [captions[i] for i in np.sort(rng.choice(len(captions), max_captions, replace=False))]
     rep.say(f"text-only decoder: {len(captions)} distinct target captions")
     labels = caption_labels(captions, sim_cfg, _sim_dir(md, f"text-{similarity.captions_hash(captions)[:12]}"), rep)
-    zcfg = load_zeroshot_config(md) if audio == "tags" else zeroshot.resolve_config(zeroshot.ZeroShotConfig(variant="sentence", top_k=0))
+    zcfg = zeroshot.load_config_of(md.index) if audio == "tags" else zeroshot.resolve_config(zeroshot.ZeroShotConfig(variant="sentence", top_k=0))
     tvec = np.asarray(zeroshot.caption_vectors(captions, zcfg, progress=rep.progress("caption vectors", len(captions))), dtype=np.float32)
     unit = tvec / np.maximum(np.linalg.norm(tvec, axis=1, keepdims=True), 1e-12)
     pools = _pools(captions, labels, None, k, _nearest_text(unit, min(2 * k, len(captions) - 1)))

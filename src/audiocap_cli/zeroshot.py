@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -98,6 +99,19 @@ class ZeroShotConfig:
             return self.num_classes
         sent = _text_dim(self.text_model)
         return sent if self.variant == "sentence" else self.num_classes + sent
+
+
+CONFIG_NAME = "zeroshot.json"  # beside a caption index: the ZeroShotConfig it was built with
+
+
+def load_config_of(index_dir: Path) -> ZeroShotConfig:
+    """The ZeroShotConfig saved beside a caption index."""
+    from .config import load_config
+
+    path = Path(index_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: missing; rebuild the caption index with `audiocap build-index --captions`")
+    return load_config(ZeroShotConfig, path)
 
 
 @lru_cache(maxsize=4)
