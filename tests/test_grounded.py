@@ -172,7 +172,7 @@ def test_model_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (shipped / "tiny" / models.MODEL_INFO).write_text(json.dumps({"model": {}, "trained_on": "x", "validation": {"meteor": 0.2}}))
     monkeypatch.setattr(models, "SHIPPED_ROOT", shipped)
     built: list[str] = []
-    monkeypatch.setattr(models, "materialise", lambda folder, say=None: built.append(folder.name) or tmp_path / f"built-{folder.name}")
+    monkeypatch.setattr(models, "materialise", lambda folder, say=None, progress=None: built.append(folder.name) or tmp_path / f"built-{folder.name}")
     mdir = tmp_path / "mine"
     mdir.mkdir()
     assert models.resolve(str(mdir), env={}) == mdir  # -m path
