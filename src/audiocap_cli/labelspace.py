@@ -75,13 +75,11 @@ def class_weights(labels: np.ndarray, cfg: LabelSpaceConfig) -> np.ndarray:
 
 
 def pool_scores(scores: np.ndarray, cfg: LabelSpaceConfig) -> np.ndarray:
-    """``[N, C]`` or ``[N, T, C]`` class scores -> ``[N, C]`` clip scores."""
-    s = np.asarray(scores, dtype=np.float32)
-    if s.ndim == 3:
-        s = s.max(axis=1) if cfg.pool == "max" else s.mean(axis=1)
-    if s.ndim != 2 or s.shape[1] != cfg.num_classes:
-        raise ConfigMismatchError(f"class scores must be [N, {cfg.num_classes}] or [N, T, {cfg.num_classes}], got {list(np.shape(scores))}")
-    return s
+    """``[N, C]`` or ``[N, T, C]`` class scores -> ``[N, C]`` clip scores (the zero-shot pooling,
+    which reads only ``cfg.pool`` and ``cfg.num_classes``)."""
+    from .zeroshot import pool_scores as pool
+
+    return pool(scores, cfg)  # type: ignore[arg-type]
 
 
 def query_vectors(scores: np.ndarray, weights: np.ndarray, cfg: LabelSpaceConfig) -> np.ndarray:

@@ -149,13 +149,11 @@ BUILD_STEPS = ("corpus", "label sets", "encoder", "index")
 
 def _build(folder: Path, out: Path, advance: Callable[[int], None]) -> None:
     from . import labelspace as ls
-    from .config import fingerprint, load_config
+    from .config import fingerprint, from_dict, load_config
     from .encoders import load_encoder
     from .model import ModelConfig, ModelDir
 
     info = json.loads((folder / MODEL_INFO).read_text())
-    from .config import from_dict
-
     mcfg = from_dict(ModelConfig, info["model"])
     lcfg = load_config(ls.LabelSpaceConfig, folder / ls.CONFIG_NAME)
     captions, labels = read_corpus(folder)
