@@ -107,10 +107,12 @@ def main() -> None:
     ap.add_argument("--sets", default="val,real")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the table here too")
+    ap.add_argument("--select", default="guidance", help="beam hypothesis printed: guidance or score")
+    ap.add_argument("--beam", type=int, default=4)
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
-    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64))
+    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam))
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     jobs, dists, timing = {}, {}, {}

@@ -1,6 +1,7 @@
 """Tuning of labelspace.LabelSpaceConfig: consensus-caption METEOR / CIDEr-D of label-space
-retrieval on AudioCaps val (input simulated from labels, corpus AudioCaps train) and on the 337
-labelled real clips (real YAMNet scores, label-written references). Needs ../shared/data.
+retrieval on AudioCaps val (input simulated from labels by labelsim, corpus AudioCaps train)
+and on the 337 labelled real clips (real YAMNet scores, label-written references). Needs
+../shared/data; about 4 min.
 
 Usage: python bench/labelspace_grid.py
 """
@@ -24,36 +25,41 @@ from audiocap_cli.zeroshot import ngram_idf  # noqa: E402
 
 trl = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
 val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
-trL, caps = trl.labels, trl.captions
-vaL = val.clip_labels
+caps = trl.captions
 clips = load_clips(ROOT / "runs" / "sounds")
-sc = yamnet_scores(clips, ROOT / "runs" / "bootstrap")
-real = np.stack([s.max(0) for s in sc])
-realmean = np.stack([s.mean(0) for s in sc])
+real = np.stack([s.max(0) for s in yamnet_scores(clips, ROOT / "runs" / "bootstrap")])
 rrefs = {c["id"]: c["captions"] for c in clips}
 vrefs = dict(zip(val.clip_ids, val.clip_captions()))
-sim = grounded.simulated(vaL, trL, grounded.VAL_SIM_SEED)
+sim = grounded.simulated(val.clip_labels, trl.labels, grounded.VAL_SIM_SEED)
 idf = ngram_idf(caps)
 jobs = {}
 
 
-def run(name, cfg, q, ids, refs):
+def run(name, cfg):
     """Consensus caption of each query, as the captioner picks guidance[0]."""
-    corpus = ls.LabelCorpus.build(trL, caps, cfg)
-    best = ls.corpus_guidance(corpus, q, cfg, 1, idf=idf if cfg.corpus_idf else None)
-    jobs[name] = ({i: b[0] for i, b in zip(ids, best)}, refs)
+    corpus = ls.LabelCorpus.build(grounded.corpus_labels(trl.labels, cfg), caps, cfg)
+    for tag, q, ids, refs in (("val", sim, val.clip_ids, vrefs), ("real", real, [c["id"] for c in clips], rrefs)):
+        best = ls.corpus_guidance(corpus, q, cfg, 1, idf=idf if cfg.corpus_idf else None)
+        jobs[f"{tag}/{name}"] = ({i: b[0] for i, b in zip(ids, best)}, refs)
 
 
 C = ls.LabelSpaceConfig
-P1 = dict(score_power=1.0)
-grid = {"p200": C(rerank_pool=200, per_set=200, **P1), "p50": C(**P1), "p50cidf": C(corpus_idf=True, **P1),
-        "p100pow.5": C(rerank_pool=100, per_set=100), "p50pow.5 (default)": C(),
-        "p200cidf": C(rerank_pool=200, per_set=200, corpus_idf=True, **P1), "p100cidf": C(rerank_pool=100, per_set=100, corpus_idf=True, **P1),
-        "p50 idf-weights": C(idf_power=1.0, **P1), "p50pow2": C(score_power=2.0)}
+grid = {
+    "old default: p50 pow.5, labels as given": C(rerank_pool=50, per_set=50, score_power=0.5, ancestors=False),
+    "p50 pow1, labels as given": C(rerank_pool=50, per_set=50, score_power=1.0, ancestors=False),
+    "p200 pow1, labels as given": C(rerank_pool=200, per_set=200, score_power=1.0, ancestors=False),
+    "p50 pow1": C(rerank_pool=50, per_set=50, score_power=1.0),
+    "p50 pow2": C(rerank_pool=50, per_set=50, score_power=2.0),
+    "p100 pow2": C(score_power=2.0),
+    "p200 pow3": C(rerank_pool=200, per_set=200),
+    "p100 pow3 (default)": C(),
+    "p100 pow3 set_power 4": C(set_power=4.0),
+    "p100 pow3 set_power 16": C(set_power=16.0),
+    "p100 pow3 corpus idf": C(corpus_idf=True),
+    "p100 pow3 idf class weights": C(idf_power=1.0),
+}
 for n, cfg in grid.items():
-    run("val/" + n, cfg, sim, val.clip_ids, vrefs)
-    run("real/" + n, cfg, real, [c["id"] for c in clips], rrefs)
-run("real/p50pow.5 mean-pool", C(pool="mean"), realmean, [c["id"] for c in clips], rrefs)
+    run(n, cfg)
 res = metrics.score_batch(jobs, metrics=("meteor", "cider_d"))
 for k, r in res.items():
-    print(f"{k:28s} METEOR {r.corpus['meteor']*100:.1f} CIDEr-D {r.corpus['cider_d']*100:.1f}", flush=True)
+    print(f"{k:45s} METEOR {r.corpus['meteor']*100:.1f} CIDEr-D {r.corpus['cider_d']*100:.1f}", flush=True)

@@ -46,7 +46,7 @@ def main() -> None:
     lcfg = load_config(ls.LabelSpaceConfig, md.index / ls.CONFIG_NAME)
     shutil.copyfile(md.index / ls.CONFIG_NAME, out / ls.CONFIG_NAME)
     lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder)
-    models.write_corpus(out, lab.captions, lab.labels)
+    models.write_corpus(out, lab.captions, grounded.corpus_labels(lab.labels, lcfg))  # as indexed
     if (md.decoder / DECODER_WEIGHTS).is_file():  # a retrieval-only model has none
         (out / "decoder").mkdir()
         shutil.copyfile(md.decoder / DECODER_CONFIG, out / "decoder" / DECODER_CONFIG)

@@ -81,6 +81,20 @@ def test_length_penalty_ranks_finished_hypotheses(alpha: float | None, winner: t
     beams.finished = [[(-2.0, (5, 0)), (-3.0, (5, 6, 7, 0))]]
     (best,) = beams.results(lambda toks: " ".join(map(str, toks)))
     assert best.tokens == winner and best.text == " ".join(map(str, winner))
+    assert best.hypotheses[0] == best.text and len(best.hypotheses) == 2
+
+
+def test_select_by_guidance_picks_the_hypothesis_closest_to_the_guidance() -> None:
+    from audiocap_cli.decoding import Decoded, select_by_guidance
+
+    hyps = ("a man speaks", "a dog barks loudly", "rain falls")
+    d = Decoded(hyps[0], -1.0, -3.0, (1, 2, 3), hyps)
+    guid = ["a dog barks", "dogs bark loudly nearby", "a dog barks and growls"]
+    got = select_by_guidance([d, d, Decoded("x", 0.0, 0.0, (4,), ("x",))], [guid, [], guid])
+    assert got[0].text == "a dog barks loudly" and got[0].hypotheses == hyps
+    assert got[1] is d and got[2].text == "x"  # no guidance, or a single hypothesis: unchanged
+    with pytest.raises(AudiocapError, match="select"):
+        DecodingOptions(select="best")
 
 
 def test_ragged_frames_and_errors(lm: FrozenLM) -> None:

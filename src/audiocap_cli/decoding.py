@@ -15,6 +15,8 @@ The winner maximises ``sum log p / penalty(length)``; ``beam_size=1`` is exactly
 """
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +26,9 @@ import torch.nn.functional as F
 
 from .decoder import Context, GuidedDecoder, pad_frames
 from .errors import AudiocapError
+
+
+SELECTS = ("score", "guidance")
 
 
 @dataclass(frozen=True)
@@ -40,20 +45,28 @@ class DecodingOptions:
     # A hypothesis may not repeat any n-gram of this size (0 = off). Captions of a sound rarely
     # repeat a trigram, while an undertrained decoder loops ("a motor vehicle motor vehicle").
     no_repeat_ngram: int = 3
+    # Which finished hypothesis is the caption: "score", the best by the ranking above; or
+    # "guidance", the one closest to the clip's guidance captions (consensus TF-IDF, as the
+    # retrieval picks guidance[0]): minimum Bayes risk against what retrieval found.
+    select: str = "score"
 
     def __post_init__(self) -> None:
+        if self.select not in SELECTS:
+            raise AudiocapError(f"decoding options: select {self.select!r} not one of {SELECTS}")
         if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1 or self.min_len < 0:
             raise AudiocapError("decoding options: beam_size, max_len and batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """One caption: its text, ranking score, summed log-prob and tokens (EOS stripped)."""
+    """One caption: its text, ranking score, summed log-prob and tokens (EOS stripped), and
+    every finished hypothesis's text, best-ranked first (``text`` is one of them)."""
 
     text: str
     score: float
     logprob: float
     tokens: tuple[int, ...]
+    hypotheses: tuple[str, ...] = ()
 
 
 class _Beams:
@@ -124,10 +137,12 @@ class _Beams:
     def results(self, detokenize: Callable[[list[int]], str]) -> list[Decoded]:
         out = []
         for hyps in self.finished:
-            ranked = [(s / self._penalty(len(toks)), s, toks) for s, toks in hyps]
-            score, total, toks = max(ranked, key=lambda x: x[0])  # first of equals: stable
+            ranked = sorted(((s / self._penalty(len(toks)), s, toks) for s, toks in hyps),
+                            key=lambda x: -x[0])  # stable: first of equals
+            texts = tuple(detokenize([t for t in toks if t != self.eos]) for _, _, toks in ranked)
+            score, total, toks = ranked[0]
             body = [t for t in toks if t != self.eos]
-            out.append(Decoded(detokenize(body), float(score), float(total), tuple(body)))
+            out.append(Decoded(texts[0], float(score), float(total), tuple(body), texts))
         return out
 
     def _penalty(self, length: int) -> float:
@@ -169,10 +184,11 @@ def decode(
         with torch.inference_mode():
             for s in range(0, len(guidance), opts.batch_size):
                 e = s + opts.batch_size
-                out += _decode_chunk(
+                part = _decode_chunk(
                     decoder, guidance[s:e],
                     None if frames is None else frames[s:e], None if pad is None else pad[s:e], opts,
                 )
+                out += select_by_guidance(part, guidance[s:e]) if opts.select == "guidance" else part
                 if progress is not None:
                     progress(len(guidance[s:e]))
     finally:
@@ -209,6 +225,23 @@ def _decode_chunk(
             ctx = ctx.select(keep.to(h.device))
         tokens = nxt.view(-1, 1)
     return beams.results(lm.detokenize)
+
+
+def select_by_guidance(decoded: Sequence[Decoded], guidance: Sequence[Sequence[str]]) -> list[Decoded]:
+    """Each clip's hypothesis with the highest mean consensus TF-IDF cosine to its guidance
+    (ties: the better-ranked one); clips without guidance keep their best-ranked hypothesis."""
+    from .zeroshot import consensus_scores
+
+    groups = [list(d.hypotheses) + list(g) for d, g in zip(decoded, guidance)]
+    weights = [[0.0] * len(d.hypotheses) + [1.0] * len(g) for d, g in zip(decoded, guidance)]
+    out = []
+    for d, g, score in zip(decoded, guidance, consensus_scores(groups, weights)):
+        if not g or len(d.hypotheses) < 2:
+            out.append(d)
+            continue
+        best = int(np.argmax(score[: len(d.hypotheses)]))  # first of equals
+        out.append(dataclasses.replace(d, text=d.hypotheses[best]) if best else d)
+    return out
 
 
 def decode_naive(

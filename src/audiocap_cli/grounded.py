@@ -14,13 +14,14 @@ its clip (``audioset.py``), in the class space in which YAMNet scores audio. Tha
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import audioset
+from . import audioset, labelsim
 from . import labelspace as ls
 from .datasets import read_captions
 
@@ -61,13 +62,38 @@ def read_labelled(path: str | Path, labels_dir: str | Path | None = None, encode
     return LabelledCaptions(caps, labels[owner], owner, [c.id for c in clips], cov)
 
 
+def corpus_labels(labels: np.ndarray, cfg: ls.LabelSpaceConfig) -> np.ndarray:
+    """The labels the label index is built from: closed under the ontology when ``cfg.ancestors``."""
+    if not cfg.ancestors:
+        return labels
+    h = hierarchy()
+    if h is None:
+        from .errors import ModelNotFoundError
+
+        raise ModelNotFoundError("AudioSet ontology.json not found beside the segment CSVs; "
+                                 f"reinstall `{audioset.LABELS_REQUIREMENT}` (--no-deps)")
+    return h.close(labels)
+
+
 def corpus_of(train: LabelledCaptions, cfg: ls.LabelSpaceConfig) -> ls.LabelCorpus:
-    return ls.LabelCorpus.build(train.labels, train.captions, cfg)
+    return ls.LabelCorpus.build(corpus_labels(train.labels, cfg), train.captions, cfg)
 
 
-def simulated(labels: np.ndarray, prior_labels: np.ndarray, seed: int) -> np.ndarray:
-    """Class scores ``[N, C]`` simulated from labels (see ``labelspace.simulate_scores``)."""
-    return ls.simulate_scores(labels, np.random.default_rng(seed), prior_labels.mean(axis=0))
+def hierarchy(labels_dir: str | None = None, encoder: str = "yamnet") -> audioset.Hierarchy | None:
+    """AudioSet's ontology in the encoder's class space (None when no ontology.json is found)."""
+    path = audioset.ontology_path(labels_dir)
+    return _hierarchy(str(path), encoder) if path is not None else None
+
+
+@functools.lru_cache(maxsize=4)
+def _hierarchy(path: str, encoder: str) -> audioset.Hierarchy:
+    return audioset.hierarchy(path, encoder)
+
+
+def simulated(labels: np.ndarray, prior_labels: np.ndarray, seed: int,
+              sim: labelsim.Simulation = labelsim.Simulation()) -> np.ndarray:
+    """Class scores ``[N, C]`` simulated from labels (``labelsim.simulate``, with the ontology)."""
+    return labelsim.simulate(labels, np.random.default_rng(seed), prior_labels.mean(axis=0), hierarchy(), sim)
 
 
 def train_guidance(train: LabelledCaptions, corpus: ls.LabelCorpus, cfg: ls.LabelSpaceConfig, k: int,

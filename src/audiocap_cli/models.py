@@ -7,7 +7,8 @@ directory, else a name), then ``$AUDIOCAP_MODEL`` (the same), then the default,
 A shipped model is a folder of package data under ``audiocap_cli/data/models/<name>/`` holding
 only what was trained or cannot be derived: ``model.json`` (the ModelConfig, what it was
 trained on, its validation scores), ``corpus.tsv.gz`` (its caption corpus with each caption's
-label classes), ``labelspace.json`` and the decoder's trainable weights (``decoder/``, float16).
+label classes as indexed, i.e. closed under the ontology when ``LabelSpaceConfig.ancestors``),
+``labelspace.json`` and the decoder's trainable weights (``decoder/``, float16).
 Its index is derived: built on first use, atomically, into ``$AUDIOCAP_CACHE/models/<name>-<hash>/``,
 whose ``decoder`` links back to the package's files (no weight file is written twice).
 """
