@@ -1,6 +1,7 @@
 """Beam search with KV cache: greedy equivalence, agreement with the naive search, overfitting."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -81,17 +82,19 @@ def test_length_penalty_ranks_finished_hypotheses(alpha: float | None, winner: t
     beams.finished = [[(-2.0, (5, 0)), (-3.0, (5, 6, 7, 0))]]
     (best,) = beams.results(lambda toks: " ".join(map(str, toks)))
     assert best.tokens == winner and best.text == " ".join(map(str, winner))
-    assert best.hypotheses[0] == best.text and len(best.hypotheses) == 2
+    assert best.hypotheses[0].tokens == best.tokens and len(best.hypotheses) == 2
 
 
 def test_select_by_guidance_picks_the_hypothesis_closest_to_the_guidance() -> None:
     from audiocap_cli.decoding import Decoded, select_by_guidance
 
-    hyps = ("a man speaks", "a dog barks loudly", "rain falls")
-    d = Decoded(hyps[0], -1.0, -3.0, (1, 2, 3), hyps)
+    hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog barks loudly", "rain falls")))
+    d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
     guid = ["a dog barks", "dogs bark loudly nearby", "a dog barks and growls"]
-    got = select_by_guidance([d, d, Decoded("x", 0.0, 0.0, (4,), ("x",))], [guid, [], guid])
+    single = Decoded("x", 0.0, 0.0, (4,))
+    got = select_by_guidance([d, d, dataclasses.replace(single, hypotheses=(single,))], [guid, [], guid])
     assert got[0].text == "a dog barks loudly" and got[0].hypotheses == hyps
+    assert (got[0].score, got[0].tokens) == (-2.0, (1,))  # the chosen hypothesis's own score and tokens
     assert got[1] is d and got[2].text == "x"  # no guidance, or a single hypothesis: unchanged
     with pytest.raises(AudiocapError, match="select"):
         DecodingOptions(select="best")

@@ -13,6 +13,7 @@ installed with ``--no-deps``; ``AUDIOCAP_AUDIOSET_DIR`` or ``--labels DIR`` poin
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 from collections.abc import Iterable, Sequence
@@ -191,9 +192,9 @@ class Hierarchy:
     ancestors: np.ndarray  # [C, C] bool
     children: np.ndarray  # [C, C] bool: children[i, j]: j is a direct child of i
 
-    @property
+    @functools.cached_property
     def siblings(self) -> np.ndarray:
-        """``[C, C]`` bool: j shares a direct parent with i (i itself excluded)."""
+        """``[C, C]`` bool: j shares a direct parent with i (i itself excluded; computed once)."""
         parent = self.children.T.astype(np.int32)  # parent[i, p]: p is a direct parent of i
         out = (parent @ parent.T) > 0
         np.fill_diagonal(out, False)

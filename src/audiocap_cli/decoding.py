@@ -16,7 +16,6 @@ The winner maximises ``sum log p / penalty(length)``; ``beam_size=1`` is exactly
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -59,14 +58,14 @@ class DecodingOptions:
 
 @dataclass(frozen=True)
 class Decoded:
-    """One caption: its text, ranking score, summed log-prob and tokens (EOS stripped), and
-    every finished hypothesis's text, best-ranked first (``text`` is one of them)."""
+    """One caption: its text, ranking score, summed log-prob and tokens (EOS stripped), and every
+    finished hypothesis of its clip, best-ranked first (the caption is one of them)."""
 
     text: str
     score: float
     logprob: float
     tokens: tuple[int, ...]
-    hypotheses: tuple[str, ...] = ()
+    hypotheses: tuple[Decoded, ...] = ()
 
 
 class _Beams:
@@ -139,10 +138,11 @@ class _Beams:
         for hyps in self.finished:
             ranked = sorted(((s / self._penalty(len(toks)), s, toks) for s, toks in hyps),
                             key=lambda x: -x[0])  # stable: first of equals
-            texts = tuple(detokenize([t for t in toks if t != self.eos]) for _, _, toks in ranked)
-            score, total, toks = ranked[0]
-            body = [t for t in toks if t != self.eos]
-            out.append(Decoded(texts[0], float(score), float(total), tuple(body), texts))
+            alts = []
+            for score, total, toks in ranked:
+                body = tuple(t for t in toks if t != self.eos)
+                alts.append(Decoded(detokenize(list(body)), float(score), float(total), body))
+            out.append(dataclasses.replace(alts[0], hypotheses=tuple(alts)))
         return out
 
     def _penalty(self, length: int) -> float:
@@ -232,7 +232,7 @@ def select_by_guidance(decoded: Sequence[Decoded], guidance: Sequence[Sequence[s
     (ties: the better-ranked one); clips without guidance keep their best-ranked hypothesis."""
     from .zeroshot import consensus_scores
 
-    groups = [list(d.hypotheses) + list(g) for d, g in zip(decoded, guidance)]
+    groups = [[h.text for h in d.hypotheses] + list(g) for d, g in zip(decoded, guidance)]
     weights = [[0.0] * len(d.hypotheses) + [1.0] * len(g) for d, g in zip(decoded, guidance)]
     out = []
     for d, g, score in zip(decoded, guidance, consensus_scores(groups, weights)):
@@ -240,7 +240,7 @@ def select_by_guidance(decoded: Sequence[Decoded], guidance: Sequence[Sequence[s
             out.append(d)
             continue
         best = int(np.argmax(score[: len(d.hypotheses)]))  # first of equals
-        out.append(dataclasses.replace(d, text=d.hypotheses[best]) if best else d)
+        out.append(dataclasses.replace(d.hypotheses[best], hypotheses=d.hypotheses) if best else d)
     return out
 
 

@@ -62,7 +62,6 @@ def simulate(labels: np.ndarray, rng: np.random.Generator, prior: np.ndarray | N
     rows = np.arange(n)
     if hierarchy is not None:
         t = s.copy()  # related classes follow the scores of the labelled ones
-        siblings = hierarchy.siblings
         for i in np.flatnonzero(lab.any(axis=0)):
             who = np.flatnonzero(lab[:, i])
             kids = np.flatnonzero(hierarchy.children[i])
@@ -70,7 +69,7 @@ def simulate(labels: np.ndarray, rng: np.random.Generator, prior: np.ndarray | N
                 fire = rng.random((len(who), len(kids))) < sim.child_rate
                 val = t[who, i][:, None] * rng.uniform(sim.child_low, 1.0, size=fire.shape)
                 s[np.ix_(who, kids)] = np.maximum(s[np.ix_(who, kids)], np.where(fire, val, 0.0))
-            sibs = np.flatnonzero(siblings[i])
+            sibs = np.flatnonzero(hierarchy.siblings[i])
             if len(sibs):
                 fire = rng.random((len(who), len(sibs))) < sim.sibling_rate
                 val = rng.uniform(*sim.sibling_range, size=fire.shape)
