@@ -17,6 +17,7 @@ real audio through the Captioner, against the 5 captions bench/sounds_dataset.py
 each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT]
+       [--select guidance|score] [--beam K] [--min-len N] [--no-ablations]
 """
 from __future__ import annotations
 
@@ -109,10 +110,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the table here too")
     ap.add_argument("--select", default="guidance", help="beam hypothesis printed: guidance or score")
     ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--min-len", type=int, default=1, help="tokens before a caption may end")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
-    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam))
+    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len))
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     jobs, dists, timing = {}, {}, {}

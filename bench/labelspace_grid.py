@@ -33,6 +33,11 @@ vrefs = dict(zip(val.clip_ids, val.clip_captions()))
 sim = grounded.simulated(val.clip_labels, trl.labels, grounded.VAL_SIM_SEED)
 idf = ngram_idf(caps)
 jobs = {}
+h = grounded.hierarchy()
+lab = trl.clip_labels > 0
+has_anc = lab & h.ancestors.any(axis=1)[None, :]
+named = has_anc & ((lab.astype(np.float32) @ h.ancestors.T.astype(np.float32)) > 0)
+print(f"AudioCaps train labels that have an ancestor class and name one: {named.sum() / has_anc.sum():.1%}")
 
 
 def run(name, cfg):

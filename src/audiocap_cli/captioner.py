@@ -30,9 +30,10 @@ class CaptionOptions:
     beam_size: int = 4  # the paper's beam width; 1 = greedy
     max_len: int = 30  # tokens per caption
     no_repeat_ngram: int = 3  # see decoding.DecodingOptions
-    # which beam hypothesis is printed (decoding.DecodingOptions.select); "guidance" lifted the
-    # label-grounded decoder from 17.1/44.0 to 18.9/48.2 METEOR/CIDEr-D on 150 AudioCaps val clips
+    # which beam hypothesis is printed (decoding.DecodingOptions.select); compare with
+    # `python bench/grounded_report.py --no-ablations --select score|guidance`
     select: str = "guidance"
+    min_len: int = 1  # tokens before EOS may end a caption (decoding.DecodingOptions.min_len)
     batch_size: int = 16  # files per batch through encoder, index and decoder
     k: int | None = None  # guidance captions per clip (default: the model's K)
     long_audio: str = "crop"  # "crop": first window only; "windows": caption every window
@@ -149,7 +150,8 @@ class Captioner:
 
         audio = self.decoder_audio(frames, scores)
         opts = DecodingOptions(beam_size=self.opts.beam_size, max_len=self.opts.max_len,
-                               no_repeat_ngram=self.opts.no_repeat_ngram, select=self.opts.select)
+                               no_repeat_ngram=self.opts.no_repeat_ngram, select=self.opts.select,
+                               min_len=self.opts.min_len)
         return [d.text for d in decode(self.decoder, guid, audio, opts)]
 
     def decoder_audio(self, frames: np.ndarray, scores: np.ndarray | None) -> Any:
