@@ -3,7 +3,7 @@
 Rows, per set:
   top-1 retrieved         the first caption of the nearest label set
   consensus guidance      guidance[0]: the most typical caption of the retrieved pool
-  generated               the decoder's caption (beam 4), what `audiocap caption` prints
+  generated               the decoder's caption, what `audiocap caption` prints (its defaults)
   generated, audio off    the decoder with its audio branch switched off (inference-time ablation)
   generated, guidance off the decoder with empty guidance
   generated, head frozen  the low-rank head update and bias zeroed: the pretrained LM head
@@ -17,7 +17,7 @@ real audio through the Captioner, against the 5 captions bench/sounds_dataset.py
 each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT]
-       [--select guidance|score] [--beam K] [--min-len N] [--no-ablations]
+       [--select consensus|guidance|score] [--recall-weight W] [--beam K] [--min-len N] [--no-ablations]
 """
 from __future__ import annotations
 
@@ -52,25 +52,26 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
     sc = scores[:, None, :]
     hits = cap.retrieve(frames, sc)
     guid = cap.guidance_of(hits)
+    ev = cap.evidence_of(hits, guid)
     out = {
         "top-1 retrieved": [row[0].captions[0] if row else "" for row in hits],
         "consensus guidance": [g[0] if g else "" for g in guid],
-        "generated": cap.generate(guid, frames, sc),
+        "generated": cap.generate(guid, frames, sc, ev),
     }
     if not ablations or cap.decoder is None:
         return out, guid
     dec = cap.decoder
     cfg = dec.cfg
     dec.cfg = dataclasses.replace(cfg, use_audio=False)
-    out["generated, audio off"] = cap.generate(guid, frames, sc)
+    out["generated, audio off"] = cap.generate(guid, frames, sc, ev)
     dec.cfg = cfg
-    out["generated, guidance off"] = cap.generate([[] for _ in guid], frames, sc)
+    out["generated, guidance off"] = cap.generate([[] for _ in guid], frames, sc, [([], []) for _ in guid])
     if getattr(dec, "vocab_ids", None) is not None:
         saved = dec.head_b.detach().clone(), dec.head_bias.detach().clone()
         with torch.no_grad():
             dec.head_b.zero_()
             dec.head_bias.zero_()
-        out["generated, head frozen"] = cap.generate(guid, frames, sc)
+        out["generated, head frozen"] = cap.generate(guid, frames, sc, ev)
         with torch.no_grad():
             dec.head_b.copy_(saved[0])
             dec.head_bias.copy_(saved[1])
@@ -108,13 +109,16 @@ def main() -> None:
     ap.add_argument("--sets", default="val,real")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the table here too")
-    ap.add_argument("--select", default="guidance", help="beam hypothesis printed: guidance or score")
-    ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--select", default=CaptionOptions.select, help="beam hypothesis printed: consensus, guidance or score")
+    ap.add_argument("--recall-weight", type=float, default=CaptionOptions.recall_weight,
+                    help="weight of the unigram F-mean in the hypothesis selection")
+    ap.add_argument("--beam", type=int, default=CaptionOptions.beam_size)
     ap.add_argument("--min-len", type=int, default=1, help="tokens before a caption may end")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
-    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len))
+    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len,
+                                                          recall_weight=args.recall_weight))
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     jobs, dists, timing = {}, {}, {}

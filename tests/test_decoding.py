@@ -85,19 +85,59 @@ def test_length_penalty_ranks_finished_hypotheses(alpha: float | None, winner: t
     assert best.hypotheses[0].tokens == best.tokens and len(best.hypotheses) == 2
 
 
-def test_select_by_guidance_picks_the_hypothesis_closest_to_the_guidance() -> None:
-    from audiocap_cli.decoding import Decoded, select_by_guidance
+def test_select_mbr_picks_the_hypothesis_closest_to_the_evidence() -> None:
+    from audiocap_cli.decoding import Decoded, select_mbr
 
     hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog barks loudly", "rain falls")))
     d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
     guid = ["a dog barks", "dogs bark loudly nearby", "a dog barks and growls"]
+    ev = (guid, [1.0] * 3)
     single = Decoded("x", 0.0, 0.0, (4,))
-    got = select_by_guidance([d, d, dataclasses.replace(single, hypotheses=(single,))], [guid, [], guid])
+    got = select_mbr([d, d, dataclasses.replace(single, hypotheses=(single,))], [ev, ([], []), ev])
     assert got[0].text == "a dog barks loudly" and got[0].hypotheses == hyps
     assert (got[0].score, got[0].tokens) == (-2.0, (1,))  # the chosen hypothesis's own score and tokens
-    assert got[1] is d and got[2].text == "x"  # no guidance, or a single hypothesis: unchanged
+    assert got[1] is d and got[2].text == "x"  # no evidence, or a single hypothesis: unchanged
+    # evidence weights decide: the rain caption weighs 10x the dog ones
+    rain = (["rain falls", "a dog barks", "a dog barks loudly"], [10.0, 1.0, 1.0])
+    assert select_mbr([d], [rain])[0].text == "rain falls"
     with pytest.raises(AudiocapError, match="select"):
         DecodingOptions(select="best")
+    with pytest.raises(AudiocapError, match="recall_weight"):
+        DecodingOptions(recall_weight=-1.0)
+
+
+def test_select_mbr_recall_weight_favours_covering_the_evidence() -> None:
+    """The F-mean term prefers the hypothesis that mentions more of what the evidence says,
+    where the TF-IDF consensus alone prefers the short, common phrase."""
+    from audiocap_cli.decoding import Decoded, select_mbr, unigram_fmean
+
+    texts = ("dog barking", "a dog barks and a man talks nearby")
+    hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(texts))
+    d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
+    ev = (["dog barking loudly", "a dog barking", "dog barking and a man talking", "a man talks as a dog barks"], [1.0] * 4)
+    assert select_mbr([d], [ev], 0.0)[0].text == "dog barking"
+    assert select_mbr([d], [ev], 0.3)[0].text == texts[1]
+    # METEOR's F-mean, alpha 0.85: 2 matches, P 1, R 2/3 -> (2/3) / (0.85 + 0.15 * 2/3)
+    assert unigram_fmean(["a", "dog"], [["a", "dog", "barks"], ["cat"]]) == pytest.approx([(2 / 3) / 0.95, 0.0])
+
+
+def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:
+    """decode(select="consensus") applies select_mbr to the beam's hypotheses with the given
+    evidence (and the guidance, equally weighted, when there is none)."""
+    from audiocap_cli.decoding import select_mbr
+
+    dec = make(lm)
+    fr = frames(2, 6)
+    plain = decode(dec, GUIDANCE[:2], fr, DecodingOptions(beam_size=3, max_len=6))
+    opts = DecodingOptions(beam_size=3, max_len=6, select="consensus")
+    for p in plain:  # the evidence: one hypothesis, repeated: it must be picked
+        assert len({h.text for h in p.hypotheses}) > 1
+    ev = [([p.hypotheses[-1].text] * 3, [1.0] * 3) for p in plain]
+    got = decode(dec, GUIDANCE[:2], fr, opts, evidence=ev)
+    assert [g.text for g in got] == [p.hypotheses[-1].text for p in plain]
+    got = decode(dec, GUIDANCE[:2], fr, opts)
+    want = select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight)
+    assert [g.text for g in got] == [g.text for g in want]
 
 
 def test_ragged_frames_and_errors(lm: FrozenLM) -> None:

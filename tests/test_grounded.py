@@ -63,6 +63,41 @@ def test_labels_attach_by_segment_and_report_coverage(segs: Path, monkeypatch: p
     assert "3 of 6 clips labelled" in cov.describe()
 
 
+def test_generic_manifest_labels_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generic manifest's own ``mids``/``labels`` column labels its clips, in any of its
+    spellings (JSON list, AudioSet's comma-separated mids, display names split by ';'), with
+    no segment CSVs installed."""
+    monkeypatch.setenv(audioset.LABELS_ENV, "")
+    monkeypatch.setattr(audioset.importlib.metadata, "files", lambda name: [])  # no wheel either
+    rows = [
+        {"path": "a.wav", "caption": "a dog barks", "mids": [DOG, SPEECH]},
+        {"path": "b.wav", "caption": "rain falls", "mids": f"{RAIN},{MALE}"},
+        {"path": "c.wav", "caption": "a dog and rain", "labels": "dog; RAIN"},
+        {"path": "c.wav", "caption": "rain and a dog"},
+        {"path": "d.wav", "caption": "no labels here"},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lab = grounded.read_labelled(manifest)
+    mids = audioset.class_mids()
+    want = {"a.wav": {DOG, SPEECH}, "b.wav": {RAIN}, "c.wav": {DOG, RAIN}, "d.wav": set()}
+    got = {cid: {mids[j] for j in np.flatnonzero(row)} for cid, row in zip(lab.clip_ids, lab.clip_labels)}
+    assert got == want
+    assert lab.labels.shape == (5, 521)  # one row per caption, its clip's labels
+    cov = lab.coverage
+    assert (cov.clips, cov.labelled, cov.labels, cov.dropped, cov.dropped_mids) == (4, 3, 6, 1, (MALE,))
+
+
+def test_generic_manifest_bad_labels_cell_is_reported(tmp_path: Path) -> None:
+    from audiocap_cli.datasets import read_captions
+    from audiocap_cli.errors import DatasetError
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,caption,mids\na.wav,a dog,"[not json"\n')
+    with pytest.raises(DatasetError, match="line 2: mids is not a valid JSON list"):
+        read_captions(manifest)
+
+
 def test_missing_labels_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="no AudioSet segment CSVs"):
         audioset.segments_dir(tmp_path)

@@ -108,14 +108,19 @@ def _lines_of(data: bytes, ytids: set[str]) -> list[str]:
     return out
 
 
-def class_mids(audio_encoder: str = "yamnet") -> list[str]:
-    """The AudioSet mid of each of the encoder's classes, in score order."""
+def class_map(audio_encoder: str = "yamnet") -> list[tuple[str, str]]:
+    """(AudioSet mid, display name) of each of the encoder's classes, in score order."""
     if audio_encoder != "yamnet":
         raise ModelNotFoundError(f"label-space retrieval needs class scores; {audio_encoder!r} has none")
     from .encoders.yamnet import read_class_map
     from .resources import shipped
 
-    return [mid for mid, _ in read_class_map(shipped("yamnet") / "assets" / "yamnet_class_map.csv")]
+    return read_class_map(shipped("yamnet") / "assets" / "yamnet_class_map.csv")
+
+
+def class_mids(audio_encoder: str = "yamnet") -> list[str]:
+    """The AudioSet mid of each of the encoder's classes, in score order."""
+    return [mid for mid, _ in class_map(audio_encoder)]
 
 
 @dataclass(frozen=True)
@@ -141,16 +146,24 @@ def label_matrix(
 ) -> tuple[np.ndarray, LabelCoverage]:
     """Multi-hot ``[N, C]`` float32 labels of AudioCaps clips in the encoder's class space.
 
-    ``extra``: clip id -> mids given by the manifest itself (a generic ``mids`` column), used
-    before the AudioSet CSVs. A clip with no label (or only classes the encoder lacks) has an
-    all-zero row.
+    ``extra``: clip id -> classes given by the manifest itself (a generic ``mids``/``labels``
+    column: mids, or the encoder's display names, any case), used before the AudioSet CSVs.
+    A clip with no label (or only classes the encoder lacks) has an all-zero row.
     """
-    extra = extra or {}
+    extra = {cid: m for cid, m in (extra or {}).items() if m}
     keys = {cid: clip_key(cid) for cid in clip_ids if cid not in extra}
     wanted = {k for k in keys.values() if k is not None}
-    segs = read_segments(segments_dir(folder), wanted) if wanted else {}
-    mids = class_mids(audio_encoder)
+    segs: dict[tuple[str, int], tuple[str, ...]] = {}
+    if wanted:
+        try:
+            segs = read_segments(segments_dir(folder), wanted)
+        except ModelNotFoundError:
+            if folder is not None or not extra:  # the manifest's own labels suffice without the wheel
+                raise
+    names = class_map(audio_encoder)
+    mids = [m for m, _ in names]
     col = {m: i for i, m in enumerate(mids)}
+    col.update({n.lower(): i for i, (_, n) in enumerate(names) if n.lower() not in col})
     out = np.zeros((len(clip_ids), len(mids)), dtype=np.float32)
     n_lab = n_drop = 0
     dropped: set[str] = set()
@@ -158,7 +171,7 @@ def label_matrix(
         found = tuple(extra[cid]) if cid in extra else segs.get(keys.get(cid) or ("", -1), ())
         for m in found:
             n_lab += 1
-            j = col.get(m)
+            j = col.get(m) if m.startswith("/") else col.get(m.lower())
             if j is None:
                 n_drop += 1
                 dropped.add(m)

@@ -7,7 +7,9 @@ Touches no audio samples (only file names). Three manifest layouts, detected fro
   its own ``audiocap_id``). Clip id ``"{youtube_id}_{start_time}"``.
 * Clotho CSV     ``file_name,caption_1..caption_5``: one row per file. Clip id = ``file_name``.
 * generic CSV/TSV/JSONL ``path`` + ``caption`` (one per row; rows sharing an id are merged) or
-  ``captions`` (a JSON list); ``id`` and ``split`` optional. Clip id = ``id`` or ``path``.
+  ``captions`` (a JSON list); ``id``, ``split`` and ``mids`` (or ``labels``: the clip's AudioSet
+  classes, mids or display names, training data for label-grounded models) optional. Clip id =
+  ``id`` or ``path``.
 
 A dataset is a directory holding one manifest per split (or a single manifest file); see
 docs/datasets.md for where manifests and audio are looked up. Every problem found (missing
@@ -21,6 +23,7 @@ import gc
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +59,8 @@ AUDIOCAPS_PATTERNS: tuple[str, ...] = (
 AUDIOCAPS_CLIP_SECONDS = 10
 
 _AUDIOCAPS_COLUMNS = ("youtube_id", "start_time", "caption")
-_GENERIC_LAYOUT = "path,caption (one per row) or path,captions (JSON list); id and split optional"
+_GENERIC_LAYOUT = "path,caption (one per row) or path,captions (JSON list); id, split and mids/labels optional"
+_LABEL_COLUMNS = ("mids", "labels")  # a generic manifest's AudioSet classes of the clip
 _LAYOUTS = (
     "AudioCaps (audiocap_id,youtube_id,start_time,caption), "
     "Clotho (file_name,caption_1..caption_5) or generic (" + _GENERIC_LAYOUT + ")"
@@ -65,11 +69,13 @@ _LAYOUTS = (
 
 @dataclass(frozen=True)
 class Clip:
-    """One audio clip and its reference captions; ``path`` is None when no audio is known."""
+    """One audio clip and its reference captions; ``path`` is None when no audio is known.
+    ``mids``: AudioSet classes a generic manifest gives the clip (mids or display names)."""
 
     id: str
     path: Path | None
     captions: tuple[str, ...]
+    mids: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- audio lookup
@@ -208,19 +214,20 @@ def _detect(header: Sequence[str]) -> str | None:
     return None
 
 
-def _caption_list(value: Any, where: str, problems: list[str]) -> list[str]:
-    """A generic ``captions`` cell: a list (JSONL) or a JSON list string (CSV) or one caption."""
+def _string_list(value: Any, column: str, where: str, problems: list[str]) -> list[str]:
+    """A generic list cell (``captions``, ``mids``): a list (JSONL) or a JSON list string (CSV)
+    or one string."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            problems.append(f"{where}: captions is not a valid JSON list")
+            problems.append(f"{where}: {column} is not a valid JSON list")
             return []
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    problems.append(f"{where}: captions must be a list of strings")
+    problems.append(f"{where}: {column} must be a list of strings")
     return []
 
 
@@ -238,10 +245,11 @@ def _clean(caps: Iterable[Any], where: str, problems: list[str]) -> list[str]:
 class _Group:
     """Rows gathered into one clip: its captions and the audio names to look for."""
 
-    __slots__ = ("captions", "names", "path", "where")
+    __slots__ = ("captions", "mids", "names", "path", "where")
 
     def __init__(self, where: str, path: str | None) -> None:
         self.captions: list[str] = []
+        self.mids: list[str] = []
         self.names: list[str] = []
         self.path = path
         self.where = where
@@ -388,9 +396,27 @@ def _parse_generic(
             problems.append(f"{where}: duplicate id {cid!r} with a different path (first at {g.where})")
             continue
         g.captions += _clean(caps, where, problems)
+        for m in _row_mids(row, where, problems):
+            if m not in g.mids:
+                g.mids.append(m)
         if path:
             g.names = [path]
     return groups
+
+
+def _row_mids(row: dict[str, Any], where: str, problems: list[str]) -> list[str]:
+    """A generic row's AudioSet classes: a JSON list, or text separated by ``;`` or ``|`` (or by
+    commas when every part is a mid, as in AudioSet's own CSVs: ``"/m/09x0r,/m/05zppz"``)."""
+    value = next((row[c] for c in _LABEL_COLUMNS if row.get(c) not in (None, "")), None)
+    if value is None:
+        return []
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        parts = re.split(r"[;|]", value) if re.search(r"[;|]", value) else [value]
+        if len(parts) == 1 and all(p.strip().startswith("/") for p in value.split(",")):
+            parts = value.split(",")
+    else:
+        parts = _string_list(value, "mids", where, problems)
+    return [p.strip() for p in parts if p.strip()]
 
 
 def _in_split(row: dict[str, Any], split: str | None, where: str, problems: list[str]) -> bool:
@@ -406,7 +432,7 @@ def _row_captions(row: dict[str, Any], where: str, problems: list[str]) -> list[
     """A generic row's captions: its ``captions`` list, then its ``caption``."""
     caps: list[Any] = []
     if row.get("captions") not in (None, ""):
-        caps += _caption_list(row["captions"], where, problems)
+        caps += _string_list(row["captions"], "captions", where, problems)
     if "caption" in row:
         caps.append(row["caption"])
     elif not caps:
@@ -443,7 +469,7 @@ def _resolve(
                 missing.append(f"{g.where}: no audio for {cid!r}" + (f" ({g.names[0]})" if g.names else ""))
         if not g.captions:
             problems.append(f"{g.where}: clip {cid!r} has no caption")
-        clips.append(Clip(cid, path, tuple(g.captions)))
+        clips.append(Clip(cid, path, tuple(g.captions), tuple(g.mids)))
     if missing and finder is not None:
         where = ", ".join(str(d) for d in finder.dirs) or "(no audio directory exists)"
         problems.append(f"{len(missing)} clip(s) without audio, searched {where}")

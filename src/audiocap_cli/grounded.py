@@ -54,9 +54,11 @@ class LabelledCaptions:
 
 
 def read_labelled(path: str | Path, labels_dir: str | Path | None = None, encoder: str = "yamnet") -> LabelledCaptions:
-    """A caption manifest (AudioCaps layout) with each clip's AudioSet labels attached."""
+    """A caption manifest with each clip's AudioSet labels attached: its own ``mids`` column
+    (generic layout), else the segment CSVs' labels of its AudioCaps (youtube_id, start_time)."""
     clips = read_captions(path)
-    labels, cov = audioset.label_matrix([c.id for c in clips], labels_dir, encoder)
+    own = {c.id: c.mids for c in clips if c.mids}
+    labels, cov = audioset.label_matrix([c.id for c in clips], labels_dir, encoder, extra=own)
     owner = np.repeat(np.arange(len(clips)), [len(c.captions) for c in clips])
     caps = [cap for c in clips for cap in c.captions]
     return LabelledCaptions(caps, labels[owner], owner, [c.id for c in clips], cov)

@@ -271,8 +271,11 @@ class LabelRetriever:
             self._idf = ngram_idf([c for i in self.index.ids for c in self.index.captions_of(i)])
         return self._idf
 
-    def guidance(self, hits, k: int) -> list[list[str]]:  # hits: list[list[index.Hit]]
-        """K most typical captions of each query's nearest label sets."""
+    def pools(self, hits) -> list[tuple[list[str], list[float]]]:  # hits: list[list[index.Hit]]
+        """Each query's pool: captions of its nearest label sets, with their consensus weights."""
         # unit vectors: squared L2 distance d = 2 - 2 cos
-        pools = [gather_pool(((h.captions, None, 1.0 - h.distance / 2.0) for h in row), self.cfg) for row in hits]
-        return rerank(pools, k, self.idf())
+        return [gather_pool(((h.captions, None, 1.0 - h.distance / 2.0) for h in row), self.cfg) for row in hits]
+
+    def guidance(self, hits, k: int) -> list[list[str]]:
+        """K most typical captions of each query's nearest label sets."""
+        return rerank(self.pools(hits), k, self.idf())

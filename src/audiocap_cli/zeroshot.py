@@ -296,9 +296,14 @@ def audio_vectors(
 
 # ---------------------------------------------------------------- corpus
 
+def words(text: str) -> list[str]:
+    """Lower-case words of a caption (letters, digits, apostrophes)."""
+    return _WORD.findall(text.lower())
+
+
 def normalize_caption(text: str) -> str:
     """Key under which captions count as identical: lower case, words only, single spaces."""
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(words(text))
 
 
 def dedupe_captions(captions: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -324,12 +329,8 @@ def dedupe_captions(captions: Sequence[str]) -> tuple[list[str], np.ndarray, np.
 # ---------------------------------------------------------------- consensus re-ranking
 
 def _ngrams(text: str) -> list[str]:
-    words = _WORD.findall(text.lower())
-    return [
-        f"{n}\x00" + " ".join(words[i : i + n])
-        for n in range(1, MAX_NGRAM + 1)
-        for i in range(len(words) - n + 1)
-    ]
+    w = words(text)
+    return [f"{n}\x00" + " ".join(w[i : i + n]) for n in range(1, MAX_NGRAM + 1) for i in range(len(w) - n + 1)]
 
 
 def ngram_idf(corpus: Sequence[str]) -> dict[str, float]:
