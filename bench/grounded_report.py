@@ -51,8 +51,7 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
     frames = np.zeros((len(scores), 1, 1), np.float32)  # label retrieval and decoder read scores only
     sc = scores[:, None, :]
     hits = cap.retrieve(frames, sc)
-    guid = cap.guidance_of(hits)
-    ev = cap.evidence_of(hits, guid)
+    guid, ev = cap.retrieval_of(hits)
     out = {
         "top-1 retrieved": [row[0].captions[0] if row else "" for row in hits],
         "consensus guidance": [g[0] if g else "" for g in guid],

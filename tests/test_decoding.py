@@ -118,7 +118,9 @@ def test_select_mbr_recall_weight_favours_covering_the_evidence() -> None:
     assert select_mbr([d], [ev], 0.0)[0].text == "dog barking"
     assert select_mbr([d], [ev], 0.3)[0].text == texts[1]
     # METEOR's F-mean, alpha 0.85: 2 matches, P 1, R 2/3 -> (2/3) / (0.85 + 0.15 * 2/3)
-    assert unigram_fmean(["a", "dog"], [["a", "dog", "barks"], ["cat"]]) == pytest.approx([(2 / 3) / 0.95, 0.0])
+    assert unigram_fmean([["a", "dog"]], [["a", "dog", "barks"], ["cat"]])[0] == pytest.approx([(2 / 3) / 0.95, 0.0])
+    # a word no reference has still counts in the hypothesis length: P = R = 2/3
+    assert unigram_fmean([["a", "dog", "howls"]], [["a", "dog", "barks"]])[0, 0] == pytest.approx(2 / 3)
 
 
 def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:

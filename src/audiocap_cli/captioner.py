@@ -129,24 +129,24 @@ class Captioner:
         return self.index.query(vectors, k=max(pool, self.k), exclude_ids=exclude_ids)
 
     def guidance_of(self, hits: list[list[Hit]]) -> list[list[str]]:
-        """K guidance captions per window: the K nearest clips' captions, or for the zero-shot
-        index the K most typical of the retrieved pool (consensus re-ranking)."""
+        """K guidance captions per window (see :meth:`retrieval_of`)."""
+        return self.retrieval_of(hits)[0]
+
+    def retrieval_of(self, hits: list[list[Hit]]) -> tuple[list[list[str]], list[tuple[list[str], list[float]]]]:
+        """(K guidance captions, evidence) per window. Guidance: the K nearest clips' captions,
+        or for the label and zero-shot indexes the K most typical of the retrieved pool
+        (consensus re-ranking). Evidence, what ``select="consensus"`` weighs hypotheses
+        against: that pool with its weights, else the guidance itself."""
         if self.labels is not None:
-            return self.labels.guidance(hits, self.k)
+            pools = self.labels.pools(hits)
+            return self.labels.rerank(pools, self.k), pools
         if self.zcfg is not None and self.zcfg.rerank_pool:
             from .zeroshot import consensus_rerank
 
-            return consensus_rerank([[h.captions[0] for h in row] for row in hits], top=self.k)
-        return [guidance(row, self.k) for row in hits]
-
-    def evidence_of(self, hits: list[list[Hit]], guid: list[list[str]]) -> list[tuple[list[str], list[float]]]:
-        """What ``select="consensus"`` weighs hypotheses against, per window: the retrieved pool
-        with its weights (label and zero-shot indexes), else the guidance itself."""
-        if self.labels is not None:
-            return self.labels.pools(hits)
-        if self.zcfg is not None and self.zcfg.rerank_pool:
-            return [([h.captions[0] for h in row], [1.0] * len(row)) for row in hits]
-        return [(g, [1.0] * len(g)) for g in guid]
+            pools = [([h.captions[0] for h in row], [1.0] * len(row)) for row in hits]
+            return consensus_rerank([p for p, _ in pools], top=self.k), pools
+        guid = [guidance(row, self.k) for row in hits]
+        return guid, [(g, [1.0] * len(g)) for g in guid]
 
     def distances(self, row: list[Hit]) -> dict[str, float]:
         """Guidance caption -> distance of the index entry it came from (the nearest one)."""
@@ -157,7 +157,7 @@ class Captioner:
 
     def generate(self, guid: list[list[str]], frames: np.ndarray, scores: np.ndarray | None,
                  evidence: list[tuple[list[str], list[float]]] | None = None) -> list[str]:
-        """Captions of windows from their guidance (``evidence``: see :meth:`evidence_of`);
+        """Captions of windows from their guidance (``evidence``: see :meth:`retrieval_of`);
         without a decoder, the first guidance caption."""
         if self.decoder is None:
             return [g[0] if g else "" for g in guid]
@@ -222,9 +222,9 @@ class Captioner:
             scores = None if any(w.scores is None for w in part) else np.stack([w.scores for w in part])  # type: ignore[misc]
             t1 = time.perf_counter()
             hits += (h := self.retrieve(frames, scores))
-            guid += (g := self.guidance_of(h))
+            g, ev = self.retrieval_of(h)
+            guid += g
             t2 = time.perf_counter()
-            ev = self.evidence_of(h, g) if self.opts.select == "consensus" else None
             captions += self.generate(g, frames, scores, ev)
             t_ret, t_dec = t_ret + t2 - t1, t_dec + time.perf_counter() - t2
         per = {"features": t_feat, "retrieval": t_ret, "decoding": t_dec}

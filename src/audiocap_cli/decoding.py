@@ -57,6 +57,7 @@ class DecodingOptions:
     # 0: 20.9 / 58.8, 12.1 / 35.2; 0.3: 22.0 / 67.1, 12.3 / 33.3
     # (`python bench/grounded_report.py --no-ablations --beam 8 --recall-weight W`).
     recall_weight: float = 0.3
+
     def __post_init__(self) -> None:
         if self.select not in SELECTS:
             raise AudiocapError(f"decoding options: select {self.select!r} not one of {SELECTS}")
@@ -253,19 +254,27 @@ def _select(decoded: list[Decoded], guidance: Sequence[Sequence[str]], evidence:
 METEOR_ALPHA = 0.85
 
 
-def unigram_fmean(hyp: Sequence[str], refs: Sequence[Sequence[str]]) -> np.ndarray:
-    """METEOR's F-mean of exact unigram matches (clipped counts) of ``hyp`` with each of
-    ``refs`` (lists of words): ``[R]``, 0 where nothing matches."""
-    from collections import Counter
-
-    h = Counter(hyp)
-    out = np.zeros(len(refs))
-    for j, r in enumerate(refs):
-        m = sum((h & Counter(r)).values())
-        if m:
-            p, rc = m / len(hyp), m / len(r)
-            out[j] = p * rc / (METEOR_ALPHA * p + (1.0 - METEOR_ALPHA) * rc)
+def _word_counts(texts: Sequence[Sequence[str]], vocab: dict[str, int]) -> np.ndarray:
+    """``[N, V]`` word counts over ``vocab`` (grown with the new words)."""
+    ids = [[vocab.setdefault(w, len(vocab)) for w in t] for t in texts]
+    out = np.zeros((len(texts), len(vocab)))
+    for i, row in enumerate(ids):
+        np.add.at(out[i], row, 1.0)
     return out
+
+
+def unigram_fmean(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> np.ndarray:
+    """METEOR's F-mean of exact unigram matches (clipped counts) of each of ``hyps`` with each
+    of ``refs`` (lists of words): ``[H, R]``, 0 where nothing matches."""
+    vocab: dict[str, int] = {}
+    r = _word_counts(refs, vocab)
+    h = _word_counts(hyps, vocab)
+    m = np.minimum(h[:, None, : r.shape[1]], r[None, :, :]).sum(-1)  # [H, R]; words no ref has match nothing
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = m / h.sum(1, keepdims=True)
+        rc = m / r.sum(1)[None, :]
+        f = p * rc / (METEOR_ALPHA * p + (1.0 - METEOR_ALPHA) * rc)
+    return np.where(m > 0, f, 0.0)
 
 
 def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_weight: float = 0.0) -> list[Decoded]:
@@ -285,9 +294,8 @@ def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_
             continue
         utility = score[:n]
         if recall_weight:
-            refs = [words(c) for c in caps]
-            recall = [np.average(unigram_fmean(words(h.text), refs), weights=w) for h in d.hypotheses]
-            utility = utility + recall_weight * np.asarray(recall)
+            f = unigram_fmean([words(h.text) for h in d.hypotheses], [words(c) for c in caps])  # [n, R]
+            utility = utility + recall_weight * np.average(f, axis=1, weights=w)
         best = int(np.argmax(utility))  # first of equals
         out.append(dataclasses.replace(d.hypotheses[best], hypotheses=d.hypotheses) if best else d)
     return out

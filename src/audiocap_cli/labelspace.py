@@ -276,6 +276,10 @@ class LabelRetriever:
         # unit vectors: squared L2 distance d = 2 - 2 cos
         return [gather_pool(((h.captions, None, 1.0 - h.distance / 2.0) for h in row), self.cfg) for row in hits]
 
+    def rerank(self, pools: Sequence[tuple[list[str], list[float]]], k: int) -> list[list[str]]:
+        """The K most typical captions of each of :meth:`pools`."""
+        return rerank(pools, k, self.idf())
+
     def guidance(self, hits, k: int) -> list[list[str]]:
         """K most typical captions of each query's nearest label sets."""
-        return rerank(self.pools(hits), k, self.idf())
+        return self.rerank(self.pools(hits), k)
