@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .captioner import CaptionOptions
+from .records import CaptionRecord
 
 # Environment forwarded to the workers (cache location, quiet libraries).
 FORWARD_ENV = ("AUDIOCAP_CACHE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TQDM_DISABLE",
@@ -37,7 +38,7 @@ FORWARD_ENV = ("AUDIOCAP_CACHE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_V
 
 def _error_records(paths: Sequence[str], exc: BaseException) -> list[list[dict[str, Any]]]:
     cause = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return [[{"path": p, "error": cause, "error_type": type(exc).__name__}] for p in paths]
+    return [[CaptionRecord.failure(p, cause, type(exc).__name__).to_json()] for p in paths]
 
 
 class CaptionActor:
