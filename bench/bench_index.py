@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--ef", default="16,24,32,64")
     ap.add_argument("--M", type=int, default=32)
     ap.add_argument("--efc", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=-1, help="hnswlib build/batch threads (-1: all)")
+    ap.add_argument("--threads", type=int, default=-1, help="hnswlib build/batch threads (-1: all; the library builds with 1, for repeatable graphs)")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -82,7 +82,7 @@ def main() -> None:
     caps = [("a caption",)] * args.n
     cfg = IndexConfig(dim=args.dim, embedder="bench", encoder="bench", M=args.M, ef_construction=args.efc)
     t = time.perf_counter()
-    index = CaptionIndex.build(data, ids, caps, cfg)
+    index = CaptionIndex.build(data, ids, caps, cfg, threads=args.threads)
     build_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
         out = index.save(Path(tmp) / "idx")

@@ -182,20 +182,3 @@ def test_no_repeat_ngram_blocks_exactly_the_repeating_tokens() -> None:
     logp = torch.zeros(2, 10)
     off._block_repeats(logp)
     assert torch.isfinite(logp).all()
-
-
-def test_no_repeat_ngram_compares_words_not_tokens() -> None:
-    # tokens 1 and 5 are one word in two spellings ("A" / " a"), as are 7 and 8
-    word_ids = torch.tensor([0, 1, 2, 3, 4, 1, 6, 7, 7, 9])
-    beams = _Beams(1, 2, DecodingOptions(beam_size=2, no_repeat_ngram=3), eos=0, suppress=[], word_ids=word_ids)
-    beams.seqs = torch.tensor([[1, 6, 7, 4, 5, 6], [1, 6, 7, 4, 3, 6]])
-    logp = torch.zeros(2, 10)
-    beams._block_repeats(logp)
-    assert torch.isinf(logp[0, [7, 8]]).all() and torch.isfinite(logp[0]).sum() == 8  # "a 6 7" = "A 6 7"
-    assert torch.isfinite(logp[1]).all()  # "3 6" is new
-
-
-def test_lm_word_ids_join_case_and_leading_space(lm: FrozenLM) -> None:
-    a, sp_a, sp_dog, dog = (lm.tokenize([t])[0][0] for t in ("A", " a", " dog", "dog"))
-    w = lm.word_ids
-    assert w.shape == (lm.vocab_size,) and w[a] == w[sp_a] and w[dog] == w[sp_dog] and w[a] != w[dog]

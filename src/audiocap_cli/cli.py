@@ -281,7 +281,7 @@ def caption(
     beam_size: int = typer.Option(4, min=1, help="Beam width (1 = greedy)."),
     batch_size: int = typer.Option(16, min=1, help="Files per batch."),
     max_len: int = typer.Option(30, min=1, help="Maximum caption length in tokens."),
-    no_repeat_ngram: int = typer.Option(3, min=0, help="Never repeat an n-gram (of tokens, ignoring case) of this size in a caption (0: off)."),
+    no_repeat_ngram: int = typer.Option(3, min=0, help="Never repeat an n-gram of this size in a caption (0: off)."),
     select: Literal["consensus", "guidance", "score"] = typer.Option("consensus", help="Beam hypothesis printed: consensus (the one agreeing most with all retrieved captions), guidance (with the K guidance captions) or score (the best-scored)."),
     k: Optional[int] = typer.Option(None, "-k", min=1, help="Guidance captions per clip (default: the model's)."),
     long_audio: Literal["crop", "windows"] = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),

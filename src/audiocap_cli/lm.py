@@ -57,7 +57,6 @@ class FrozenLM:
     pad_id: int  # fills padding (always masked, any valid id would do)
     special_ids: tuple[int, ...] = ()  # all special token ids (suppressed when decoding)
     _fingerprint: str | None = field(default=None, repr=False)
-    _word_ids: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -88,18 +87,6 @@ class FrozenLM:
                 h.update(sample.tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
-
-    @property
-    def word_ids(self) -> torch.Tensor:
-        """``[V]``: each token's class when its text is lower-cased and stripped of spaces (the
-        lowest id of the class), so "A", " a" and " A" are one word; whitespace-only tokens keep
-        their own id."""
-        if self._word_ids is None:
-            texts = self.tokenizer.batch_decode([[i] for i in range(self.vocab_size)])  # ~0.5 s
-            first: dict[str, int] = {}
-            ids = [first.setdefault(t.strip().lower(), i) if t.strip() else i for i, t in enumerate(texts)]
-            self._word_ids = torch.tensor(ids, dtype=torch.long)
-        return self._word_ids
 
     def tokenize(self, texts: list[str], max_len: int | None = None) -> list[list[int]]:
         """Token ids of each text (no special tokens added), truncated to ``max_len``."""
