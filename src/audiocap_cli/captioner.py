@@ -29,7 +29,7 @@ class CaptionOptions:
 
     # The paper's beam width; 1 = greedy. Beam 8 gives the hypothesis selection more to choose
     # from, for twice the decoding: METEOR / CIDEr-D val 22.0 / 66.1 -> 22.0 / 67.1, real clips
-    # 12.5 / 32.5 -> 12.3 / 33.3 (`python bench/grounded_report.py --no-ablations --beam 8`).
+    # 12.6 / 32.5 -> 12.3 / 33.3 (`python bench/grounded_report.py --no-ablations --beam 8`).
     beam_size: int = 4
     max_len: int = 30  # tokens per caption
     no_repeat_ngram: int = 3  # see decoding.DecodingOptions
