@@ -35,6 +35,12 @@ SPACES = ("l2", "ip", "cosine")
 MATCH_FIELDS = ("dim", "embedder", "encoder", "space")
 # Growth factor when add() outgrows the allocated capacity: amortised O(1) resizes.
 GROWTH = 2.0
+# hnswlib insertion threads for build() and add(). One, so the same vectors give the same graph
+# and the same approximate neighbours: with 2 threads, two builds of 20k vectors answered 2,000
+# queries differently (the insertion order decides the graph), and the default model's val
+# CIDEr-D moved by 0.3 between rebuilds of its index. Two threads halve the build time (20k x
+# 521 dims: 31 s against 65 s on 2 cores); build(threads=) opts in.
+INSERT_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -93,15 +99,10 @@ class CaptionIndex:
         ids: Sequence[str],
         captions: Sequence[Sequence[str]],
         cfg: IndexConfig,
-        threads: int = 1,
+        threads: int = INSERT_THREADS,
     ) -> CaptionIndex:
-        """Index ``vectors`` ``[N, dim]`` of the clips ``ids`` with their ``captions``.
-
-        ``threads``: hnswlib insertion threads. One by default, so a rebuild gives the same
-        graph and the same approximate neighbours: with 2 threads, two builds of 20k vectors
-        answered 2,000 queries differently (the insertion order decides the graph), and the
-        default model's val CIDEr-D moved by 0.3 between rebuilds of its index. Two threads
-        halve the build time (20k x 521 dims: 31 s against 65 s on 2 cores)."""
+        """Index ``vectors`` ``[N, dim]`` of the clips ``ids`` with their ``captions``
+        (``threads``: hnswlib insertion threads, see ``INSERT_THREADS``)."""
         vecs = _check_vectors(vectors, cfg.dim, "vectors")
         ids, caps = _check_entries(ids, captions, len(vecs))
         dupes = sorted(i for i, c in Counter(ids).items() if c > 1)
@@ -151,7 +152,7 @@ class CaptionIndex:
         if n > capacity:
             self._graph.resize_index(max(n, int(capacity * GROWTH)))
         if len(vecs):
-            self._graph.add_items(vecs, labels)
+            self._graph.add_items(vecs, labels, num_threads=INSERT_THREADS)
 
     # -- persistence ----------------------------------------------------------------------
 
