@@ -16,7 +16,7 @@ index (AudioCaps train only). Real clips: ../shared/data/sounds (337 clips), rea
 real audio through the Captioner, against the 5 captions bench/sounds_dataset.py writes from
 each label. Needs ../shared/data; exits with a message without it.
 
-Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT]
+Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
        [--select consensus|guidance|score] [--recall-weight W] [--beam K] [--min-len N] [--no-ablations]
 """
 from __future__ import annotations
@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--sets", default="val,real")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the table here too")
+    ap.add_argument("--predictions", type=Path, default=None,
+                    help="write each generated caption with its clip's METEOR and CIDEr-D here (SET.jsonl), for paired comparisons")
     ap.add_argument("--select", default=CaptionOptions.select, help="beam hypothesis printed: consensus, guidance or score")
     ap.add_argument("--recall-weight", type=float, default=CaptionOptions.recall_weight,
                     help="weight of the unigram F-mean in the hypothesis selection")
@@ -152,6 +154,21 @@ def main() -> None:
           f"seconds: {', '.join(f'{k} {v:.0f}' for k, v in timing.items())}")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
+    if args.predictions:
+        write_predictions(args.predictions, jobs, res)
+
+
+def write_predictions(folder: Path, jobs: dict, res: dict) -> None:
+    """One JSON line per clip of each set's generated captions, with its per-clip scores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, (preds, _) in jobs.items():
+        name, row = key.split("\t")
+        if row != "generated":
+            continue
+        per_clip = res[key].per_clip
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for cid, caption in preds.items():
+                f.write(json.dumps({"id": cid, "caption": caption, **per_clip.get(cid, {})}) + "\n")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,7 @@ EncoderWeightsOpt = typer.Option(None, callback=_weights, help="Encoder weights:
 SecondsOpt = typer.Option(10.0, callback=_positive, help="Fixed clip length in seconds (pad/crop; AudioCaps clips are 10 s).")
 KOpt = typer.Option(5, "-k", min=1, help="Guidance captions per clip (the paper's K).")
 KeepStateOpt = typer.Option(False, "--keep-state", help="Keep the resumable training state of a finished run (to train it further later).")
+AverageLastOpt = typer.Option(0, "--average-last", min=0, help="Keep the mean of the last N epochs' decoder weights (checkpoint averaging) instead of the lowest-NLL epoch; 0: the lowest-NLL epoch (the paper).")
 
 
 @app.command("train-retriever")
@@ -229,6 +230,7 @@ def train_decoder(
     residual: bool = typer.Option(False, help="Add the LM's own features before the head (not in the paper; trains faster)."),
     resume: bool = typer.Option(True, help="Continue an interrupted run."),
     keep_state: bool = KeepStateOpt,
+    average_last: int = AverageLastOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Train the guided decoder on a frozen language model (paper, sec. 3.3)."""
@@ -238,7 +240,7 @@ def train_decoder(
         run = workflows.train_decoder(
             dataset, model, epochs, split=split, val_split=val_split or None, batch_size=batch_size, lm_spec=lm,
             guidance=guidance, text_only=text_only, audio=audio, max_captions=max_captions, resume=resume, rep=rep,
-            residual=residual, keep_state=keep_state,
+            residual=residual, keep_state=keep_state, average_last=average_last,
         )
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
         err.print(f"decoder: {run}", markup=False)
@@ -258,6 +260,7 @@ def bootstrap(
     text_bridge: bool = typer.Option(False, "--text-bridge", help="Build the text-bridge captioner even when labels exist."),
     residual: bool = typer.Option(True, help="Add the LM's own features before the head (not in the paper; trains faster)."),
     keep_state: bool = KeepStateOpt,
+    average_last: int = AverageLastOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus without audio: label-grounded when its clips have
@@ -267,7 +270,7 @@ def bootstrap(
     with reporter(quiet) as rep:
         workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio,
                             batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state,
-                            labels=labels, val=val, text_bridge=text_bridge)
+                            labels=labels, val=val, text_bridge=text_bridge, average_last=average_last)
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 

@@ -213,6 +213,7 @@ def train(
     lm_spec: str = "smollm2",
     batch_size: int = 128,
     keep_state: bool = False,
+    average_last: int = 0,
     say=lambda s: None,
     progress=lambda name, total: (lambda n: None),
 ) -> Path:
@@ -247,5 +248,5 @@ def train(
     return train_decoder(
         p.train, dcfg, lm, md.decoder, epochs, batch_size=batch_size, val_examples=p.val or None,
         progress=progress("decoder training (examples)", len(p.train) * epochs),
-        keep_state=keep_state, vocab_ids=vocab, features=store,
+        keep_state=keep_state, vocab_ids=vocab, features=store, average_last=average_last,
     )

@@ -100,6 +100,13 @@ class RunDir:
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
+    def last_row(self) -> dict[str, Any] | None:
+        """The last metrics row logged, if any."""
+        if not self.metrics.is_file():
+            return None
+        lines = [x for x in self.metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return json.loads(lines[-1]) if lines else None
+
     def trim_metrics(self, epochs: int) -> None:
         """Drop metric rows of epochs after ``epochs`` (logged by a run killed before its
         checkpoint landed), so a resumed run's log holds each epoch once."""

@@ -296,9 +296,11 @@ def train_decoder(
     seed: int = 0,
     residual: bool = False,
     keep_state: bool = False,
+    average_last: int = 0,
 ) -> Path:
     """Train the guided decoder into ``model_dir/decoder`` (``keep_state``: keep the resumable
-    state of a finished run; with audio, the model records ``dataset``).
+    state of a finished run; ``average_last``: keep the mean of the last N epochs' weights;
+    with audio, the model records ``dataset``).
 
     With audio: every caption of every ``split`` clip is a target; its guidance pool is its
     "similar" captions from other clips; the audio branch reads the clip's encoder frames.
@@ -328,7 +330,7 @@ def train_decoder(
     return _train(
         train_ex, dcfg, lm, md.decoder, epochs, batch_size=batch_size, resume=resume,
         progress=rep.progress("decoder training (examples)", total), seed=seed, val_examples=val_ex or None,
-        keep_state=keep_state,
+        keep_state=keep_state, average_last=average_last,
     )
 
 
@@ -406,6 +408,7 @@ def bootstrap(
     labels: str | Path | None = None,
     val: str | Path | None = None,
     text_bridge: bool = False,
+    average_last: int = 0,
 ) -> Path:
     """Caption corpus -> captioner, with no paired audio.
 
@@ -425,12 +428,13 @@ def bootstrap(
             rep.say("validation labels: " + vlab.coverage.describe())
         return grounded.train(lab, model_dir, ModelConfig(encoder=encoder), val=vlab, epochs=epochs,
                               max_captions=max_captions, lm_spec=lm_spec, batch_size=batch_size or 128,
-                              keep_state=keep_state, say=rep.say, progress=rep.progress)
+                              keep_state=keep_state, average_last=average_last, say=rep.say, progress=rep.progress)
     rep.say("building the text-bridge captioner (zero-shot AudioSet tags; no labels for this corpus)")
     build_caption_index(corpus, model_dir, ModelConfig(encoder=encoder), rep=rep)
     return train_decoder(
         corpus, model_dir, epochs, text_only=True, audio=audio, max_captions=max_captions or 3000,
         lm_spec=lm_spec, batch_size=batch_size or 32, residual=residual, rep=rep, keep_state=keep_state,
+        average_last=average_last,
     )
 
 
