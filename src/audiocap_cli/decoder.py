@@ -590,13 +590,14 @@ def train_decoder(
         metric = train_loss
         if val_examples:
             metric = row["val_nll"] = _validate(dec, batcher, val_examples, tcfg.micro_batch)
+        weights = {k: v.detach().clone() for k, v in dec.state_dict().items()}
         if tcfg.average_last:  # the weights of the last N epochs travel with the resumable state
-            snapshots[state.epoch] = {k: v.detach().clone() for k, v in dec.state_dict().items()}
+            snapshots[state.epoch] = weights
             for old in [e for e in snapshots if e <= state.epoch - tcfg.average_last]:
                 del snapshots[old]
-        _checkpoint(run, state, dec, opt, row, metric, snapshots)
-    last = run.last_row()
-    if tcfg.average_last and snapshots and not (last and last["epoch"] == state.epoch and "average_of" in last):
+        _checkpoint(run, state, weights, opt, row, metric, snapshots)
+    last = (run.rows() or [{}])[-1]
+    if tcfg.average_last and snapshots and not (last.get("epoch") == state.epoch and "average_of" in last):
         # also when a run killed between its last epoch and this step is rerun
         _keep_average(run, state, dec, batcher, val_examples, tcfg, snapshots)
     if distributed.is_main():
@@ -653,21 +654,23 @@ def _start_run(run: RunDir, dec: GuidedDecoder, opt: torch.optim.Optimizer, tcfg
     if distributed.is_main():
         run.trim_metrics(state.epoch)
     distributed.barrier()
-    return state, {int(e): w for e, w in optim.get("snapshots", {}).items()}
+    snapshots = {int(e): w for e, w in optim.get("snapshots", {}).items()}
+    if tcfg.average_last:
+        snapshots[state.epoch] = weights  # see _checkpoint
+    return state, snapshots
 
 
-def _checkpoint(run: RunDir, state: RunState, dec: GuidedDecoder, opt: torch.optim.Optimizer,
+def _checkpoint(run: RunDir, state: RunState, weights: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
                 row: dict[str, Any], metric: float, snapshots: dict[int, dict[str, torch.Tensor]]) -> None:
-    """After an epoch, on rank 0: keep the best weights, log ``row``, save the resumable state
-    (with the epoch weights kept for averaging)."""
+    """After an epoch, on rank 0: keep the best ``weights`` (a copy of this epoch's), log
+    ``row``, save the resumable state (with the epoch weights kept for averaging)."""
     if not distributed.is_main():
         return
-    weights = {k: v.detach().clone() for k, v in dec.state_dict().items()}
     row["best"] = run.update_best(state, metric, weights)
     run.log(row)
     optim: dict[str, Any] = {"adam": opt.state_dict()}
-    if snapshots:
-        optim["snapshots"] = {str(e): w for e, w in snapshots.items()}
+    if snapshots:  # this epoch's snapshot is ``weights`` itself: saved once, restored from them
+        optim["snapshots"] = {str(e): w for e, w in snapshots.items() if e != state.epoch}
     run.save(weights, optim, state)
 
 

@@ -100,24 +100,19 @@ class RunDir:
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
-    def last_row(self) -> dict[str, Any] | None:
-        """The last metrics row logged, if any."""
+    def rows(self) -> list[dict[str, Any]]:
+        """The metrics rows logged so far (none before the first epoch)."""
         if not self.metrics.is_file():
-            return None
-        lines = [x for x in self.metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
-        return json.loads(lines[-1]) if lines else None
+            return []
+        return [json.loads(x) for x in self.metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
 
     def trim_metrics(self, epochs: int) -> None:
         """Drop metric rows of epochs after ``epochs`` (logged by a run killed before its
         checkpoint landed), so a resumed run's log holds each epoch once."""
         if not self.metrics.is_file():
             return
-        kept = [
-            line
-            for line in self.metrics.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("epoch", 0) <= epochs
-        ]
-        atomic_write_bytes(self.metrics, "".join(f"{line}\n" for line in kept).encode())
+        kept = [row for row in self.rows() if row.get("epoch", 0) <= epochs]
+        atomic_write_bytes(self.metrics, "".join(json.dumps(row) + "\n" for row in kept).encode())
 
     def reset(self) -> None:
         """Forget a previous run in this directory (checkpoint, best weights, metrics)."""
