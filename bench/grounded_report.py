@@ -8,7 +8,8 @@ Rows, per set:
   generated, guidance off the decoder with empty guidance
   generated, head frozen  the low-rank head update and bias zeroed: the pretrained LM head
 Columns: BLEU-4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap 1.2), plus a distribution check
-(mean words, distinct words, % of captions that copy a guidance caption).
+(mean words, distinct words, % of captions that copy a guidance caption, % that say a content
+word twice).
 
 AudioCaps val: 495 clips x 5 human captions; the input is class scores simulated from each
 clip's AudioSet labels (grounded.simulated, seed VAL_SIM_SEED), retrieval from the model's
@@ -17,7 +18,7 @@ real audio through the Captioner, against the 5 captions bench/sounds_dataset.py
 each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
-       [--select consensus|guidance|score] [--recall-weight W] [--beam K] [--min-len N] [--no-ablations]
+       [--select consensus|guidance|score] [--recall-weight W] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from audiocap_cli import grounded  # noqa: E402
 from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
+from audiocap_cli.decoding import FUNCTION_WORDS  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
 
@@ -81,7 +83,14 @@ def distribution(preds: list[str], guid: list[list[str]]) -> dict[str, float]:
     words = [_WORD.findall(p.lower()) for p in preds]
     copies = sum(p.strip().lower() in {g.strip().lower() for g in gs} for p, gs in zip(preds, guid))
     return {"mean_words": float(np.mean([len(w) for w in words])), "distinct_words": len({x for w in words for x in w}),
-            "copy_pct": 100.0 * copies / max(len(preds), 1)}
+            "copy_pct": 100.0 * copies / max(len(preds), 1),
+            "repeat_pct": 100.0 * sum(map(repeats_a_word, words)) / max(len(preds), 1)}
+
+
+def repeats_a_word(words: list[str]) -> bool:
+    """Whether a caption says a content word twice (the words `repeat_penalty` checks, exact)."""
+    content = [w for w in words if len(w) >= 3 and w not in FUNCTION_WORDS]
+    return len(set(content)) < len(content)
 
 
 def val_set(limit: int | None) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
@@ -113,13 +122,15 @@ def main() -> None:
     ap.add_argument("--select", default=CaptionOptions.select, help="beam hypothesis printed: consensus, guidance or score")
     ap.add_argument("--recall-weight", type=float, default=CaptionOptions.recall_weight,
                     help="weight of the unigram F-mean in the hypothesis selection")
+    ap.add_argument("--repeat-penalty", type=float, default=CaptionOptions.repeat_penalty,
+                    help="log-prob off a caption each time it says a content word again (0: off)")
     ap.add_argument("--beam", type=int, default=CaptionOptions.beam_size)
     ap.add_argument("--min-len", type=int, default=1, help="tokens before a caption may end")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
     cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len,
-                                                          recall_weight=args.recall_weight))
+                                                          recall_weight=args.recall_weight, repeat_penalty=args.repeat_penalty))
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     jobs, dists, timing = {}, {}, {}
@@ -141,14 +152,14 @@ def main() -> None:
         ref_caps = [refs[i][0] for i in ids]
         dists[f"{name}\treferences (first of each clip)"] = distribution(ref_caps, [[] for _ in ids])
     res = score_batch(jobs, metrics=METRICS)
-    print("| set | system | " + " | ".join(c for c, _ in COLUMNS) + " | mean words | distinct words | % copies of guidance |")
-    print("|---|---|" + "---|" * (len(COLUMNS) + 3))
+    print("| set | system | " + " | ".join(c for c, _ in COLUMNS) + " | mean words | distinct words | % copies of guidance | % repeating a word |")
+    print("|---|---|" + "---|" * (len(COLUMNS) + 4))
     table = []
     for key, d in dists.items():
         s, row = key.split("\t")
         r = res.get(key)
         vals = [f"{100 * r.corpus[k]:.1f}" if r is not None and r.corpus.get(k) is not None else "" for _, k in COLUMNS]
-        print(f"| {s} | {row} | " + " | ".join(vals) + f" | {d['mean_words']:.1f} | {d['distinct_words']} | {d['copy_pct']:.0f} |")
+        print(f"| {s} | {row} | " + " | ".join(vals) + f" | {d['mean_words']:.1f} | {d['distinct_words']} | {d['copy_pct']:.0f} | {d['repeat_pct']:.1f} |")
         table.append({"set": s, "system": row, **({k: r.corpus[k] for _, k in COLUMNS} if r else {}), **d})
     print(f"\nclips: {', '.join(f'{k} {len(v[0])}' for k, v in jobs.items() if k.endswith('generated'))}; "
           f"seconds: {', '.join(f'{k} {v:.0f}' for k, v in timing.items())}")

@@ -83,3 +83,17 @@ def test_encoder_choices_match_the_library() -> None:
     from audiocap_cli.encoders import ENCODERS
 
     assert set(get_args(EncoderName)) == set(ENCODERS)
+
+
+def test_caption_defaults_are_the_library_defaults() -> None:
+    """`audiocap caption` with no options decodes as CaptionOptions() does (the figures quoted
+    for the default are measured through the library)."""
+    import typer.main
+
+    from audiocap_cli.captioner import CaptionOptions
+    from audiocap_cli.cli import app
+
+    params = {p.name: p.default for p in typer.main.get_command(app).commands["caption"].params}
+    lib = CaptionOptions()
+    for name in ("beam_size", "batch_size", "max_len", "no_repeat_ngram", "repeat_penalty", "select"):
+        assert params[name] == getattr(lib, name), name

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from audiocap_cli.decoder import DecoderConfig, DecoderTrainConfig, GuidedDecoder, load_decoder, train_decoder
-from audiocap_cli.decoding import DecodingOptions, _Beams, decode, decode_naive
+from audiocap_cli.decoding import DecodingOptions, _Beams, _word_ends, decode, decode_naive
 from audiocap_cli.errors import AudiocapError
 from audiocap_cli.lm import FrozenLM, load_lm
 
@@ -62,16 +62,17 @@ def test_beam_one_is_greedy(lm: FrozenLM, guidance: str) -> None:
 
 
 @pytest.mark.parametrize("guidance", ["concat", "separate"])
-def test_cached_batched_search_equals_naive(lm: FrozenLM, guidance: str) -> None:
+@pytest.mark.parametrize("repeat_penalty", [0.0, 1.5])
+def test_cached_batched_search_equals_naive(lm: FrozenLM, guidance: str, repeat_penalty: float) -> None:
     dec = make(lm, guidance=guidance)
     fr = frames()
-    opts = DecodingOptions(beam_size=4, max_len=6)
+    opts = DecodingOptions(beam_size=4, max_len=6, repeat_penalty=repeat_penalty)
     fast = decode(dec, GUIDANCE, fr, opts)
     slow = decode_naive(dec, GUIDANCE, fr, opts)
     assert [d.tokens for d in fast] == [d.tokens for d in slow]
     assert [d.score for d in fast] == pytest.approx([d.score for d in slow], abs=1e-4)
     # deterministic, and independent of how clips are chunked into batches
-    again = decode(dec, GUIDANCE, fr, DecodingOptions(beam_size=4, max_len=6, batch_size=3))
+    again = decode(dec, GUIDANCE, fr, dataclasses.replace(opts, batch_size=3))
     assert [d.tokens for d in again] == [d.tokens for d in fast]
 
 
@@ -182,3 +183,28 @@ def test_no_repeat_ngram_blocks_exactly_the_repeating_tokens() -> None:
     logp = torch.zeros(2, 10)
     off._block_repeats(logp)
     assert torch.isfinite(logp).all()
+
+
+def test_repeat_penalty_hits_a_content_word_said_again_when_it_ends() -> None:
+    texts = ["", "A", " man", " speaks", " and", " a", " wo", "man", ",", " dog", "s", "D", "ucks", " ducks"]
+    fake = type("LM", (), {"token_texts": lambda self: texts, "eos_id": 0})()
+    opts = DecodingOptions(beam_size=4, repeat_penalty=2.0)
+    beams = _Beams(1, 4, opts, eos=0, suppress=[], words=_word_ends(fake, opts))
+    ends = [0, 2, 3, 4, 5, 6, 8, 9, 13]  # tokens that close the word before them (EOS included)
+    assert sorted(beams.words[1].tolist()) == ends
+    beams.seqs = torch.tensor([
+        [1, 2, 3, 4, 5, 2],  # "A man speaks and a man": "man" again
+        [1, 2, 3, 4, 5, 6],  # "A man speaks and a wo": not a word said before (yet)
+        [1, 2, 4, 5, 9, 4],  # "A man and a dog and": a function word may repeat
+        [11, 12, 4, 5, 8, 13],  # "Ducks and a, ducks": split differently, the same word, case-blind
+    ])
+    logp = torch.zeros(4, len(texts))
+    beams._penalize_words(logp)
+    for row in (0, 3):
+        assert logp[row, ends].eq(-2.0).all() and logp[row].eq(0).sum() == len(texts) - len(ends)
+    assert logp[1].eq(0).all() and logp[2].eq(0).all()  # "wo" + "man" = "woman" goes free
+    off = _Beams(1, 4, DecodingOptions(beam_size=4), eos=0, suppress=[], words=_word_ends(fake, opts))
+    off.seqs = beams.seqs.clone()
+    logp = torch.zeros(4, len(texts))
+    off._penalize_words(logp)
+    assert logp.eq(0).all()

@@ -285,6 +285,7 @@ def caption(
     batch_size: int = typer.Option(16, min=1, help="Files per batch."),
     max_len: int = typer.Option(30, min=1, help="Maximum caption length in tokens."),
     no_repeat_ngram: int = typer.Option(3, min=0, help="Never repeat an n-gram of this size in a caption (0: off)."),
+    repeat_penalty: float = typer.Option(2.0, min=0.0, help="Log-prob taken off a caption each time it says a content word again (0: off)."),
     select: Literal["consensus", "guidance", "score"] = typer.Option("consensus", help="Beam hypothesis printed: consensus (the one agreeing most with all retrieved captions), guidance (with the K guidance captions) or score (the best-scored)."),
     k: Optional[int] = typer.Option(None, "-k", min=1, help="Guidance captions per clip (default: the model's)."),
     long_audio: Literal["crop", "windows"] = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
@@ -310,7 +311,7 @@ def caption(
         paths = select_shard(paths, *parse_shard(shard))
     if not paths and shard is None:
         fatal("no input files", 2)
-    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, select=select, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
+    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, repeat_penalty=repeat_penalty, select=select, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
     model = _use_model(model, quiet)
     if ray is not None:
         _caption_ray(paths, model, opts, ray, workers, cpus_per_worker, gpus_per_worker, output, fmt, resume, quiet)

@@ -16,8 +16,10 @@ The winner maximises ``sum log p / penalty(length)``; ``beam_size=1`` is exactly
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +30,13 @@ from .errors import AudiocapError
 
 
 SELECTS = ("score", "guidance", "consensus")
+_WORD = re.compile(r"[a-z]+")
+# Words of 3+ letters that captions repeat without saying anything twice ("a dog barks and
+# then a man speaks while a car passes"); `repeat_penalty` spares them.
+FUNCTION_WORDS = frozenset(
+    "and the then followed with while are was were its into from for over out off before after "
+    "during through each other that this there being has have who which they them their his her "
+    "him she also very more than".split())
 # A clip's evidence for minimum-Bayes-risk selection: captions and their weights.
 Evidence = tuple[Sequence[str], Sequence[float]]
 
@@ -50,6 +59,11 @@ class DecodingOptions:
     # beam 4 22.0 / 66.1 -> 21.9 / 66.4 METEOR / CIDEr-D, beam 8 22.0 / 67.1 -> 21.6 / 61.3 (more
     # hypotheses end early, so good ones never finish), so it was not kept.
     no_repeat_ngram: int = 3
+    # Log-prob taken off a hypothesis each time it completes a content word it already said,
+    # case-blind (0 = off): "A man is speaking and a man speaks", "Ducks quacking as ducks
+    # quack". Soft, so "A man speaks and a woman speaks" may still win. Content words: 3+
+    # letters, not in FUNCTION_WORDS.
+    repeat_penalty: float = 0.0
     # Which finished hypothesis is the caption: "score", the best by the ranking above; or a
     # minimum-Bayes-risk choice, the one that agrees most with what retrieval found:
     # "consensus" against the retrieval's whole weighted pool (`decode(evidence=...)`),
@@ -65,8 +79,8 @@ class DecodingOptions:
     def __post_init__(self) -> None:
         if self.select not in SELECTS:
             raise AudiocapError(f"decoding options: select {self.select!r} not one of {SELECTS}")
-        if self.recall_weight < 0.0:
-            raise AudiocapError(f"decoding options: recall_weight {self.recall_weight} is negative")
+        if self.recall_weight < 0.0 or self.repeat_penalty < 0.0:
+            raise AudiocapError("decoding options: recall_weight and repeat_penalty must be >= 0")
         if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1 or self.min_len < 0:
             raise AudiocapError("decoding options: beam_size, max_len and batch_size must be >= 1")
 
@@ -86,8 +100,12 @@ class Decoded:
 class _Beams:
     """Beam bookkeeping for ``A`` active clips x ``k`` beams, shared by both search strategies."""
 
-    def __init__(self, clips: int, k: int, opts: DecodingOptions, eos: int, suppress: Sequence[int]) -> None:
+    def __init__(self, clips: int, k: int, opts: DecodingOptions, eos: int, suppress: Sequence[int],
+                 words: tuple[list[str], torch.Tensor] | None = None) -> None:
+        """``words``: every token's text and the ids that end a word, for ``repeat_penalty``
+        (:func:`_word_ends`)."""
         self.k, self.opts, self.eos = k, opts, eos
+        self.words = words if opts.repeat_penalty > 0 else None
         self.suppress = torch.as_tensor(sorted(set(suppress) - {eos}), dtype=torch.long)
         self.active = torch.arange(clips)  # original index of each active clip
         # all beams start identical: only beam 0 may expand at step 0, else k copies would tie
@@ -109,6 +127,7 @@ class _Beams:
         if t < self.opts.min_len:
             logp[:, :, self.eos] = -torch.inf
         self._block_repeats(logp.view(a * k, v))
+        self._penalize_words(logp.view(a * k, v))
         cand = (self.scores[:, :, None] + logp).view(a, k * v)
         top, idx = cand.topk(2 * k, dim=1)  # sorted: at most k are EOS, so >= k live remain
         src, tok = idx // v, idx % v
@@ -148,6 +167,23 @@ class _Beams:
             if banned:
                 logp[row, banned] = -torch.inf
 
+    def _penalize_words(self, logp: torch.Tensor) -> None:
+        """Take ``repeat_penalty`` off, per row of ``logp [A*k, V]`` whose last word is a content
+        word it said before, every token that would end that word (one that begins a new word,
+        punctuation, EOS); tokens that continue the word change it and go free. Words are
+        checked whole, since a tokenizer splits them ("D" "ucks", " qu" "acking")."""
+        if self.words is None or self.seqs.shape[1] == 0:
+            return
+        texts, ends = self.words
+        for row, seq in enumerate(self.seqs.tolist()):  # A*k rows of <= max_len tokens: cheap
+            text = "".join(texts[t] for t in seq)
+            if not text[-1:].isalpha():
+                continue
+            said = _WORD.findall(text.lower())
+            last = said[-1]
+            if len(last) >= 3 and last not in FUNCTION_WORDS and _stem(last) in {_stem(w) for w in said[:-1]}:
+                logp[row, ends] -= self.opts.repeat_penalty
+
     def results(self, detokenize: Callable[[list[int]], str]) -> list[Decoded]:
         out = []
         for hyps in self.finished:
@@ -164,6 +200,25 @@ class _Beams:
         if self.opts.length_penalty is None:
             return float(max(length, 1))
         return ((5.0 + length) / 6.0) ** self.opts.length_penalty
+
+
+def _stem(word: str) -> str:
+    """A crude stem, enough to see "quacks" / "quack" or "revving" / "revs" as one word."""
+    for suffix in ("ing", "es", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if len(word) >= 4 and word[-1] == word[-2] else word  # "revv" -> "rev"
+
+
+def _word_ends(lm: Any, opts: DecodingOptions) -> tuple[list[str], torch.Tensor] | None:
+    """(text of every token id, ids of the tokens that end the word before them: a space or
+    punctuation first, and EOS), or None when ``repeat_penalty`` is off."""
+    if opts.repeat_penalty <= 0:
+        return None
+    texts = lm.token_texts()
+    ends = [i for i, t in enumerate(texts) if t[:1] and not (t[0].isalnum() or t[0] == "'")]
+    return texts, torch.as_tensor(ends + [lm.eos_id], dtype=torch.long)
 
 
 def _frames_tensor(frames: torch.Tensor | Sequence[np.ndarray] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -224,7 +279,7 @@ def _decode_chunk(
     lm, k = dec.lm, opts.beam_size
     ref, ref_pad = dec.ref_features(guidance)
     ctx: Context = dec.context(ref, ref_pad, frames, None if frames_pad is None else frames_pad.to(ref.device))
-    beams = _Beams(len(guidance), k, opts, lm.eos_id, lm.special_ids)
+    beams = _Beams(len(guidance), k, opts, lm.eos_id, lm.special_ids, _word_ends(lm, opts))
     # step 0: every beam of a clip is the same [bos], so run one row per clip and copy it k times
     tokens = torch.full((len(guidance), 1), lm.bos_id, dtype=torch.long)
     cache = None
@@ -324,7 +379,7 @@ def decode_naive(
         with torch.inference_mode():
             for i in range(len(guidance)):
                 fr = None if frames is None else frames[i : i + 1]
-                beams = _Beams(1, k, opts, lm.eos_id, lm.special_ids)
+                beams = _Beams(1, k, opts, lm.eos_id, lm.special_ids, _word_ends(lm, opts))
                 ids = torch.full((k, 1), lm.bos_id, dtype=torch.long)
                 for t in range(opts.max_len):
                     # the whole model again, as a plain forward(guidance, prefix, frames) would

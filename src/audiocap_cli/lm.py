@@ -57,6 +57,7 @@ class FrozenLM:
     pad_id: int  # fills padding (always masked, any valid id would do)
     special_ids: tuple[int, ...] = ()  # all special token ids (suppressed when decoding)
     _fingerprint: str | None = field(default=None, repr=False)
+    _token_texts: list[str] | None = field(default=None, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -98,6 +99,16 @@ class FrozenLM:
     def detokenize(self, tokens: list[int]) -> str:
         """Text of ``tokens`` with special tokens removed."""
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+
+    def token_texts(self) -> list[str]:
+        """The text of every token id on its own (a leading space where it begins a word; ""
+        for special tokens), for checks on the words a hypothesis spells. Cached."""
+        if self._token_texts is None:
+            texts = self.tokenizer.batch_decode([[i] for i in range(self.vocab_size)])
+            for i in self.special_ids:
+                texts[i] = ""
+            self._token_texts = [str(t) for t in texts]
+        return self._token_texts
 
     @torch.no_grad()
     def features(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
