@@ -187,7 +187,8 @@ def test_no_repeat_ngram_blocks_exactly_the_repeating_tokens() -> None:
 
 def test_repeat_penalty_hits_a_content_word_said_again_when_it_ends() -> None:
     texts = ["", "A", " man", " speaks", " and", " a", " wo", "man", ",", " dog", "s", "D", "ucks", " ducks"]
-    fake = type("LM", (), {"token_texts": lambda self: texts, "eos_id": 0})()
+    lm = type("LM", (), {"token_texts": lambda self, ids: dict(enumerate(texts)), "eos_id": 0, "vocab_size": len(texts)})()
+    fake = type("Decoder", (), {"lm": lm, "vocab_ids": None})()
     opts = DecodingOptions(beam_size=4, repeat_penalty=2.0)
     beams = _Beams(1, 4, opts, eos=0, suppress=[], words=_word_ends(fake, opts))
     ends = [0, 2, 3, 4, 5, 6, 8, 9, 13]  # tokens that close the word before them (EOS included)
@@ -208,3 +209,11 @@ def test_repeat_penalty_hits_a_content_word_said_again_when_it_ends() -> None:
     logp = torch.zeros(4, len(texts))
     off._penalize_words(logp)
     assert logp.eq(0).all()
+
+
+def test_token_texts_are_each_token_decoded_alone(lm: FrozenLM) -> None:
+    ids = [lm.eos_id, *lm.tokenize(["a dog barks, loudly"])[0]]
+    texts = lm.token_texts(ids)
+    assert texts[lm.eos_id] == ""  # special tokens spell nothing
+    assert "".join(texts[i] for i in ids[1:]) == "a dog barks, loudly"
+    assert lm.token_texts(ids) is texts  # cached, grown in place

@@ -101,7 +101,7 @@ class _Beams:
     """Beam bookkeeping for ``A`` active clips x ``k`` beams, shared by both search strategies."""
 
     def __init__(self, clips: int, k: int, opts: DecodingOptions, eos: int, suppress: Sequence[int],
-                 words: tuple[list[str], torch.Tensor] | None = None) -> None:
+                 words: tuple[dict[int, str], torch.Tensor] | None = None) -> None:
         """``words``: every token's text and the ids that end a word, for ``repeat_penalty``
         (:func:`_word_ends`)."""
         self.k, self.opts, self.eos = k, opts, eos
@@ -211,13 +211,16 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) >= 4 and word[-1] == word[-2] else word  # "revv" -> "rev"
 
 
-def _word_ends(lm: Any, opts: DecodingOptions) -> tuple[list[str], torch.Tensor] | None:
-    """(text of every token id, ids of the tokens that end the word before them: a space or
-    punctuation first, and EOS), or None when ``repeat_penalty`` is off."""
+def _word_ends(dec: GuidedDecoder, opts: DecodingOptions) -> tuple[dict[int, str], torch.Tensor] | None:
+    """(text of every token id the decoder can emit, ids of those that end the word before them:
+    a space or punctuation first, and EOS), or None when ``repeat_penalty`` is off. A decoder
+    with a restricted head emits only its ~5k ``vocab_ids``, so only those are decoded."""
     if opts.repeat_penalty <= 0:
         return None
-    texts = lm.token_texts()
-    ends = [i for i, t in enumerate(texts) if t[:1] and not (t[0].isalnum() or t[0] == "'")]
+    lm = dec.lm
+    ids = range(lm.vocab_size) if getattr(dec, "vocab_ids", None) is None else dec.vocab_ids.tolist()
+    texts = lm.token_texts(ids)
+    ends = [i for i in ids if texts[i][:1] and not (texts[i][0].isalnum() or texts[i][0] == "'")]
     return texts, torch.as_tensor(ends + [lm.eos_id], dtype=torch.long)
 
 
@@ -279,7 +282,7 @@ def _decode_chunk(
     lm, k = dec.lm, opts.beam_size
     ref, ref_pad = dec.ref_features(guidance)
     ctx: Context = dec.context(ref, ref_pad, frames, None if frames_pad is None else frames_pad.to(ref.device))
-    beams = _Beams(len(guidance), k, opts, lm.eos_id, lm.special_ids, _word_ends(lm, opts))
+    beams = _Beams(len(guidance), k, opts, lm.eos_id, lm.special_ids, _word_ends(dec, opts))
     # step 0: every beam of a clip is the same [bos], so run one row per clip and copy it k times
     tokens = torch.full((len(guidance), 1), lm.bos_id, dtype=torch.long)
     cache = None
@@ -379,7 +382,7 @@ def decode_naive(
         with torch.inference_mode():
             for i in range(len(guidance)):
                 fr = None if frames is None else frames[i : i + 1]
-                beams = _Beams(1, k, opts, lm.eos_id, lm.special_ids, _word_ends(lm, opts))
+                beams = _Beams(1, k, opts, lm.eos_id, lm.special_ids, _word_ends(decoder, opts))
                 ids = torch.full((k, 1), lm.bos_id, dtype=torch.long)
                 for t in range(opts.max_len):
                     # the whole model again, as a plain forward(guidance, prefix, frames) would

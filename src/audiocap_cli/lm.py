@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -57,7 +58,7 @@ class FrozenLM:
     pad_id: int  # fills padding (always masked, any valid id would do)
     special_ids: tuple[int, ...] = ()  # all special token ids (suppressed when decoding)
     _fingerprint: str | None = field(default=None, repr=False)
-    _token_texts: list[str] | None = field(default=None, repr=False)
+    _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -100,14 +101,16 @@ class FrozenLM:
         """Text of ``tokens`` with special tokens removed."""
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
 
-    def token_texts(self) -> list[str]:
-        """The text of every token id on its own (a leading space where it begins a word; ""
-        for special tokens), for checks on the words a hypothesis spells. Cached."""
-        if self._token_texts is None:
-            texts = self.tokenizer.batch_decode([[i] for i in range(self.vocab_size)])
-            for i in self.special_ids:
-                texts[i] = ""
-            self._token_texts = [str(t) for t in texts]
+    def token_texts(self, ids: Sequence[int] | None = None) -> dict[int, str]:
+        """Token id -> its text on its own (a leading space where it begins a word; "" for
+        special tokens), for ``ids`` (default: the whole vocabulary), for checks on the words a
+        hypothesis spells. Cached: each id is decoded once (about 25 us a token)."""
+        want = range(self.vocab_size) if ids is None else ids
+        missing = [int(i) for i in want if int(i) not in self._token_texts]
+        if missing:
+            specials = set(self.special_ids)
+            for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing])):
+                self._token_texts[i] = "" if i in specials else str(text)
         return self._token_texts
 
     @torch.no_grad()
