@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from audiocap_cli import grounded  # noqa: E402
 from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
-from audiocap_cli.decoding import FUNCTION_WORDS  # noqa: E402
+from audiocap_cli.decoding import is_content_word  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
 
@@ -89,7 +89,7 @@ def distribution(preds: list[str], guid: list[list[str]]) -> dict[str, float]:
 
 def repeats_a_word(words: list[str]) -> bool:
     """Whether a caption says a content word twice (the words `repeat_penalty` checks, exact)."""
-    content = [w for w in words if len(w) >= 3 and w not in FUNCTION_WORDS]
+    content = [w for w in words if is_content_word(w)]
     return len(set(content)) < len(content)
 
 

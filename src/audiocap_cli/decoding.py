@@ -37,6 +37,11 @@ FUNCTION_WORDS = frozenset(
     "and the then followed with while are was were its into from for over out off before after "
     "during through each other that this there being has have who which they them their his her "
     "him she also very more than".split())
+
+
+def is_content_word(word: str) -> bool:
+    """Whether a lower-case word counts for `repeat_penalty`: 3+ letters, not a function word."""
+    return len(word) >= 3 and word not in FUNCTION_WORDS
 # A clip's evidence for minimum-Bayes-risk selection: captions and their weights.
 Evidence = tuple[Sequence[str], Sequence[float]]
 
@@ -181,7 +186,7 @@ class _Beams:
                 continue
             said = _WORD.findall(text.lower())
             last = said[-1]
-            if len(last) >= 3 and last not in FUNCTION_WORDS and _stem(last) in {_stem(w) for w in said[:-1]}:
+            if is_content_word(last) and _stem(last) in {_stem(w) for w in said[:-1]}:
                 logp[row, ends] -= self.opts.repeat_penalty
 
     def results(self, detokenize: Callable[[list[int]], str]) -> list[Decoded]:
