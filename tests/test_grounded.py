@@ -321,3 +321,22 @@ def test_shipped_default_captions_real_audio_without_m(tmp_path: Path, monkeypat
     listed = subprocess.run([sys.executable, "-m", "audiocap_cli", "models", "--json"], capture_output=True, text=True, env=env)
     rows = [json.loads(x) for x in listed.stdout.splitlines()]
     assert any(r["default"] and r["validation"] for r in rows)
+
+
+def test_scst_clips_borrow_references_from_clips_of_the_same_label_set() -> None:
+    """AudioCaps train has one caption per clip; SCST's references add the captions of other
+    training clips with the same label set, up to SCST_REFERENCES, never a held-out clip's."""
+    caps = ["a dog barks", "dogs bark loudly", "a dog is barking", "rain falls", "a dog yaps"]
+    labels = np.zeros((5, 4), np.float32)
+    labels[[0, 1, 2, 4], 1] = 1  # clips 0, 1, 2, 4: the same set; clip 3 alone
+    labels[3, 2] = 1
+    lab = grounded.LabelledCaptions(caps, labels, np.arange(5), [f"c{i}" for i in range(5)], None)  # type: ignore[arg-type]
+    guid = [[f"g{i}"] for i in range(5)]
+    scores = np.eye(5, 4, dtype=np.float32)
+    out = grounded.scst_clips(lab, labels, guid, scores, rows=[3, 2, 1, 0])  # clip 4 held out
+    assert [g for g, _, _ in out] == [["g0"], ["g1"], ["g2"], ["g3"]]
+    assert out[0][1].shape == (1, 4) and np.array_equal(out[2][1][0], scores[2])
+    refs = [r for _, _, r in out]
+    assert refs[3] == ["rain falls"]
+    for i in range(3):
+        assert refs[i][0] == caps[i] and sorted(refs[i][1:]) == sorted(c for j, c in enumerate(caps[:3]) if j != i)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 pytestmark = pytest.mark.slow
 
@@ -187,3 +188,44 @@ def test_text_only_bootstrap(tmp_path: Path, env: dict[str, str], workspace: Pat
     r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
     row = json.loads(r.stdout)
     assert row["guidance"] and all(g["caption"] in caps for g in row["guidance"])
+
+
+def test_label_grounded_bootstrap_with_scst(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
+    """`bootstrap --scst-steps` on a manifest with a mids column: the teacher-forced decoder
+    lands in decoder-xe/, SCST fine-tunes it into decoder/, the model captions, and a rerun
+    skips the finished teacher forcing and rebuilds the same fine-tuned weights."""
+    from safetensors.torch import load_file
+
+    labels = tmp_path / "audioset"
+    labels.mkdir()
+    (labels / "unbalanced_train_segments.csv").write_text("# YTID, start_seconds, end_seconds, positive_labels\n")
+    (labels / "ontology.json").write_text("[]")
+    dog, speech, rain = "/m/0bt9lr", "/m/09x0r", "/m/06mb1"
+    rows = [("a dog barks", [dog]), ("a dog is barking loudly", [dog]), ("a man speaks", [speech]),
+            ("a man is talking", [speech]), ("rain falls on a roof", [rain]), ("heavy rain pours down", [rain]),
+            ("a dog barks as a man speaks", [dog, speech]), ("a man talks in the rain", [speech, rain])]
+    manifest = tmp_path / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps({"path": f"c{i}.wav", "caption": c, "mids": m}) + "\n"
+                                for i, (c, m) in enumerate(rows)))
+    m = tmp_path / "boot"
+    env = {**env, "AUDIOCAP_AUDIOSET_DIR": str(labels)}
+    args = ("bootstrap", str(manifest), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4",
+            "--scst-steps", "2", "-q")
+    cli(*args, env=env)
+    xe, tuned = load_file(str(m / "decoder-xe" / "decoder.safetensors")), load_file(str(m / "decoder" / "decoder.safetensors"))
+    assert xe.keys() == tuned.keys() and any(not torch.equal(xe[k], tuned[k]) for k in xe)
+    steps = [json.loads(x)["step"] for x in (m / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    xe_rows = (m / "decoder-xe" / "metrics.jsonl").read_text()
+    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
+    assert json.loads(r.stdout)["caption"]
+    cli(*args, env=env)
+    assert (m / "decoder-xe" / "metrics.jsonl").read_text() == xe_rows  # teacher forcing not rerun
+    again = load_file(str(m / "decoder" / "decoder.safetensors"))
+    assert all(torch.equal(again[k], tuned[k]) for k in tuned)
+    r = cli("bootstrap", str(manifest), "-m", str(tmp_path / "tb"), "--text-bridge", "--scst-steps", "2", "-q",
+            env=env, check=False)
+    assert r.returncode == 2 and "--scst-steps needs the label-grounded captioner" in r.stderr
+    r = cli("bootstrap", str(manifest), "-m", str(tmp_path / "e0"), "--epochs", "0", "--scst-steps", "2", "-q",
+            env=env, check=False)
+    assert r.returncode == 2 and "--epochs 0 builds none" in r.stderr

@@ -261,6 +261,7 @@ def bootstrap(
     residual: bool = typer.Option(True, help="Add the LM's own features before the head (not in the paper; trains faster)."),
     keep_state: bool = KeepStateOpt,
     average_last: int = AverageLastOpt,
+    scst_steps: int = typer.Option(0, "--scst-steps", min=0, help="Then fine-tune the decoder by self-critical sequence training on CIDEr-D for this many steps of 32 clips (label-grounded only; 0: none; no clear gain measured on the default model)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus without audio: label-grounded when its clips have
@@ -270,7 +271,8 @@ def bootstrap(
     with reporter(quiet) as rep:
         workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio,
                             batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state,
-                            labels=labels, val=val, text_bridge=text_bridge, average_last=average_last)
+                            labels=labels, val=val, text_bridge=text_bridge, average_last=average_last,
+                            scst_steps=scst_steps)
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 

@@ -168,6 +168,8 @@ class Plan:
     train: list[tuple[str, list[str], np.ndarray]]
     val: list[tuple[str, list[str], np.ndarray]]
     val_clips: list[tuple[str, list[str], np.ndarray, list[str]]]  # (id, guidance, audio, references)
+    # SCST's clips, one per training clip: (guidance, audio [1, C], the clip's captions)
+    scst: list[tuple[list[str], np.ndarray, list[str]]]
 
     def texts(self) -> list[str]:
         """Every caption whose LM features training reads: validation first, then guidance,
@@ -182,7 +184,8 @@ def plan(lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, max_captions:
     examples (AudioCaps val: simulated scores, guidance from the training corpus only)."""
     from .zeroshot import ngram_idf
 
-    corpus = corpus_of(lab, lcfg)
+    closed = corpus_labels(lab.labels, lcfg)
+    corpus = ls.LabelCorpus.build(closed, lab.captions, lcfg)
     idf = ngram_idf(lab.captions) if lcfg.corpus_idf else None
     scores = simulated(lab.labels, lab.labels, TRAIN_SIM_SEED)
     guid = train_guidance(lab, corpus, lcfg, k, scores, idf)
@@ -198,8 +201,39 @@ def plan(lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, max_captions:
     else:  # hold out 5% of the sampled rows
         n_val = max(1, len(rows) // 20)
         val_ex = decoder_examples(lab, guid, scores, rows[:n_val])
-        train_ex = decoder_examples(lab, guid, scores, rows[n_val:])
-    return Plan(corpus, train_ex, val_ex, val_clips)
+        rows = rows[n_val:]
+        train_ex = decoder_examples(lab, guid, scores, rows)
+    return Plan(corpus, train_ex, val_ex, val_clips, scst_clips(lab, closed, guid, scores, rows, seed))
+
+
+# SCST's references per clip: as many as AudioCaps val and test have.
+SCST_REFERENCES = 5
+
+
+def scst_clips(lab: LabelledCaptions, closed: np.ndarray, guidance: list[list[str]], scores: np.ndarray,
+               rows: Sequence[int], seed: int = 0) -> list[tuple[list[str], np.ndarray, list[str]]]:
+    """One SCST clip per clip with a training row: the guidance and simulated scores of its
+    first such row; as references, its own captions, then (up to SCST_REFERENCES) the first
+    caption of other training clips with the same label set ``closed [N, C]``, drawn at random.
+    AudioCaps train has one caption per clip, and a reward against a single caption is noisy
+    and rewards short, generic captions; clips of the same sound classes stand in for the
+    other human annotators."""
+    caps = lab.clip_captions()
+    first: dict[int, int] = {}
+    for i in sorted(int(r) for r in rows):
+        first.setdefault(int(lab.owner[i]), i)
+    groups: dict[bytes, list[int]] = {}
+    for o, i in sorted(first.items()):
+        groups.setdefault(np.packbits(closed[i] > 0).tobytes(), []).append(o)
+    rng = np.random.default_rng(seed)
+    out = []
+    for o, i in sorted(first.items()):
+        refs = list(caps[o])
+        if len(refs) < SCST_REFERENCES:
+            peers = [x for x in groups[np.packbits(closed[i] > 0).tobytes()] if x != o]
+            refs += [caps[peers[j]][0] for j in rng.permutation(len(peers))[: SCST_REFERENCES - len(refs)]]
+        out.append((guidance[i], scores[i][None, :].astype(np.float32), refs))
+    return out
 
 
 def train(
@@ -214,11 +248,14 @@ def train(
     batch_size: int = 128,
     keep_state: bool = False,
     average_last: int = 0,
+    scst_steps: int = 0,
     say=lambda s: None,
     progress=lambda name, total: (lambda n: None),
 ) -> Path:
     """Label index + guided decoder of the label-grounded captioner into ``model_dir``
-    (``epochs`` 0: the index alone, a retrieval-only captioner).
+    (``epochs`` 0: the index alone, a retrieval-only captioner). ``scst_steps`` > 0: the
+    teacher-forced decoder (then in ``decoder-xe/``, its state kept so a rerun skips it) is
+    fine-tuned by SCST (``scst.py``) into the model's ``decoder/``.
 
     Every step can be interrupted and rerun: the LM features persist chunk by chunk in the
     cache (``lmfeatures.py``) and the decoder run resumes from its last epoch.
@@ -245,8 +282,40 @@ def train(
         say(f"frozen LM features of {missing} captions (kept in {store.dir})")
         store.ensure(texts, progress("LM features", missing))
     vocab = vocabulary(lm, lab.captions, dcfg.max_len)
-    return train_decoder(
-        p.train, dcfg, lm, md.decoder, epochs, batch_size=batch_size, val_examples=p.val or None,
+    xe_dir = md.path / XE_DECODER if scst_steps else md.decoder
+    run = train_decoder(
+        p.train, dcfg, lm, xe_dir, epochs, batch_size=batch_size, val_examples=p.val or None,
         progress=progress("decoder training (examples)", len(p.train) * epochs),
-        keep_state=keep_state, vocab_ids=vocab, features=store, average_last=average_last,
+        keep_state=keep_state or bool(scst_steps), vocab_ids=vocab, features=store, average_last=average_last,
     )
+    if not scst_steps:
+        return run
+    return fine_tune(p, lab, xe_dir, md.decoder, lm, scst_steps, keep_state, say, progress)
+
+
+# The teacher-forced decoder of a model fine-tuned by SCST (its ``decoder/`` holds the result).
+XE_DECODER = "decoder-xe"
+
+
+def fine_tune(p: Plan, lab: LabelledCaptions, xe_dir: Path, out_dir: Path, lm, steps: int, keep_state: bool,
+              say=lambda s: None, progress=lambda name, total: (lambda n: None)) -> Path:
+    """SCST of the teacher-forced decoder in ``xe_dir`` on the plan's training clips (simulated
+    scores, leave-one-out guidance, as in teacher forcing; references from :func:`scst_clips`;
+    CIDEr-D's document frequencies from every clip's captions) into ``out_dir``. It starts from
+    the weights rounded to float16, as they ship, so that the fine-tuned default rebuilds
+    exactly from one command."""
+    import torch
+
+    from .decoder import load_decoder
+    from .scst import CiderD, SCSTConfig, train_scst
+
+    dec = load_decoder(xe_dir, lm)
+    with torch.no_grad():
+        for t in dec.parameters():
+            t.copy_(t.half().float())
+    cfg = SCSTConfig(steps=steps)
+    say(f"SCST: {steps} steps of {cfg.clips_per_step} clips x {cfg.samples} sampled captions, "
+        f"from {len(p.scst)} training clips")
+    cider = CiderD(lab.clip_captions())
+    return train_scst(dec, p.scst, out_dir, cfg, cider, keep_state=keep_state,
+                      progress=progress("SCST (clips)", steps * cfg.clips_per_step))

@@ -106,12 +106,13 @@ class RunDir:
             return []
         return [json.loads(x) for x in self.metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
 
-    def trim_metrics(self, epochs: int) -> None:
+    def trim_metrics(self, epochs: int, key: str = "epoch") -> None:
         """Drop metric rows of epochs after ``epochs`` (logged by a run killed before its
-        checkpoint landed), so a resumed run's log holds each epoch once."""
+        checkpoint landed), so a resumed run's log holds each epoch once (``key``: the rows'
+        counter, "step" for runs checkpointed by steps)."""
         if not self.metrics.is_file():
             return
-        kept = [row for row in self.rows() if row.get("epoch", 0) <= epochs]
+        kept = [row for row in self.rows() if row.get(key, 0) <= epochs]
         atomic_write_bytes(self.metrics, "".join(json.dumps(row) + "\n" for row in kept).encode())
 
     def reset(self) -> None:
