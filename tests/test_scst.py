@@ -107,7 +107,9 @@ def test_scst_raises_the_reward_and_resumes(lm: FrozenLM, tmp_path) -> None:
     # interrupted after step 2 (its state kept, as a killed run's last checkpoint would be)
     train_scst(_small_vocab_decoder(lm), data, tmp_path / "part", SCSTConfig(**{**cfg.__dict__, "steps": 2}), reward,
                keep_state=True)
-    part = train_scst(_small_vocab_decoder(lm), data, tmp_path / "part", cfg, reward)
+    seen: list[int] = []
+    part = train_scst(_small_vocab_decoder(lm), data, tmp_path / "part", cfg, reward, progress=seen.append)
+    assert seen == [8, 4, 4]  # the resumed run's progress starts at its 2 finished steps of 4 clips
     a, b = load_file(str(whole / "decoder.safetensors")), load_file(str(part / "decoder.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]

@@ -257,6 +257,8 @@ def train_scst(dec: GuidedDecoder, clips: Sequence[Clip], run_dir: str | Path, c
     run = RunDir(run_dir, best_name=DECODER_WEIGHTS)
     opt = torch.optim.Adam(dec.parameters(), lr=cfg.lr)
     state = _start(run, dec, opt, cfg, resume)
+    if progress is not None and state.epoch:  # a resumed run's progress starts where it was
+        progress(min(state.epoch, cfg.steps) * cfg.clips_per_step)
     lm = dec.lm
     dec.eval()  # samples and their gradients come from the same (dropout-free) policy
     while state.epoch < cfg.steps:
