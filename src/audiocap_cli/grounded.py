@@ -222,15 +222,16 @@ def scst_clips(lab: LabelledCaptions, closed: np.ndarray, guidance: list[list[st
     first: dict[int, int] = {}
     for i in sorted(int(r) for r in rows):
         first.setdefault(int(lab.owner[i]), i)
+    key = {o: np.packbits(closed[i] > 0).tobytes() for o, i in first.items()}  # the clip's label set
     groups: dict[bytes, list[int]] = {}
-    for o, i in sorted(first.items()):
-        groups.setdefault(np.packbits(closed[i] > 0).tobytes(), []).append(o)
+    for o in sorted(first):
+        groups.setdefault(key[o], []).append(o)
     rng = np.random.default_rng(seed)
     out = []
     for o, i in sorted(first.items()):
         refs = list(caps[o])
         if len(refs) < SCST_REFERENCES:
-            peers = [x for x in groups[np.packbits(closed[i] > 0).tobytes()] if x != o]
+            peers = [x for x in groups[key[o]] if x != o]
             refs += [caps[peers[j]][0] for j in rng.permutation(len(peers))[: SCST_REFERENCES - len(refs)]]
         out.append((guidance[i], scores[i][None, :].astype(np.float32), refs))
     return out

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .config import check_config, load_config, save_config
 from .decoder import DECODER_CONFIG, DECODER_WEIGHTS, Context, GuidedDecoder, pad_frames
+from .decoding import unigram_fmean
 from .errors import AudiocapError, ConfigMismatchError, DatasetError
 from .training import RunDir, RunState
 from .zeroshot import words
@@ -97,7 +98,6 @@ class CiderD:
             df.update({g for r in refs for g in _ngram_counts(r)})
         self.df = df
         self.log_n = math.log(max(len(corpus), 1))
-        self._refs: dict[tuple[str, ...], list[tuple[list[dict], np.ndarray, int]]] = {}
 
     def _vec(self, text: str) -> tuple[list[dict], np.ndarray, int]:
         vec: list[dict] = [{} for _ in range(CIDER_N)]
@@ -112,10 +112,7 @@ class CiderD:
 
     def scores(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
         """CIDEr-D ``[H]`` of each of ``hyps`` against the same ``refs``."""
-        key = tuple(refs)
-        if key not in self._refs:
-            self._refs[key] = [self._vec(r) for r in refs]
-        rv = self._refs[key]
+        rv = [self._vec(r) for r in refs]  # a few refs against N samples: not worth a cache
         out = np.zeros(len(hyps))
         for i, h in enumerate(hyps):
             hv, hn, hl = self._vec(h)
@@ -143,8 +140,6 @@ class Reward:
 
     def scores(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
         """``[H]`` rewards of ``hyps`` against the same ``refs``."""
-        from .decoding import unigram_fmean
-
         r = self.cider.scores(hyps, refs)
         if self.fmean_weight:
             r = r + self.fmean_weight * unigram_fmean([words(h) for h in hyps], [words(x) for x in refs]).mean(1)
