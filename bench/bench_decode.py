@@ -6,6 +6,11 @@ else a built-in list. The decoder is random (``--decoder DIR`` loads a trained o
 decoder rarely emits EOS, so every clip runs the full ``max_len`` steps (the worst case).
 
     .venv/bin/python bench/bench_decode.py [--clips 32] [--naive-clips 2] [--beam 4]
+    .venv/bin/python bench/bench_decode.py --decoder DIR DIR ...   # an ensemble, timed against its first member
+
+With several ``--decoder`` folders the decoder is their ensemble (``DecoderEnsemble``: one LM
+pass per step, the members' distributions averaged), and the first member alone is timed on the
+same clips as the baseline of the ensemble's cost.
 
 Goals (README): >= 1.5 clips/s, >= 20x decode_naive, peak RSS <= 1.5 GB.
 """
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiocap_cli.decoder import DecoderConfig, GuidedDecoder, load_decoder
+from audiocap_cli.decoder import DecoderConfig, GuidedDecoder, load_decoders
 from audiocap_cli.decoding import DecodingOptions, decode, decode_naive
 from audiocap_cli.lm import load_lm
 
@@ -55,7 +60,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=30)
     ap.add_argument("--guidance", choices=["concat", "separate"], default="concat")
-    ap.add_argument("--decoder", type=Path, default=None, help="a trained decoder folder")
+    ap.add_argument("--decoder", type=Path, nargs="+", default=None, help="trained decoder folder(s); several: their ensemble")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()
     if args.threads:
@@ -64,7 +69,7 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = load_lm("smollm2")
     if args.decoder is not None:
-        dec = load_decoder(args.decoder, lm)
+        dec = load_decoders(args.decoder, lm)
     else:
         torch.manual_seed(0)
         dec = GuidedDecoder(DecoderConfig(lm="smollm2", d_l=lm.dim, d_a=YAMNET_DIM, guidance=args.guidance), lm)
@@ -94,6 +99,12 @@ def main() -> None:
     print(f"speed-up: {fast_cps / slow_cps:.1f}x (goal >= 20x); clips/s goal >= 1.5: "
           f"{'met' if fast_cps >= 1.5 else 'NOT met'}; same tokens as naive: {same}")
     print(f"peak RSS: {peak_rss_gb():.2f} GB (goal <= 1.5 GB)")
+    if hasattr(dec, "members"):
+        t = time.perf_counter()
+        decode(dec.members[0], guidance[: args.clips], frames[: args.clips], opts)
+        one_s = time.perf_counter() - t
+        print(f"ensemble of {len(dec.members)}: {fast_s / one_s:.2f}x the time of its first member alone "
+              f"({args.clips / one_s:.2f} clips/s)")
     print(f"example: {fast[0].text!r}")
 
 

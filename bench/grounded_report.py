@@ -61,21 +61,25 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
     }
     if not ablations or cap.decoder is None:
         return out, guid
-    dec = cap.decoder
-    cfg = dec.cfg
-    dec.cfg = dataclasses.replace(cfg, use_audio=False)
+    decs = list(getattr(cap.decoder, "members", [cap.decoder]))  # an ensemble: switch it off in each member
+    cfgs = [d.cfg for d in decs]
+    for d, cfg in zip(decs, cfgs):
+        d.cfg = dataclasses.replace(cfg, use_audio=False)
     out["generated, audio off"] = cap.generate(guid, frames, sc, ev)
-    dec.cfg = cfg
+    for d, cfg in zip(decs, cfgs):
+        d.cfg = cfg
     out["generated, guidance off"] = cap.generate([[] for _ in guid], frames, sc, [([], []) for _ in guid])
-    if getattr(dec, "vocab_ids", None) is not None:
-        saved = dec.head_b.detach().clone(), dec.head_bias.detach().clone()
+    if all(getattr(d, "vocab_ids", None) is not None for d in decs):
+        saved = [(d.head_b.detach().clone(), d.head_bias.detach().clone()) for d in decs]
         with torch.no_grad():
-            dec.head_b.zero_()
-            dec.head_bias.zero_()
+            for d in decs:
+                d.head_b.zero_()
+                d.head_bias.zero_()
         out["generated, head frozen"] = cap.generate(guid, frames, sc, ev)
         with torch.no_grad():
-            dec.head_b.copy_(saved[0])
-            dec.head_bias.copy_(saved[1])
+            for d, (b, bias) in zip(decs, saved):
+                d.head_b.copy_(b)
+                d.head_bias.copy_(bias)
     return out, guid
 
 

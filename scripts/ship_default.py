@@ -3,7 +3,7 @@
 Writes ``src/audiocap_cli/data/models/<name>/``: ``model.json`` (ModelConfig, training data,
 validation scores, the command that rebuilds it), ``labelspace.json``, ``corpus.tsv.gz`` (the
 captions and label classes the index is built from) and ``decoder/`` (decoder.json and the
-trainable weights in float16). The index itself is derived on first use (``models.py``).
+trainable weights in float16; an ensemble's further members likewise in ``ensemble/NAME/``). The index itself is derived on first use (``models.py``).
 
 Usage:
   python scripts/ship_default.py MODEL_DIR CORPUS_CSV [--name audiocaps-labels]
@@ -47,12 +47,13 @@ def main() -> None:
     shutil.copyfile(md.index / ls.CONFIG_NAME, out / ls.CONFIG_NAME)
     lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder)
     models.write_corpus(out, lab.captions, grounded.corpus_labels(lab.labels, lcfg))  # as indexed
-    if (md.decoder / DECODER_WEIGHTS).is_file():  # a retrieval-only model has none
-        (out / "decoder").mkdir()
-        shutil.copyfile(md.decoder / DECODER_CONFIG, out / "decoder" / DECODER_CONFIG)
-        weights = load_file(str(md.decoder / DECODER_WEIGHTS))
+    for folder in md.decoders():  # decoder/ and any ensemble/NAME/; a retrieval-only model has none
+        dst = out / folder.relative_to(md.path)
+        dst.mkdir(parents=True)
+        shutil.copyfile(folder / DECODER_CONFIG, dst / DECODER_CONFIG)
+        weights = load_file(str(folder / DECODER_WEIGHTS))
         half = {k: (v.to(torch.float16) if v.is_floating_point() else v) for k, v in weights.items()}
-        atomic_save_safetensors(half, out / "decoder" / DECODER_WEIGHTS)
+        atomic_save_safetensors(half, dst / DECODER_WEIGHTS)
     validation = {}
     if args.report is not None:
         for row in json.loads(args.report.read_text()):

@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audiocap_cli.decoder import DecoderConfig, DecoderTrainConfig, GuidedDecoder, load_decoder, train_decoder
+from audiocap_cli.decoder import (
+    DecoderConfig, DecoderEnsemble, DecoderTrainConfig, GuidedDecoder, load_decoder, load_decoders, train_decoder,
+)
 from audiocap_cli.decoding import DecodingOptions, _Beams, _word_ends, decode, decode_naive
-from audiocap_cli.errors import AudiocapError
+from audiocap_cli.errors import AudiocapError, ConfigMismatchError
 from audiocap_cli.lm import FrozenLM, load_lm
 
 from _shared import D_A, make_decoder
@@ -217,3 +219,72 @@ def test_token_texts_are_each_token_decoded_alone(lm: FrozenLM) -> None:
     assert texts[lm.eos_id] == ""  # special tokens spell nothing
     assert "".join(texts[i] for i in ids[1:]) == "a dog barks, loudly"
     assert lm.token_texts(ids) is texts  # cached, grown in place
+
+
+def two_decoders(lm: FrozenLM, head: str = "full") -> list[GuidedDecoder]:
+    vocab = list(range(0, 2000, 3)) if head == "lowrank" else None
+    torch.manual_seed(0)
+    first = GuidedDecoder(DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, guidance="separate", head=head), lm, vocab).eval()
+    torch.manual_seed(1)
+    second = GuidedDecoder(first.cfg, lm, vocab).eval()
+    with torch.no_grad():  # a trained-looking head, so the two members really disagree
+        for t in (second.head,) if head == "full" else (second.head_b, second.head_bias):
+            t.add_(0.5 * torch.randn_like(t))
+    return [first, second]
+
+
+@pytest.mark.parametrize("head", ["full", "lowrank"])  # lowrank: mixed over the shared vocabulary
+def test_ensemble_is_the_mean_of_its_members_distributions(lm: FrozenLM, head: str) -> None:
+    members = two_decoders(lm, head)
+    ens = DecoderEnsemble(members).eval()
+    ref, pad = ens.ref_features(GUIDANCE)
+    fr = frames()
+    hyp = lm.features(torch.tensor([[lm.bos_id, 5, 9]] * len(GUIDANCE)))
+    with torch.no_grad():
+        got = ens.fuse(hyp, ens.context(ref, pad, fr))
+        probs = [F.softmax(m.fuse(hyp, m.context(ref, pad, fr)), dim=-1) for m in members]
+    assert torch.allclose(got, ((probs[0] + probs[1]) / 2).log(), atol=1e-5)
+    emitted = probs[0] > 0  # a low-rank head emits only its vocabulary
+    assert (probs[0].log() - probs[1].log())[emitted].abs().max() > 0.1  # the members disagree
+
+
+def test_ensemble_decoding_cached_equals_naive_and_one_member_equals_itself(lm: FrozenLM) -> None:
+    members = two_decoders(lm)
+    fr, opts = frames(), DecodingOptions(beam_size=3, max_len=6, repeat_penalty=1.5)
+    ens = DecoderEnsemble(members)
+    fast, slow = decode(ens, GUIDANCE, fr, opts), decode_naive(ens, GUIDANCE, fr, opts)
+    assert [d.tokens for d in fast] == [d.tokens for d in slow]
+    assert [d.score for d in fast] == pytest.approx([d.score for d in slow], abs=1e-4)
+    alone = decode(members[0], GUIDANCE, fr, opts)
+    twice = decode(DecoderEnsemble([members[0], members[0]]), GUIDANCE, fr, opts)
+    assert [d.tokens for d in twice] == [d.tokens for d in alone]
+    assert [d.score for d in twice] == pytest.approx([d.score for d in alone], abs=1e-4)
+
+
+def test_ensemble_members_must_read_the_same_inputs(lm: FrozenLM) -> None:
+    a = make(lm, guidance="separate")
+    with pytest.raises(ConfigMismatchError, match="k: 3"):
+        DecoderEnsemble([a, make(lm, guidance="separate", k=3)])
+    DecoderEnsemble([a, make(lm, guidance="separate", dropout=0.1)])  # training settings may differ
+    with pytest.raises(AudiocapError, match="share one frozen LM"):
+        DecoderEnsemble([a, GuidedDecoder(a.cfg, load_lm("tiny-gpt2"))])
+    with pytest.raises(AudiocapError, match="for decoding"):
+        DecoderEnsemble([a, a]).fuse(torch.zeros(1, 1, 64), None, full=False)  # type: ignore[arg-type]
+
+
+def test_load_decoders_reads_a_model_directorys_ensemble(lm: FrozenLM, tmp_path: Path) -> None:
+    from audiocap_cli.model import ModelDir
+
+    md = ModelDir(tmp_path / "m")
+    assert md.decoders() == []
+    members = two_decoders(lm)
+    members[1].save(md.ensemble / "seed-1")
+    assert md.decoders() == []  # members without decoder/ are no model decoder
+    members[0].save(md.decoder)
+    (md.ensemble / "notes").mkdir()  # a folder without decoder.json is not a member
+    assert md.decoders() == [md.decoder, md.ensemble / "seed-1"]
+    ens = load_decoders(md.decoders(), lm)
+    assert isinstance(ens, DecoderEnsemble) and len(ens.members) == 2
+    for got, want in zip(ens.members, members):
+        assert all(torch.equal(got.state_dict()[k], v) for k, v in want.state_dict().items())
+    assert isinstance(load_decoders([md.decoder], lm), GuidedDecoder)

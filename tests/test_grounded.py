@@ -287,14 +287,14 @@ def test_shipped_default_matches_the_code() -> None:
     """The shipped configs load into today's dataclasses with nothing unknown or missing."""
     from audiocap_cli.config import from_dict, to_dict
     from audiocap_cli.decoder import DECODER_CONFIG
-    from audiocap_cli.model import ModelConfig
+    from audiocap_cli.model import ModelConfig, ModelDir
 
     m = _shipped_default()
     info = json.loads((m.path / "model.json").read_text())
     assert to_dict(from_dict(ModelConfig, info["model"])) == info["model"]
-    for cls, path in ((DecoderConfig, m.path / "decoder" / DECODER_CONFIG), (ls.LabelSpaceConfig, m.path / ls.CONFIG_NAME)):
-        if cls is DecoderConfig and not path.parent.is_dir():
-            continue  # a retrieval-only default ships no decoder
+    # every decoder (an ensemble's members too; a retrieval-only default ships none)
+    configs = [(DecoderConfig, d / DECODER_CONFIG) for d in ModelDir(m.path).decoders()]
+    for cls, path in configs + [(ls.LabelSpaceConfig, m.path / ls.CONFIG_NAME)]:
         saved = json.loads(path.read_text())["config"]
         assert to_dict(from_dict(cls, saved)) == saved, path
     assert m.size_bytes < 40 * 2**20
@@ -318,6 +318,11 @@ def test_shipped_default_captions_real_audio_without_m(tmp_path: Path, monkeypat
     rec = json.loads(run.stdout.splitlines()[0])
     assert rec["caption"] and len(rec["guidance"]) == 5
     assert rec["caption"] in {g["caption"] for g in rec["guidance"]} or (m.path / "decoder").is_dir()
+    from audiocap_cli.model import ModelDir
+
+    built = next((tmp_path / "cache" / "models").glob(f"{m.name}-*"))  # links to every shipped decoder
+    assert ([d.relative_to(built) for d in ModelDir(built).decoders()]
+            == [d.relative_to(m.path) for d in ModelDir(m.path).decoders()])
     listed = subprocess.run([sys.executable, "-m", "audiocap_cli", "models", "--json"], capture_output=True, text=True, env=env)
     rows = [json.loads(x) for x in listed.stdout.splitlines()]
     assert any(r["default"] and r["validation"] for r in rows)

@@ -190,12 +190,9 @@ def test_text_only_bootstrap(tmp_path: Path, env: dict[str, str], workspace: Pat
     assert row["guidance"] and all(g["caption"] in caps for g in row["guidance"])
 
 
-def test_label_grounded_bootstrap_with_scst(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
-    """`bootstrap --scst-steps` on a manifest with a mids column: the teacher-forced decoder
-    lands in decoder-xe/, SCST fine-tunes it into decoder/, the model captions, and a rerun
-    skips the finished teacher forcing and rebuilds the same fine-tuned weights."""
-    from safetensors.torch import load_file
-
+def labelled_manifest(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """A tiny caption manifest whose clips carry AudioSet mids, and an env with an (empty)
+    AudioSet folder, as `bootstrap` needs to build the label-grounded captioner."""
     labels = tmp_path / "audioset"
     labels.mkdir()
     (labels / "unbalanced_train_segments.csv").write_text("# YTID, start_seconds, end_seconds, positive_labels\n")
@@ -207,8 +204,46 @@ def test_label_grounded_bootstrap_with_scst(tmp_path: Path, env: dict[str, str],
     manifest = tmp_path / "corpus.jsonl"
     manifest.write_text("".join(json.dumps({"path": f"c{i}.wav", "caption": c, "mids": m}) + "\n"
                                 for i, (c, m) in enumerate(rows)))
+    return manifest, {**env, "AUDIOCAP_AUDIOSET_DIR": str(labels)}
+
+
+def test_label_grounded_bootstrap_ensemble(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
+    """`bootstrap --ensemble 2`: seed 0 in decoder/, seed 1 in ensemble/seed-1/, `caption` decodes
+    with both, a rerun skips the finished decoders; a rebuild with fewer decoders drops the extra
+    member; misuse exits 2."""
+    from safetensors.torch import load_file
+
+    from audiocap_cli.captioner import Captioner
+    from audiocap_cli.decoder import DecoderEnsemble
+
+    manifest, env = labelled_manifest(tmp_path, env)
     m = tmp_path / "boot"
-    env = {**env, "AUDIOCAP_AUDIOSET_DIR": str(labels)}
+    args = ("bootstrap", str(manifest), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4", "-q")
+    cli(*args, "--ensemble", "2", env=env)
+    first, second = (load_file(str(d / "decoder.safetensors")) for d in (m / "decoder", m / "ensemble" / "seed-1"))
+    assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
+    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
+    assert json.loads(r.stdout)["caption"]
+    dec = Captioner(m).decoder
+    assert isinstance(dec, DecoderEnsemble) and len(dec.members) == 2
+    logs = [(d / "metrics.jsonl").read_text() for d in (m / "decoder", m / "ensemble" / "seed-1")]
+    cli(*args, "--ensemble", "2", env=env)  # states kept: a rerun (as after an interruption) trains nothing again
+    assert [(d / "metrics.jsonl").read_text() for d in (m / "decoder", m / "ensemble" / "seed-1")] == logs
+    r = cli(*args, env=env)
+    assert not (m / "ensemble" / "seed-1").exists()
+    assert not isinstance(Captioner(m).decoder, DecoderEnsemble)
+    r = cli(*args, "--ensemble", "2", "--scst-steps", "1", env=env, check=False)
+    assert r.returncode == 2 and "not with --epochs 0 or --scst-steps" in r.stderr
+
+
+def test_label_grounded_bootstrap_with_scst(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
+    """`bootstrap --scst-steps` on a manifest with a mids column: the teacher-forced decoder
+    lands in decoder-xe/, SCST fine-tunes it into decoder/, the model captions, and a rerun
+    skips the finished teacher forcing and rebuilds the same fine-tuned weights."""
+    from safetensors.torch import load_file
+
+    manifest, env = labelled_manifest(tmp_path, env)
+    m = tmp_path / "boot"
     args = ("bootstrap", str(manifest), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4",
             "--scst-steps", "2", "-q")
     cli(*args, env=env)

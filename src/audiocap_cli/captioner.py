@@ -115,10 +115,10 @@ class Captioner:
             self._check_embedder(zeroshot.embedder_id(self.zcfg))
             self._embed = lambda frames, scores: zeroshot.audio_vectors(scores, self.zcfg)  # type: ignore[arg-type]
         self.decoder = None
-        if (self.md.decoder / "decoder.json").is_file():
-            from .decoder import load_decoder
+        if decoders := self.md.decoders():
+            from .decoder import load_decoders
 
-            self.decoder = load_decoder(self.md.decoder, device=opts.device)
+            self.decoder = load_decoders(decoders, device=opts.device)
 
     def _check_embedder(self, expected: str) -> None:
         if self.index.config.embedder != expected:

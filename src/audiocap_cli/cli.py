@@ -262,6 +262,7 @@ def bootstrap(
     keep_state: bool = KeepStateOpt,
     average_last: int = AverageLastOpt,
     scst_steps: int = typer.Option(0, "--scst-steps", min=0, help="Then fine-tune the decoder by self-critical sequence training on CIDEr-D for this many steps of 32 clips (label-grounded only; 0: none; no clear gain measured on the default model)."),
+    ensemble: int = typer.Option(1, "--ensemble", min=1, help="Train this many decoders (seeds 0..N-1) and caption with the mean of their next-token distributions (label-grounded only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus without audio: label-grounded when its clips have
@@ -272,7 +273,7 @@ def bootstrap(
         workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio,
                             batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state,
                             labels=labels, val=val, text_bridge=text_bridge, average_last=average_last,
-                            scst_steps=scst_steps)
+                            scst_steps=scst_steps, ensemble=ensemble)
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 

@@ -40,6 +40,7 @@ from . import distributed
 from .config import atomic_save_safetensors, check_config, load_config, save_config
 from .errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from .lm import FrozenLM, load_lm, pad_ids
+from .model import DECODER_CONFIG
 from .training import RunDir, RunState
 
 # The paper's settings (Koizumi et al. 2020, sec. 4.1): D_r = 60, dropout 0.3, K = 5 guidance
@@ -53,7 +54,6 @@ PAPER_HEADS = 4
 INIT_STD = 0.02
 DECODER_WEIGHTS = "decoder.safetensors"
 HEADS = ("full", "lowrank")
-DECODER_CONFIG = "decoder.json"
 TRAIN_CONFIG = "decoder_train.json"
 
 
@@ -176,6 +176,10 @@ class Context:
                 self.audio_kv[0].index_select(0, idx), self.audio_kv[1].index_select(0, idx)),
             audio_pad=pick(self.audio_pad),
         )
+
+    @property
+    def clips(self) -> int:
+        return self.ref_kv[0].shape[0]
 
 
 class TextFeatureCache:
@@ -392,6 +396,81 @@ class GuidedDecoder(nn.Module):
         return folder
 
 
+# Fields every member of an ensemble must share: they read the same LM features of the same
+# guidance layout and the same audio input. Head, dropout and residual may differ.
+ENSEMBLE_SHARED = ("lm", "d_l", "d_a", "k", "guidance", "max_len", "use_audio")
+
+
+@dataclass
+class EnsembleContext:
+    """One :class:`Context` per ensemble member, for the same clips."""
+
+    members: list[Context]
+
+    def select(self, idx: torch.Tensor) -> EnsembleContext:
+        return EnsembleContext([c.select(idx) for c in self.members])
+
+    @property
+    def clips(self) -> int:
+        return self.members[0].clips
+
+
+class DecoderEnsemble(nn.Module):
+    """Decoders trained alike with different seeds, decoded as one.
+
+    The frozen LM runs once per step for all members (its features do not depend on the
+    member), and the next-token distribution is the members' mean probability,
+    ``log(mean_i softmax(z_i))`` ``[B, Q, V]``. Each member costs only its fusion layers and
+    head, a small part of a decoding step next to the LM.
+    """
+
+    def __init__(self, members: Sequence[GuidedDecoder]) -> None:
+        super().__init__()
+        if not members:
+            raise AudiocapError("a decoder ensemble needs at least one member")
+        first = members[0]
+        for m in members[1:]:
+            if m.lm is not first.lm:
+                raise AudiocapError("decoder ensemble members must share one frozen LM")
+            check_config(first.cfg, m.cfg, "decoder ensemble member", fields=ENSEMBLE_SHARED)
+        self.members = nn.ModuleList(members)
+        self.lm = first.lm
+        self.cfg = first.cfg
+        ids = [m.vocab_ids for m in members]
+        self.vocab_ids = None if any(v is None for v in ids) else torch.cat(ids).unique()
+        # members trained on one corpus share its vocabulary: then mix over those ~5k tokens and
+        # widen once, instead of a 49k-wide softmax per member
+        self._shared_vocab = self.vocab_ids is not None and all(torch.equal(v, self.vocab_ids) for v in ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def hyp_tokens(self, captions: Sequence[str]) -> list[list[int]]:
+        return self.members[0].hyp_tokens(captions)
+
+    def ref_features(self, guidance: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.members[0].ref_features(guidance)  # the same for every member (ENSEMBLE_SHARED)
+
+    def context(self, ref: torch.Tensor, ref_pad: torch.Tensor | None, frames: torch.Tensor | None,
+                frames_pad: torch.Tensor | None = None) -> EnsembleContext:
+        return EnsembleContext([m.context(ref, ref_pad, frames, frames_pad) for m in self.members])
+
+    def fuse(self, hyp: torch.Tensor, ctx: EnsembleContext, full: bool = True) -> torch.Tensor:
+        """Ψ_hyp ``[B, Q, D_l]`` -> log mean probability ``[B, Q, V]`` (members' vocabularies may
+        differ, so only the full vocabulary is offered)."""
+        if not full:
+            raise AudiocapError("a decoder ensemble is for decoding; train its members one by one")
+        narrow = self._shared_vocab
+        logp = [F.log_softmax(m.fuse(hyp, c, full=not narrow).float(), dim=-1) for m, c in zip(self.members, ctx.members)]
+        mixed = torch.logsumexp(torch.stack(logp), dim=0) - math.log(len(logp))
+        if not narrow:
+            return mixed
+        out = mixed.new_full((*mixed.shape[:-1], self.lm.vocab_size), -torch.inf)
+        out[..., self.vocab_ids] = mixed
+        return out
+
+
 def _init(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, 0.0, INIT_STD)
@@ -428,6 +507,18 @@ def load_decoder(
     dec = GuidedDecoder(cfg, lm, weights.get("vocab_ids"))
     dec.load_state_dict(weights)  # float16 (shipped) weights are cast to the float32 parameters
     return dec.eval()
+
+
+def load_decoders(
+    folders: Sequence[str | Path], lm: FrozenLM | None = None, device: str | torch.device = "cpu"
+) -> GuidedDecoder | DecoderEnsemble:
+    """One decoder, or the ensemble of several (:class:`DecoderEnsemble`) sharing one LM."""
+    if not folders:
+        raise ModelNotFoundError("no decoder to load")
+    first = load_decoder(folders[0], lm, device=device)
+    if len(folders) == 1:
+        return first
+    return DecoderEnsemble([first] + [load_decoder(f, first.lm) for f in folders[1:]]).eval()
 
 
 # ---- training ---------------------------------------------------------------------------------

@@ -302,7 +302,7 @@ def _decode_chunk(
         if beams.done:
             break
         cache.reorder_cache(rows.to(h.device))  # follow the surviving beams; drops finished clips
-        if len(keep) < ctx.ref_kv[0].shape[0]:
+        if len(keep) < ctx.clips:
             ctx = ctx.select(keep.to(h.device))
         tokens = nxt.view(-1, 1)
     return beams.results(lm.detokenize)

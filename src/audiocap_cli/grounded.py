@@ -15,9 +15,11 @@ its clip (``audioset.py``), in the class space in which YAMNet scores audio. Tha
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -250,20 +252,21 @@ def train(
     keep_state: bool = False,
     average_last: int = 0,
     scst_steps: int = 0,
+    ensemble: int = 1,
     say=lambda s: None,
     progress=lambda name, total: (lambda n: None),
 ) -> Path:
     """Label index + guided decoder of the label-grounded captioner into ``model_dir``
     (``epochs`` 0: the index alone, a retrieval-only captioner). ``scst_steps`` > 0: the
     teacher-forced decoder (then in ``decoder-xe/``, its state kept so a rerun skips it) is
-    fine-tuned by SCST (``scst.py``) into the model's ``decoder/``.
+    fine-tuned by SCST (``scst.py``) into the model's ``decoder/``. ``ensemble`` > 1: as many
+    decoders, trained alike with seeds 0, 1, ...: seed 0 in ``decoder/``, the others in
+    ``ensemble/seed-N/``; captioning averages their next-token distributions. Their run states
+    are kept, so a rerun after an interruption skips the finished decoders.
 
     Every step can be interrupted and rerun: the LM features persist chunk by chunk in the
     cache (``lmfeatures.py``) and the decoder run resumes from its last epoch.
     """
-    from .decoder import train_decoder
-    from .lm import load_lm
-    from .lmfeatures import LMFeatureStore
     from .model import ModelDir
 
     build_index(lab, model_dir, model_cfg, lcfg, say)
@@ -274,24 +277,71 @@ def train(
         return md.path
     p = plan(lab, lcfg, cfg.k, max_captions, val)
     say(f"decoder: {len(p.train)} training and {len(p.val)} validation targets, guidance from the label index")
-    lm = load_lm(lm_spec)
-    dcfg = decoder_config(lm, cfg.k, lcfg.num_classes, lm_spec)
-    store = LMFeatureStore(lm, dcfg.max_len)
-    texts = list(dict.fromkeys(p.texts()))
-    missing = sum(t not in store for t in texts)
-    if missing:
-        say(f"frozen LM features of {missing} captions (kept in {store.dir})")
-        store.ensure(texts, progress("LM features", missing))
-    vocab = vocabulary(lm, lab.captions, dcfg.max_len)
+    job = DecoderJob.prepare(p, lab, lcfg, cfg.k, lm_spec, batch_size, average_last, say, progress)
     xe_dir = md.path / XE_DECODER if scst_steps else md.decoder
-    run = train_decoder(
-        p.train, dcfg, lm, xe_dir, epochs, batch_size=batch_size, val_examples=p.val or None,
-        progress=progress("decoder training (examples)", len(p.train) * epochs),
-        keep_state=keep_state or bool(scst_steps), vocab_ids=vocab, features=store, average_last=average_last,
-    )
+    members = {ensemble_member(s) for s in range(1, ensemble)}
+    stale = [d for d in sorted(md.ensemble.glob("*")) if d.is_dir() and d.name not in members]
+    for d in stale:  # members of an earlier, larger ensemble would otherwise join this one
+        say(f"removing ensemble member {d.name} (not one of this run's {ensemble})")
+        shutil.rmtree(d)
+    for seed in range(ensemble):
+        if ensemble > 1:
+            say(f"decoder {seed + 1} of {ensemble} (seed {seed})")
+        job.train(xe_dir if seed == 0 else md.ensemble / ensemble_member(seed), epochs, seed,
+                  keep_state=keep_state or bool(scst_steps) or ensemble > 1)
     if not scst_steps:
-        return run
-    return fine_tune(p, lab, xe_dir, md.decoder, lm, scst_steps, keep_state, say, progress)
+        return md.decoder
+    return fine_tune(p, lab, xe_dir, md.decoder, job.lm, scst_steps, keep_state, say, progress)
+
+
+@dataclass
+class DecoderJob:
+    """Everything a label-grounded decoder trains from, prepared once for any number of seeds:
+    the plan's examples, the frozen LM with every caption's features in the persistent store,
+    the decoder config and the corpus vocabulary of its head."""
+
+    plan: Plan
+    lm: Any
+    dcfg: Any
+    store: Any
+    vocab: list[int]
+    batch_size: int
+    average_last: int
+    progress: Callable[[str, int], Callable[[int], None]]
+
+    @classmethod
+    def prepare(cls, p: Plan, lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, lm_spec: str,
+                batch_size: int, average_last: int = 0, say=lambda s: None,
+                progress=lambda name, total: (lambda n: None)) -> DecoderJob:
+        from .lm import load_lm
+        from .lmfeatures import LMFeatureStore
+
+        lm = load_lm(lm_spec)
+        dcfg = decoder_config(lm, k, lcfg.num_classes, lm_spec)
+        store = LMFeatureStore(lm, dcfg.max_len)
+        texts = list(dict.fromkeys(p.texts()))
+        missing = sum(t not in store for t in texts)
+        if missing:
+            say(f"frozen LM features of {missing} captions (kept in {store.dir})")
+            store.ensure(texts, progress("LM features", missing))
+        vocab = vocabulary(lm, lab.captions, dcfg.max_len)
+        return cls(p, lm, dcfg, store, vocab, batch_size, average_last, progress)
+
+    def train(self, out_dir: Path, epochs: int, seed: int, keep_state: bool) -> Path:
+        """Teacher forcing of one decoder (``seed``: its init, shuffling and dropout) into ``out_dir``."""
+        from .decoder import train_decoder
+
+        p = self.plan
+        return train_decoder(
+            p.train, self.dcfg, self.lm, out_dir, epochs, batch_size=self.batch_size, val_examples=p.val or None,
+            seed=seed, progress=self.progress("decoder training (examples)", len(p.train) * epochs),
+            keep_state=keep_state, vocab_ids=self.vocab, features=self.store, average_last=self.average_last,
+        )
+
+
+def ensemble_member(seed: int) -> str:
+    """Folder name (under the model's ``ensemble/``) of the decoder trained with ``seed``."""
+    return f"seed-{seed}"
 
 
 # The teacher-forced decoder of a model fine-tuned by SCST (its ``decoder/`` holds the result).

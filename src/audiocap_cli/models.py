@@ -8,9 +8,10 @@ A shipped model is a folder of package data under ``audiocap_cli/data/models/<na
 only what was trained or cannot be derived: ``model.json`` (the ModelConfig, what it was
 trained on, its validation scores), ``corpus.tsv.gz`` (its caption corpus with each caption's
 label classes as indexed, i.e. closed under the ontology when ``LabelSpaceConfig.ancestors``),
-``labelspace.json`` and the decoder's trainable weights (``decoder/``, float16).
+``labelspace.json`` and the decoder's trainable weights (``decoder/``, float16; an ensemble's
+further members in ``ensemble/NAME/``).
 Its index is derived: built on first use, atomically, into ``$AUDIOCAP_CACHE/models/<name>-<hash>/``,
-whose ``decoder`` links back to the package's files (no weight file is written twice).
+whose decoder folders link back to the package's files (no weight file is written twice).
 """
 from __future__ import annotations
 
@@ -168,7 +169,8 @@ def _build(folder: Path, out: Path, advance: Callable[[int], None]) -> None:
     md = ModelDir(out)
     md.init(mcfg)
     index.save(md.index, extra=lambda f: ls.save_extras(f, lcfg, corpus.weights))
-    if (folder / "decoder").is_dir():
-        md.decoder.mkdir(parents=True, exist_ok=True)
-        for f in (folder / "decoder").iterdir():
-            os.symlink(f.resolve(), md.decoder / f.name)
+    for dec in ModelDir(folder).decoders():  # decoder/ and an ensemble's ensemble/NAME/
+        dst = out / dec.relative_to(folder)
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in dec.iterdir():
+            os.symlink(f.resolve(), dst / f.name)

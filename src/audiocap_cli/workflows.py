@@ -410,6 +410,7 @@ def bootstrap(
     text_bridge: bool = False,
     average_last: int = 0,
     scst_steps: int = 0,
+    ensemble: int = 1,
 ) -> Path:
     """Caption corpus -> captioner, with no paired audio.
 
@@ -417,13 +418,16 @@ def bootstrap(
     CSVs, default the installed wheel's): the label-grounded captioner (``grounded.py``: label
     index + decoder on all captions, ``max_captions`` of them if given; ``val``: a labelled
     validation manifest such as AudioCaps val; ``scst_steps``: SCST fine-tuning after teacher
-    forcing, label-grounded only). Otherwise, or with ``text_bridge``: the
+    forcing, label-grounded only; ``ensemble``: decoders trained with seeds 0..N-1, decoded as
+    one, label-grounded only). Otherwise, or with ``text_bridge``: the
     zero-shot caption index, then the text-only decoder on a sample (3,000) of the captions.
     """
     from . import grounded
 
     if scst_steps and epochs == 0:
         raise UsageError("--scst-steps fine-tunes the decoder, and --epochs 0 builds none")
+    if ensemble > 1 and (epochs == 0 or scst_steps):
+        raise UsageError("--ensemble trains several teacher-forced decoders: not with --epochs 0 or --scst-steps")
     lab = None if text_bridge else _labelled(corpus, labels, encoder, rep)
     if lab is not None:
         rep.say("building the label-grounded captioner (AudioSet labels)")
@@ -433,9 +437,10 @@ def bootstrap(
         return grounded.train(lab, model_dir, ModelConfig(encoder=encoder), val=vlab, epochs=epochs,
                               max_captions=max_captions, lm_spec=lm_spec, batch_size=batch_size or 128,
                               keep_state=keep_state, average_last=average_last, scst_steps=scst_steps,
-                              say=rep.say, progress=rep.progress)
-    if scst_steps:
-        raise UsageError("--scst-steps needs the label-grounded captioner (a corpus with AudioSet labels)")
+                              ensemble=ensemble, say=rep.say, progress=rep.progress)
+    if scst_steps or ensemble > 1:
+        raise UsageError(f"{'--scst-steps' if scst_steps else '--ensemble'} needs the label-grounded captioner "
+                         "(a corpus with AudioSet labels)")
     rep.say("building the text-bridge captioner (zero-shot AudioSet tags; no labels for this corpus)")
     build_caption_index(corpus, model_dir, ModelConfig(encoder=encoder), rep=rep)
     return train_decoder(
