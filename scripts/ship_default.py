@@ -16,13 +16,10 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
 from audiocap_cli import grounded, models
 from audiocap_cli import labelspace as ls
-from audiocap_cli.config import atomic_save_safetensors, load_config, to_dict
-from audiocap_cli.decoder import DECODER_CONFIG, DECODER_WEIGHTS
+from audiocap_cli.config import load_config, to_dict
+from audiocap_cli.decoder import export_float16
 from audiocap_cli.model import ModelDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +45,7 @@ def main() -> None:
     lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder)
     models.write_corpus(out, lab.captions, grounded.corpus_labels(lab.labels, lcfg))  # as indexed
     for folder in md.decoders():  # decoder/ and any ensemble/NAME/; a retrieval-only model has none
-        dst = out / folder.relative_to(md.path)
-        dst.mkdir(parents=True)
-        shutil.copyfile(folder / DECODER_CONFIG, dst / DECODER_CONFIG)
-        weights = load_file(str(folder / DECODER_WEIGHTS))
-        half = {k: (v.to(torch.float16) if v.is_floating_point() else v) for k, v in weights.items()}
-        atomic_save_safetensors(half, dst / DECODER_WEIGHTS)
+        export_float16(folder, out / folder.relative_to(md.path))
     validation = {}
     if args.report is not None:
         for row in json.loads(args.report.read_text()):

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from audiocap_cli.decoder import (
-    DecoderConfig, DecoderEnsemble, DecoderTrainConfig, GuidedDecoder, load_decoder, load_decoders, train_decoder,
+    DecoderConfig, DecoderEnsemble, DecoderTrainConfig, GuidedDecoder, export_float16, load_decoder, load_decoders,
+    train_decoder,
 )
 from audiocap_cli.decoding import DecodingOptions, _Beams, _word_ends, decode, decode_naive
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError
@@ -288,3 +289,17 @@ def test_load_decoders_reads_a_model_directorys_ensemble(lm: FrozenLM, tmp_path:
     for got, want in zip(ens.members, members):
         assert all(torch.equal(got.state_dict()[k], v) for k, v in want.state_dict().items())
     assert isinstance(load_decoders([md.decoder], lm), GuidedDecoder)
+
+
+def test_export_float16_halves_the_weights_and_loads_back(lm: FrozenLM, tmp_path: Path) -> None:
+    dec = make(lm, guidance="separate")
+    dec.save(tmp_path / "full")
+    out = export_float16(tmp_path / "full", tmp_path / "half")
+    from safetensors.torch import load_file
+
+    w = load_file(str(out / "decoder.safetensors"))
+    assert all(v.dtype == torch.float16 for v in w.values() if v.is_floating_point())
+    back = load_decoder(out, lm)
+    assert all(torch.equal(back.state_dict()[k], v.half().float()) for k, v in dec.state_dict().items())
+    assert export_float16(out, tmp_path / "again")  # an exported folder exports to the same bytes
+    assert (tmp_path / "again" / "decoder.safetensors").read_bytes() == (out / "decoder.safetensors").read_bytes()

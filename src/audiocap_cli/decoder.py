@@ -23,6 +23,7 @@ Hypotheses are ``[bos] w1 ... wn`` and the target is ``w1 ... wn [eos]``.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -519,6 +520,18 @@ def load_decoders(
     if len(folders) == 1:
         return first
     return DecoderEnsemble([first] + [load_decoder(f, first.lm) for f in folders[1:]]).eval()
+
+
+def export_float16(src: str | Path, dst: str | Path) -> Path:
+    """A decoder folder as a model ships it: ``decoder.json`` and the weights in float16 (half
+    the bytes; :func:`load_decoder` casts them back to float32)."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / DECODER_CONFIG, dst / DECODER_CONFIG)
+    weights = load_file(str(src / DECODER_WEIGHTS))
+    atomic_save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+                            dst / DECODER_WEIGHTS)
+    return dst
 
 
 # ---- training ---------------------------------------------------------------------------------
