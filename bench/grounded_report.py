@@ -9,7 +9,9 @@ Rows, per set:
   generated, head frozen  the low-rank head update and bias zeroed: the pretrained LM head
 Columns: BLEU-4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap 1.2), plus a distribution check
 (mean words, distinct words, % of captions that copy a guidance caption, % that say a content
-word twice).
+word twice) and, on the real clips, % that name the labelled source (one of its keywords as a
+whole word, bootstrap_report.names_source): their references are short label templates ("A frog
+croaks."), so METEOR there penalises longer AudioCaps-style captions that still name the source.
 
 AudioCaps val: 495 clips x 5 human captions; the input is class scores simulated from each
 clip's AudioSet labels (grounded.simulated, seed VAL_SIM_SEED), retrieval from the model's
@@ -19,6 +21,7 @@ each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
        [--select consensus|guidance|score] [--recall-weight W] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
+       [--score-power P] [--rerank-pool N]
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "bench"))
 
 from audiocap_cli import grounded  # noqa: E402
+from bootstrap_report import load_clips, names_source  # noqa: E402
 from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
 from audiocap_cli.decoding import is_content_word  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
@@ -83,12 +87,15 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
     return out, guid
 
 
-def distribution(preds: list[str], guid: list[list[str]]) -> dict[str, float]:
+def distribution(preds: list[str], guid: list[list[str]], keywords: list[list[str]] | None = None) -> dict[str, float]:
+    """Length, vocabulary, copies and repeats of ``preds``; with ``keywords`` (per clip), the %
+    naming the source."""
     words = [_WORD.findall(p.lower()) for p in preds]
     copies = sum(p.strip().lower() in {g.strip().lower() for g in gs} for p, gs in zip(preds, guid))
     return {"mean_words": float(np.mean([len(w) for w in words])), "distinct_words": len({x for w in words for x in w}),
             "copy_pct": 100.0 * copies / max(len(preds), 1),
-            "repeat_pct": 100.0 * sum(map(repeats_a_word, words)) / max(len(preds), 1)}
+            "repeat_pct": 100.0 * sum(map(repeats_a_word, words)) / max(len(preds), 1),
+            "names_pct": None if keywords is None else 100.0 * float(names_source(preds, keywords).mean())}
 
 
 def repeats_a_word(words: list[str]) -> bool:
@@ -130,6 +137,10 @@ def main() -> None:
                     help="log-prob off a caption each time it says a content word again (0: off)")
     ap.add_argument("--beam", type=int, default=CaptionOptions.beam_size)
     ap.add_argument("--min-len", type=int, default=1, help="tokens before a caption may end")
+    ap.add_argument("--score-power", type=float, default=None,
+                    help="query calibration power, changed at captioning time only (default: the model's labelspace.json)")
+    ap.add_argument("--rerank-pool", type=int, default=None,
+                    help="captions gathered per query, changed at captioning time only (default: the model's)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
@@ -137,33 +148,37 @@ def main() -> None:
                                                           recall_weight=args.recall_weight, repeat_penalty=args.repeat_penalty))
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
+    # query-side settings only: the index (label vectors, class weights) is the model's as built
+    changes = {k: v for k, v in (("score_power", args.score_power), ("rerank_pool", args.rerank_pool)) if v is not None}
+    cap.labels.cfg = dataclasses.replace(cap.labels.cfg, **changes)
     jobs, dists, timing = {}, {}, {}
     for name in args.sets.split(","):
         t0 = time.perf_counter()
+        keywords = None
         if name == "val":
             ids, scores, refs = val_set(args.limit)
         else:
-            from bootstrap_report import load_clips
-
             clips = load_clips(ROOT / "runs" / "sounds")[: args.limit or None]
             ids, refs = [c["id"] for c in clips], {c["id"]: c["captions"] for c in clips}
+            keywords = [c["keywords"] for c in clips]
             scores = real_scores(cap, clips)
         rows, guid = systems(cap, scores, not args.no_ablations)
         timing[name] = time.perf_counter() - t0
         for row, preds in rows.items():
             jobs[f"{name}\t{row}"] = (dict(zip(ids, preds)), {i: refs[i] for i in ids})
-            dists[f"{name}\t{row}"] = distribution(preds, guid)
+            dists[f"{name}\t{row}"] = distribution(preds, guid, keywords)
         ref_caps = [refs[i][0] for i in ids]
-        dists[f"{name}\treferences (first of each clip)"] = distribution(ref_caps, [[] for _ in ids])
+        dists[f"{name}\treferences (first of each clip)"] = distribution(ref_caps, [[] for _ in ids], keywords)
     res = score_batch(jobs, metrics=METRICS)
-    print("| set | system | " + " | ".join(c for c, _ in COLUMNS) + " | mean words | distinct words | % copies of guidance | % repeating a word |")
-    print("|---|---|" + "---|" * (len(COLUMNS) + 4))
+    print("| set | system | " + " | ".join(c for c, _ in COLUMNS) + " | mean words | distinct words | % copies of guidance | % repeating a word | % naming the source |")
+    print("|---|---|" + "---|" * (len(COLUMNS) + 5))
     table = []
     for key, d in dists.items():
         s, row = key.split("\t")
         r = res.get(key)
+        names = "" if d["names_pct"] is None else f"{d['names_pct']:.1f}"
         vals = [f"{100 * r.corpus[k]:.1f}" if r is not None and r.corpus.get(k) is not None else "" for _, k in COLUMNS]
-        print(f"| {s} | {row} | " + " | ".join(vals) + f" | {d['mean_words']:.1f} | {d['distinct_words']} | {d['copy_pct']:.0f} | {d['repeat_pct']:.1f} |")
+        print(f"| {s} | {row} | " + " | ".join(vals) + f" | {d['mean_words']:.1f} | {d['distinct_words']} | {d['copy_pct']:.0f} | {d['repeat_pct']:.1f} | {names} |")
         table.append({"set": s, "system": row, **({k: r.corpus[k] for _, k in COLUMNS} if r else {}), **d})
     print(f"\nclips: {', '.join(f'{k} {len(v[0])}' for k, v in jobs.items() if k.endswith('generated'))}; "
           f"seconds: {', '.join(f'{k} {v:.0f}' for k, v in timing.items())}")
