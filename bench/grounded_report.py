@@ -41,11 +41,11 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "bench"))
 
 from audiocap_cli import grounded  # noqa: E402
-from bootstrap_report import load_clips, names_source  # noqa: E402
 from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
 from audiocap_cli.decoding import is_content_word  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
+from bootstrap_report import load_clips, names_source  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 COLUMNS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr-D", "cider_d"))
