@@ -6,6 +6,11 @@ Reads the folders that ``bench/grounded_report.py --predictions DIR`` writes (``
 corpus score the report prints (METEOR pools its statistics over the corpus), but its
 difference is what varies clip by clip, so it is what the interval is about.
 
+The real clips are two kinds of audio, also compared apart: "real events" (sound effects,
+animals, baby cries: 137 clips, 0.2-10 s, the closer kind to AudioCaps' 10 s AudioSet clips) and
+"real scenes" (the 200 one-second TAU urban-scene clips, ids ``tau_...``, on which every system
+scores near 0 CIDEr-D, so they move METEOR only).
+
 Usage: python bench/compare_predictions.py BASELINE_DIR OTHER_DIR
 """
 from __future__ import annotations
@@ -18,6 +23,16 @@ import numpy as np
 
 RESAMPLES = 2000
 METRICS = ("meteor", "cider_d")
+SCENE_PREFIX = "tau_"  # bench/sounds_dataset.py's ids of the TAU scene clips
+
+
+def subsets(stem: str, ids: list[str]) -> list[tuple[str, list[str]]]:
+    """The rows to print for one file: all its clips, and for the real clips each kind apart."""
+    if stem != "real":
+        return [(stem, ids)]
+    scenes = [i for i in ids if i.startswith(SCENE_PREFIX)]
+    events = [i for i in ids if not i.startswith(SCENE_PREFIX)]
+    return [(stem, ids)] + [(name, sub) for name, sub in (("real events", events), ("real scenes", scenes)) if sub]
 
 
 def read(path: Path) -> dict[str, dict]:
@@ -37,14 +52,15 @@ def main() -> None:
         ids = sorted(set(a) & set(b))
         if len(ids) != len(a) or len(ids) != len(b):
             raise SystemExit(f"{path.name}: the two runs scored different clips")
-        same = sum(a[i]["caption"] == b[i]["caption"] for i in ids)
-        rng = np.random.default_rng(0)
-        draws = rng.integers(0, len(ids), (RESAMPLES, len(ids)))
-        for m in METRICS:
-            d = 100 * np.array([b[i][m] - a[i][m] for i in ids])
-            boots = d[draws].mean(axis=1)
-            lo, hi = np.percentile(boots, [2.5, 97.5])
-            print(f"| {path.stem} | {m} | {d.mean():+.2f} | {lo:+.2f} .. {hi:+.2f} | {np.mean(boots <= 0):.3f} | {same}/{len(ids)} |")
+        for name, sub in subsets(path.stem, ids):
+            same = sum(a[i]["caption"] == b[i]["caption"] for i in sub)
+            rng = np.random.default_rng(0)
+            draws = rng.integers(0, len(sub), (RESAMPLES, len(sub)))
+            for m in METRICS:
+                d = 100 * np.array([b[i][m] - a[i][m] for i in sub])
+                boots = d[draws].mean(axis=1)
+                lo, hi = np.percentile(boots, [2.5, 97.5])
+                print(f"| {name} | {m} | {d.mean():+.2f} | {lo:+.2f} .. {hi:+.2f} | {np.mean(boots <= 0):.3f} | {same}/{len(sub)} |")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from audiocap_cli import grounded, models
@@ -33,11 +34,21 @@ def main() -> None:
     ap.add_argument("--report", type=Path, default=None, help="JSON written by bench/grounded_report.py --json")
     ap.add_argument("--command", default="", help="the command that trained MODEL")
     args = ap.parse_args()
-    md = ModelDir(args.model)
+    out = models.SHIPPED_ROOT / args.name
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if any(f.resolve().is_relative_to(out.resolve()) for f in args.model.rglob("*")):
+            # e.g. the default's materialised cache copy, whose decoder links into the package
+            # data this script replaces: ship from a copy, or the rmtree below would delete it
+            model = Path(tmp) / "model"
+            shutil.copytree(args.model, model)
+        ship(ModelDir(model), out, args)
+
+
+def ship(md: ModelDir, out: Path, args: argparse.Namespace) -> None:
     cfg = md.load()
     if cfg.retrieval != "labels":
         raise SystemExit(f"{args.model}: not a label-grounded model (retrieval {cfg.retrieval!r})")
-    out = models.SHIPPED_ROOT / args.name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     lcfg = load_config(ls.LabelSpaceConfig, md.index / ls.CONFIG_NAME)

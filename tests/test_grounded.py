@@ -345,3 +345,25 @@ def test_scst_clips_borrow_references_from_clips_of_the_same_label_set() -> None
     assert refs[3] == ["rain falls"]
     for i in range(3):
         assert refs[i][0] == caps[i] and sorted(refs[i][1:]) == sorted(c for j, c in enumerate(caps[:3]) if j != i)
+
+
+def test_decoder_guidance_is_retrieved_at_the_training_power(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Captioning queries at the index's power (4 by default); the decoder's training and
+    validation guidance stay at GUIDANCE_SCORE_POWER, so changing the index's power does not
+    change what the decoder learns from."""
+    labels, caps, _ = _corpus()
+    lab = grounded.LabelledCaptions(caps, labels, np.arange(6), [f"c{i}" for i in range(6)], None)  # type: ignore[arg-type]
+    val = grounded.LabelledCaptions(caps[:2], labels[:2], np.arange(2), ["v0", "v1"], None)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    noisy = np.clip(labels + rng.uniform(0.0, 0.6, labels.shape), 0.0, 1.0).astype(np.float32)
+    monkeypatch.setattr(grounded, "simulated", lambda lb, prior, seed, sim=None: noisy[: len(lb)])
+    powers: list[float] = []
+    real = ls.corpus_guidance
+    monkeypatch.setattr(ls, "corpus_guidance", lambda corpus, s, cfg, *a, **kw: powers.append(cfg.score_power)
+                        or real(corpus, s, cfg, *a, **kw))
+    assert ls.LabelSpaceConfig().score_power != grounded.GUIDANCE_SCORE_POWER
+    plans = [grounded.plan(lab, ls.LabelSpaceConfig(num_classes=4, ancestors=False, score_power=p), 2, None, val)
+             for p in (1.0, 4.0)]
+    assert powers and set(powers) == {grounded.GUIDANCE_SCORE_POWER}
+    assert [e[1] for e in plans[0].train] == [e[1] for e in plans[1].train]
+    assert [c[1] for c in plans[0].val_clips] == [c[1] for c in plans[1].val_clips]
