@@ -6,10 +6,9 @@ Reads the folders that ``bench/grounded_report.py --predictions DIR`` writes (``
 corpus score the report prints (METEOR pools its statistics over the corpus), but its
 difference is what varies clip by clip, so it is what the interval is about.
 
-The real clips are two kinds of audio, also compared apart: "real events" (sound effects,
-animals, baby cries: 137 clips, 0.2-10 s, the closer kind to AudioCaps' 10 s AudioSet clips) and
-"real scenes" (the 200 one-second TAU urban-scene clips, ids ``tau_...``, on which every system
-scores near 0 CIDEr-D, so they move METEOR only).
+The real clips are also compared by kind (``sounds_dataset.kinds``): "real events" (137 sound
+events) and "real scenes" (200 one-second urban scenes, on which every system scores near 0
+CIDEr-D, so they move METEOR only).
 
 Usage: python bench/compare_predictions.py BASELINE_DIR OTHER_DIR
 """
@@ -17,22 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sounds_dataset import kinds  # noqa: E402
+
 RESAMPLES = 2000
 METRICS = ("meteor", "cider_d")
-SCENE_PREFIX = "tau_"  # bench/sounds_dataset.py's ids of the TAU scene clips
 
 
 def subsets(stem: str, ids: list[str]) -> list[tuple[str, list[str]]]:
     """The rows to print for one file: all its clips, and for the real clips each kind apart."""
     if stem != "real":
         return [(stem, ids)]
-    scenes = [i for i in ids if i.startswith(SCENE_PREFIX)]
-    events = [i for i in ids if not i.startswith(SCENE_PREFIX)]
-    return [(stem, ids)] + [(name, sub) for name, sub in (("real events", events), ("real scenes", scenes)) if sub]
+    return [(stem, ids)] + [(f"real {kind}", sub) for kind, sub in kinds(ids).items()]
 
 
 def read(path: Path) -> dict[str, dict]:

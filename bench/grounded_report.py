@@ -12,6 +12,9 @@ Columns: BLEU-4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap 1.2), plus a distributi
 word twice) and, on the real clips, % that name the labelled source (one of its keywords as a
 whole word, bootstrap_report.names_source): their references are short label templates ("A frog
 croaks."), so METEOR there penalises longer AudioCaps-style captions that still name the source.
+The real clips' retrieval and generated rows are repeated for each kind of clip, each kind scored
+on its own ("real events": 137 sound events; "real scenes": 200 one-second urban scenes; see
+sounds_dataset.kinds).
 
 AudioCaps val: 495 clips x 5 human captions; the input is class scores simulated from each
 clip's AudioSet labels (grounded.simulated, seed VAL_SIM_SEED), retrieval from the model's
@@ -46,10 +49,14 @@ from audiocap_cli.decoding import is_content_word  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
 from bootstrap_report import load_clips, names_source  # noqa: E402
+from sounds_dataset import kinds  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 COLUMNS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr-D", "cider_d"))
 _WORD = re.compile(r"[a-z']+")
+
+
+KIND_ROWS = ("top-1 retrieved", "consensus guidance", "generated")  # repeated per kind of real clip
 
 
 def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[str, list[str]], list[list[str]]]:
@@ -169,6 +176,15 @@ def main() -> None:
             dists[f"{name}\t{row}"] = distribution(preds, guid, keywords)
         ref_caps = [refs[i][0] for i in ids]
         dists[f"{name}\treferences (first of each clip)"] = distribution(ref_caps, [[] for _ in ids], keywords)
+        if name == "real":
+            at = {cid: j for j, cid in enumerate(ids)}
+            for kind, sub in kinds(ids).items():
+                rows_of = [at[i] for i in sub]
+                kw = [keywords[j] for j in rows_of] if keywords is not None else None
+                for row in KIND_ROWS:
+                    preds = [rows[row][j] for j in rows_of]
+                    jobs[f"real {kind}\t{row}"] = (dict(zip(sub, preds)), {i: refs[i] for i in sub})
+                    dists[f"real {kind}\t{row}"] = distribution(preds, [guid[j] for j in rows_of], kw)
     res = score_batch(jobs, metrics=METRICS)
     print("| set | system | " + " | ".join(c for c, _ in COLUMNS) + " | mean words | distinct words | % copies of guidance | % repeating a word | % naming the source |")
     print("|---|---|" + "---|" * (len(COLUMNS) + 5))
@@ -185,7 +201,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
     if args.predictions:
-        write_predictions(args.predictions, jobs, res)
+        sets = args.sets.split(",")
+        write_predictions(args.predictions, {k: v for k, v in jobs.items() if k.split("\t")[0] in sets}, res)
 
 
 def write_predictions(folder: Path, jobs: dict, res: dict) -> None:

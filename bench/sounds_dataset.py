@@ -25,6 +25,18 @@ from pathlib import Path
 
 SOUNDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sounds"
 
+# The clips are two kinds of audio, reported apart as well as together: sound events (sound
+# effects, animals, baby cries; 0.2-10 s, the closer kind to AudioCaps' 10 s AudioSet clips) and
+# one-second urban scenes (TAU), on which every system scores near 0 CIDEr-D.
+SCENE_PREFIX = "tau_"
+
+
+def kinds(ids: list[str]) -> dict[str, list[str]]:
+    """``{"events": ids, "scenes": ids}`` of the labelled clips' ``ids`` (empty kinds left out)."""
+    out = {"events": [i for i in ids if not i.startswith(SCENE_PREFIX)],
+           "scenes": [i for i in ids if i.startswith(SCENE_PREFIX)]}
+    return {k: v for k, v in out.items() if v}
+
 # noun -> (verb 3rd person, verb -ing, keywords): how a source sounds and is named.
 ANIMALS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "frog": ("croaks", "croaking", ("frog", "frogs", "croak", "toad")),
@@ -136,14 +148,14 @@ def labelled_clips(root: Path = SOUNDS) -> list[LabelledClip]:
             for row in csv.DictReader(f, delimiter="\t"):
                 scene = row["scene_label"]
                 path = root / "tau_scenes_1s" / row["filename"]
-                clips.append(LabelledClip(f"tau_{path.stem}", str(path), scene, scene, *SCENES[scene]))
+                clips.append(LabelledClip(f"{SCENE_PREFIX}{path.stem}", str(path), scene, scene, *SCENES[scene]))
     return clips
 
 
 def split_of(clip: LabelledClip, root: Path = SOUNDS) -> str:
     """Deterministic split: TAU's own test list is our test; elsewhere a file-name hash."""
     h = int(hashlib.sha1(clip.id.encode()).hexdigest()[:8], 16) % 100
-    if clip.id.startswith("tau_"):
+    if clip.id.startswith(SCENE_PREFIX):
         test_names = _tau_test(root)
         if Path(clip.path).name in test_names:
             return "test"
