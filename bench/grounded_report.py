@@ -53,10 +53,8 @@ from sounds_dataset import kinds  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 COLUMNS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr-D", "cider_d"))
-_WORD = re.compile(r"[a-z']+")
-
-
 KIND_ROWS = ("top-1 retrieved", "consensus guidance", "generated")  # repeated per kind of real clip
+_WORD = re.compile(r"[a-z']+")
 
 
 def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[str, list[str]], list[list[str]]]:

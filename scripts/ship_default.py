@@ -35,22 +35,25 @@ def main() -> None:
     ap.add_argument("--command", default="", help="the command that trained MODEL")
     args = ap.parse_args()
     out = models.SHIPPED_ROOT / args.name
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if any(f.resolve().is_relative_to(out.resolve()) for f in args.model.rglob("*")):
-            # e.g. the default's materialised cache copy, whose decoder links into the package
-            # data this script replaces: ship from a copy, or the rmtree below would delete it
-            model = Path(tmp) / "model"
-            shutil.copytree(args.model, model)
-        ship(ModelDir(model), out, args)
-
-
-def ship(md: ModelDir, out: Path, args: argparse.Namespace) -> None:
+    md = ModelDir(args.model)
     cfg = md.load()
     if cfg.retrieval != "labels":
         raise SystemExit(f"{args.model}: not a label-grounded model (retrieval {cfg.retrieval!r})")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written into a staging folder, then swapped in: MODEL may link into the shipped folder it
+    # replaces (the default's materialised cache copy does), and a failed run leaves the old one.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{args.name}.") as tmp:
+        stage = Path(tmp) / args.name
+        stage.mkdir()
+        ship(md, cfg, stage, args)
+        shutil.rmtree(out, ignore_errors=True)
+        stage.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"{out}: {size / 2**20:.1f} MiB")
+
+
+def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
+    """Write the shipped files of ``md`` into the empty folder ``out``."""
     lcfg = load_config(ls.LabelSpaceConfig, md.index / ls.CONFIG_NAME)
     shutil.copyfile(md.index / ls.CONFIG_NAME, out / ls.CONFIG_NAME)
     lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder)
@@ -73,8 +76,6 @@ def ship(md: ModelDir, out: Path, args: argparse.Namespace) -> None:
         "measured_by": "python bench/grounded_report.py -m " + args.name,
     }
     (out / models.MODEL_INFO).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":
