@@ -48,6 +48,9 @@ def main() -> None:
     print("| set | metric | other - baseline (x100, per-clip mean) | 95% interval | P(diff <= 0) | same caption |")
     print("|---|---|---|---|---|---|")
     for path in sorted(args.baseline.glob("*.jsonl")):
+        if not (args.other / path.name).is_file():  # e.g. a `grounded_report --sets real` run
+            print(f"{path.name}: not in {args.other}, skipped", file=sys.stderr)
+            continue
         a, b = read(path), read(args.other / path.name)
         ids = sorted(set(a) & set(b))
         if len(ids) != len(a) or len(ids) != len(b):

@@ -120,10 +120,8 @@ def val_set(limit: int | None) -> tuple[list[str], np.ndarray, dict[str, list[st
 
 def real_scores(cap: Captioner, clips: list[dict]) -> np.ndarray:
     """Pooled YAMNet scores ``[N, C]`` of each clip's first window, as `caption` computes them."""
-    from audiocap_cli.labelspace import pool_scores
-
     feats = cap.cache.get_many([c["path"] for c in clips], cap.encoder, cap.policy)
-    return np.stack([pool_scores(f.scores[:1], cap.labels.cfg)[0] for f in feats])
+    return np.concatenate([cap.window_scores(f, 0) for f in feats])
 
 
 def main() -> None:

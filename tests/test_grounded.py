@@ -367,3 +367,35 @@ def test_decoder_guidance_is_retrieved_at_the_training_power(monkeypatch: pytest
     assert powers and set(powers) == {grounded.GUIDANCE_SCORE_POWER}
     assert [e[1] for e in plans[0].train] == [e[1] for e in plans[1].train]
     assert [c[1] for c in plans[0].val_clips] == [c[1] for c in plans[1].val_clips]
+
+
+def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
+    """A 3 s clip is zero-padded to the 10 s window; YAMNet scores the padding "Silence". What
+    label retrieval and the decoder read is pooled over the audible frames only, so it equals
+    the scores of the unpadded clip (before, "Silence" ~1.0 reached every short clip's query)."""
+    from types import SimpleNamespace
+
+    from _shared import long_wav
+
+    from audiocap_cli import audio
+    from audiocap_cli.audio import ClipPolicy
+    from audiocap_cli.captioner import Captioner
+    from audiocap_cli.encoders import load_encoder
+    from audiocap_cli.features import FeatureCache
+
+    enc = load_encoder("yamnet")
+    long_wav(tmp_path / "tone.wav", 3.0)
+    f = FeatureCache(tmp_path / "cache").get(tmp_path / "tone.wav", enc, ClipPolicy(seconds=10.0))
+    assert f.scores is not None and f.scores.shape[1] == 20
+    silence = enc.class_names().index("Silence")
+    assert f.scores[0].max(axis=0)[silence] > 0.9  # the padding, pooled over all 20 frames
+    me = SimpleNamespace(labels=SimpleNamespace(cfg=ls.LabelSpaceConfig()), zcfg=None, encoder=enc)
+    got = Captioner.window_scores(me, f, 0)  # type: ignore[arg-type]
+    assert got is not None and got.shape == (1, 521)
+    with torch.inference_mode():
+        alone = enc.encode(torch.from_numpy(audio.load(tmp_path / "tone.wav", enc.sample_rate))[None]).scores[0].numpy()
+    assert alone.shape[0] == enc.num_frames(3.0) == 6
+    np.testing.assert_allclose(got[0], alone.max(axis=0), atol=1e-4)
+    assert got[0, silence] < 0.5
+    paper = SimpleNamespace(labels=None, zcfg=None, encoder=enc)  # frame retrievers: scores as cached
+    assert Captioner.window_scores(paper, f, 0).shape == (20, 521)  # type: ignore[arg-type,union-attr]

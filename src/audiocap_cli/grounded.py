@@ -37,7 +37,8 @@ VAL_SIM_SEED = 1
 # CIDEr-D x100, bench/grounded_report.py --no-ablations, paired: bench/compare_predictions.py):
 # trained at 3 and queried at 4, val 21.9 / 67.0 and real 12.6 / 34.9; trained and queried at
 # 4, val 21.4 / 61.4 and real 12.5 / 34.2 (val CIDEr-D -5.6, -9.7 .. -2.1): a decoder that
-# learned from the softer guidance uses the sharper one better than one trained on it.
+# learned from the softer guidance uses the sharper one better than one trained on it. (Real
+# figures here were measured with short clips' zero padding in the scores; README, "Short clips".)
 GUIDANCE_SCORE_POWER = 3.0
 
 

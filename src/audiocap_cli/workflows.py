@@ -18,7 +18,7 @@ from . import distributed
 from .config import fingerprint, save_config
 from .datasets import Clip, load_split, read_captions
 from .errors import AudioError, DatasetError, ModelNotFoundError, UsageError
-from .features import FeatureCache
+from .features import ClipFeatures, FeatureCache
 from .model import ModelConfig, ModelDir
 
 Advance = Callable[[int], None]
@@ -40,11 +40,14 @@ class Reporter:
 
 
 def clip_features(
-    clips: Sequence[Clip], encoder, model_cfg: ModelConfig, cache: FeatureCache, rep: Reporter, what: str
+    clips: Sequence[Clip], encoder, model_cfg: ModelConfig, cache: FeatureCache, rep: Reporter, what: str,
+    scores_of: Callable[[ClipFeatures], np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Frames ``[N, T, D]`` (and class scores ``[N, T, C]`` or None) of the first window of every
     clip, the paper's fixed-length input. Any unusable file stops the run with one DatasetError
-    naming every such file (training on a silently shrunk set would be worse)."""
+    naming every such file (training on a silently shrunk set would be worse). ``scores_of``:
+    a clip's scores as a captioner reads them (``Captioner.window_scores(f, 0)``), instead of
+    the first window's cached ``[T, C]``."""
     paths = [c.path for c in clips]
     if any(p is None for p in paths):
         raise DatasetError(what, [f"clip {c.id!r} has no audio file" for c in clips if c.path is None])
@@ -55,7 +58,8 @@ def clip_features(
     frames = np.stack([r.frames[0] for r in results])  # type: ignore[union-attr]
     scores = None
     if all(r.scores is not None for r in results):  # type: ignore[union-attr]
-        scores = np.stack([r.scores[0] for r in results])  # type: ignore[union-attr,index]
+        pick = scores_of or (lambda r: r.scores[0])  # type: ignore[index]
+        scores = np.stack([pick(r) for r in results])  # type: ignore[arg-type]
     return frames, scores
 
 
@@ -554,7 +558,8 @@ def _paper_scopes(captioner, clips: Sequence[Clip], dataset, train_split: str, s
     from .retriever import mean_pool
 
     ids = [c.id for c in clips]
-    frames, scores = clip_features(clips, captioner.encoder, captioner.cfg, captioner.cache, rep, "test")
+    frames, scores = clip_features(clips, captioner.encoder, captioner.cfg, captioner.cache, rep, "test",
+                                   scores_of=lambda f: captioner.window_scores(f, 0))
     rows = []
     train = load_split(dataset, train_split, require_audio=False)
     if all(c.path is not None for c in train):
@@ -564,7 +569,7 @@ def _paper_scopes(captioner, clips: Sequence[Clip], dataset, train_split: str, s
     else:
         rep.say(f"note: {train_split} has no audio: no 1NN row")
     hits = captioner.retrieve(frames, scores, exclude_ids=ids)
-    name = {"triplet": ev.TRIPLET_RETRIEVAL, "mean": ev.nn_name(captioner.cfg.encoder) + " (index)", "zeroshot": "Tag-Retrieval"}[captioner.cfg.retrieval]
+    name = {"triplet": ev.TRIPLET_RETRIEVAL, "mean": ev.nn_name(captioner.cfg.encoder) + " (index)", "zeroshot": "Tag-Retrieval", "labels": "Label-Retrieval"}[captioner.cfg.retrieval]
     rows.append(ev.Scope(name, {i: g[0] for i, g in zip(ids, captioner.guidance_of(hits))}, group="retrieval"))
     pool = [cap for c in train for cap in c.captions]
     owner: dict[str, list[int]] = {}
