@@ -224,6 +224,11 @@ def test_label_grounded_bootstrap_ensemble(tmp_path: Path, env: dict[str, str], 
     assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
     r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
     assert json.loads(r.stdout)["caption"]
+    # the paper's table for a label-grounded model: its retrieval row reads pooled scores as `caption` does
+    r = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(m), "--scope", "all", "--beam-size", "1",
+            "-q", env=env)
+    names = [row.get("system") or row.get("name") for row in json.loads(r.stdout)]
+    assert "Label-Retrieval" in names and "Ours (GT)" in names
     dec = Captioner(m).decoder
     assert isinstance(dec, DecoderEnsemble) and len(dec.members) == 2
     logs = [(d / "metrics.jsonl").read_text() for d in (m / "decoder", m / "ensemble" / "seed-1")]
