@@ -24,7 +24,7 @@ each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
        [--select consensus|guidance|score] [--recall-weight W] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
-       [--score-power P] [--rerank-pool N]
+       [--score-power P] [--rerank-pool N] [--simulation FIELD=VALUE,...]
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from audiocap_cli import grounded  # noqa: E402
+from audiocap_cli import grounded, labelsim  # noqa: E402
 from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
 from audiocap_cli.decoding import is_content_word  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
@@ -109,10 +109,10 @@ def repeats_a_word(words: list[str]) -> bool:
     return len(set(content)) < len(content)
 
 
-def val_set(limit: int | None) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+def val_set(limit: int | None, sim: labelsim.Simulation) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
     train = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
     val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
-    scores = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED)
+    scores = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED, sim)
     ids, refs = val.clip_ids, dict(zip(val.clip_ids, val.clip_captions()))
     n = limit or len(ids)
     return ids[:n], scores[:n], refs
@@ -144,7 +144,13 @@ def main() -> None:
                     help="query calibration power, changed at captioning time only (default: the model's labelspace.json)")
     ap.add_argument("--rerank-pool", type=int, default=None,
                     help="captions gathered per query, changed at captioning time only (default: the model's)")
+    ap.add_argument("--simulation", default="",
+                    help="val input simulated with these labelsim.Simulation fields changed, e.g. 'confusable' or 'intruders=7'")
     args = ap.parse_args()
+    try:
+        sim = labelsim.parse(args.simulation)
+    except ValueError as e:
+        sys.exit(f"--simulation: {e}")
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
     cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len,
@@ -159,7 +165,7 @@ def main() -> None:
         t0 = time.perf_counter()
         keywords = None
         if name == "val":
-            ids, scores, refs = val_set(args.limit)
+            ids, scores, refs = val_set(args.limit, sim)
         else:
             clips = load_clips(ROOT / "runs" / "sounds")[: args.limit or None]
             ids, refs = [c["id"] for c in clips], {c["id"]: c["captions"] for c in clips}

@@ -4,8 +4,12 @@ labelsim.simulate produces for the same labels (10 draws per clip).
 
 Per kind of class, relative to the labelled one: the class itself (T), its ontology ancestors
 (A), children (C), siblings (S); then the unrelated classes firing per clip, how often the
-labelled class is the top-1 score, and all classes above 0.1. These numbers fitted
-labelsim.Simulation.
+labelled class is the top-1 score, and all classes above 0.1; then which unrelated classes fire
+(above 0.3): how alike YAMNet's classifier finds them and the labelled class (the percentile of
+their weight cosine among all unrelated classes: 0.5 is chance), and how often "Speech" fires on
+the animal clips and on the baby cries. These numbers fitted labelsim.Simulation (the default,
+whose intruders follow label frequency) and labelsim.CONFUSABLE (most intruders drawn among the
+classes YAMNet's classifier finds alike), which is printed too.
 
 Usage: python bench/simulation_check.py   (needs ../shared/data; uses bench/bootstrap_report's cache)
 """
@@ -21,7 +25,7 @@ if not (ROOT.parent / "shared" / "data").is_dir():
 
 from bootstrap_report import load_clips, yamnet_scores  # noqa: E402
 
-from audiocap_cli import grounded  # noqa: E402
+from audiocap_cli import grounded, labelsim  # noqa: E402
 from audiocap_cli.zeroshot import class_names  # noqa: E402
 
 CLASS = {"cat": "Cat", "cow": "Cattle, bovinae", "dog": "Dog", "duck": "Duck", "frog": "Frog", "horse": "Horse",
@@ -38,11 +42,15 @@ train = grounded.read_labelled(ROOT.parent / "shared" / "data" / "captions" / "a
 labels = np.zeros((len(clips) * DRAWS, scores.shape[1]), np.float32)
 labels[np.arange(len(labels)), np.repeat(true, DRAWS)] = 1
 sim = grounded.simulated(labels, train.labels, 0)
+confusable = grounded.simulated(labels, train.labels, 0, labelsim.CONFUSABLE)
+similarity = grounded.class_similarity()
+SPEECH = names.index("Speech")
+animal = np.array(["baby" not in c["path"] for c in clips])
 
 
 def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
     kinds: dict[str, list[float]] = {k: [] for k in "TACS"}
-    unrelated = []
+    unrelated, alike = [], []
     for row, c in zip(s, t):
         a, ch, sb = h.ancestors[c], h.children[c], h.siblings[c]
         kinds["T"].append(row[c])
@@ -53,6 +61,8 @@ def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
         other[c] = False
         other &= ~a & ~ch & ~sb
         unrelated.append([(row[other] > x).sum() for x in (0.1, 0.3, 0.6)])
+        sim_c = similarity[c, other]
+        alike += [float(np.mean(sim_c < v)) for v in sim_c[row[other] > 0.3]]
     print(what)
     for k, label in zip("TACS", ("labelled", "ancestors", "children", "siblings")):
         v = np.array(kinds[k])
@@ -61,7 +71,12 @@ def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
     lab = s[np.arange(len(s)), t]
     print(f"  unrelated classes >0.1 / >0.3 / >0.6 per clip: {np.mean(unrelated, axis=0).round(1).tolist()}; "
           f"labelled class top-1 {np.mean((s > lab[:, None]).sum(1) == 0):.2f}; all classes >0.1 {np.mean((s > 0.1).sum(1)):.1f}")
+    an = np.repeat(animal, len(s) // len(clips))
+    print(f"  unrelated classes >0.3: classifier-weight cosine percentile mean {np.mean(alike):.2f}, median {np.median(alike):.2f}; "
+          f"Speech >0.3 / >0.1 on animals {np.mean(s[an, SPEECH] > 0.3):.2f} / {np.mean(s[an, SPEECH] > 0.1):.2f}, "
+          f"on baby cries {np.mean(s[~an, SPEECH] > 0.3):.2f} / {np.mean(s[~an, SPEECH] > 0.1):.2f}")
 
 
 describe(scores, true, f"YAMNet on {len(clips)} real clips")
 describe(sim, np.repeat(true, DRAWS), f"labelsim.simulate, {DRAWS} draws per clip")
+describe(confusable, np.repeat(true, DRAWS), f"labelsim.CONFUSABLE, {DRAWS} draws per clip")

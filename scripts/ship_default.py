@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from audiocap_cli import grounded, models
+from audiocap_cli import grounded, labelsim, models
 from audiocap_cli import labelspace as ls
 from audiocap_cli.config import load_config, to_dict
 from audiocap_cli.decoder import export_float16
@@ -67,6 +67,9 @@ def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
                 tag = f"{row['set']} {row['system']}"
                 validation[f"{tag} METEOR"] = round(100 * row["meteor"], 1)
                 validation[f"{tag} CIDEr-D"] = round(100 * row["cider_d"], 1)
+    sim = md.path / labelsim.CONFIG_NAME  # the simulated input its decoder trained on
+    if sim.is_file():
+        shutil.copyfile(sim, out / labelsim.CONFIG_NAME)
     info = {
         "model": to_dict(cfg) | {"dataset": None},
         "trained_on": (f"{len(lab.captions)} AudioCaps train captions (MIT) with their clips' AudioSet "

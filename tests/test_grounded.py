@@ -2,6 +2,8 @@
 the persistent LM feature store and shipped-model resolution (all offline, tiny fixtures)."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -159,6 +161,36 @@ def test_simulated_scores_follow_the_ontology_and_add_intruders(segs: Path) -> N
     assert intruders[mids.index(RAIN)] > 350  # Poisson(5.5) draws from the prior
     bare = labelsim.simulate(labels, np.random.default_rng(0), prior, None, sim)
     assert (bare[:, a] == 0).all() and (bare[:, b] == 0).all()  # no ontology: nothing related fires
+
+
+def test_confusable_intruders_come_from_the_class_similarity() -> None:
+    from audiocap_cli import labelsim
+
+    n, c, dog, rain, other = 300, 521, 5, 7, 9
+    labels = np.zeros((n, c), np.float32)
+    labels[:, dog] = 1
+    labels[0] = 0  # a clip without labels draws every intruder from the prior
+    prior = np.zeros(c)
+    prior[other] = 1.0
+    similarity = np.zeros((c, c))
+    similarity[dog, rain] = 1.0  # the encoder confuses dog with rain, and nothing else
+    sim = labelsim.Simulation(prior_floor=0.0, confusable_share=0.8, confusion_temperature=0.04, intruders=7.0)
+    s = labelsim.simulate(labels, np.random.default_rng(0), prior, None, sim, similarity)
+    fired = (s > 0).mean(0)
+    assert fired[rain] > 0.95 and 0.7 < fired[other] < 0.9  # 1 - exp(-7 x 0.2) = 0.75
+    assert s[0, rain] == 0 and s[0, other] > 0
+    assert ((s > 0).sum(1) <= 3).all()  # dog, rain, the prior's class: nothing else intrudes
+    base = labelsim.simulate(labels, np.random.default_rng(0), prior, None, dataclasses.replace(sim, confusable_share=0.0), similarity)
+    legacy = labelsim.simulate(labels, np.random.default_rng(0), prior, None, dataclasses.replace(sim, confusable_share=0.0))
+    assert np.array_equal(base, legacy) and (base[:, rain] == 0).all()  # share 0: the draws are as before
+    assert labelsim.parse("") == labelsim.Simulation()
+    assert labelsim.parse("confusable,heard_speech=1") == dataclasses.replace(labelsim.CONFUSABLE, heard_speech=True)
+    assert labelsim.parse("intruders=3").intruders == 3.0
+    for bad in ("hit_beta=1", "nope=1", "intruders"):
+        with pytest.raises(ValueError):
+            labelsim.parse(bad)
+    cdf = labelsim.confusion_cdf(similarity, 0.04)
+    assert cdf.shape == (c, c) and np.allclose(cdf[:, -1], 1.0) and cdf[dog, dog] == cdf[dog, dog - 1]  # never itself
 
 
 def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path) -> None:
@@ -367,6 +399,43 @@ def test_decoder_guidance_is_retrieved_at_the_training_power(monkeypatch: pytest
     assert powers and set(powers) == {grounded.GUIDANCE_SCORE_POWER}
     assert [e[1] for e in plans[0].train] == [e[1] for e in plans[1].train]
     assert [c[1] for c in plans[0].val_clips] == [c[1] for c in plans[1].val_clips]
+
+
+def test_training_input_hears_the_speech_its_caption_mentions() -> None:
+    caps = ["A man speaks as a dog barks", "A dog barks", "People talking and a car passes", "Music from a loudspeaker",
+            "A woman's voice and rain"]
+    mids = audioset.class_mids()
+    speech, dog = mids.index(grounded.SPEECH_MID), mids.index(DOG)
+    labels = np.zeros((5, 521), np.float32)
+    labels[:, dog] = 1
+    lab = grounded.LabelledCaptions(caps, labels, np.arange(5), [f"c{i}" for i in range(5)], None)  # type: ignore[arg-type]
+    heard = grounded.heard_labels(lab)
+    assert heard[:, speech].tolist() == [1, 0, 1, 0, 1] and labels[:, speech].sum() == 0  # a copy
+    assert np.array_equal(np.delete(heard, speech, axis=1), np.delete(labels, speech, axis=1))
+
+
+def test_plan_simulates_training_from_heard_labels_and_validation_from_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Simulation.heard_speech only the training input reads its captions (heard_labels);
+    validation's input is simulated from the labels alone, never from its references."""
+    from audiocap_cli import labelsim
+
+    labels, caps, _ = _corpus()
+    lab = grounded.LabelledCaptions(caps, labels, np.arange(6), [f"c{i}" for i in range(6)], None)  # type: ignore[arg-type]
+    val = grounded.LabelledCaptions(caps[:2], labels[:2], np.arange(2), ["v0", "v1"], None)  # type: ignore[arg-type]
+    seen: dict[int, np.ndarray] = {}
+    monkeypatch.setattr(grounded, "heard_labels", lambda lb, encoder="yamnet": np.clip(lb.labels + 0.5, 0, 1))
+
+    def fake(lb: np.ndarray, prior: np.ndarray, seed: int, sim: object = None) -> np.ndarray:
+        seen[seed] = lb.copy()
+        return np.asarray(lb, np.float32)
+
+    monkeypatch.setattr(grounded, "simulated", fake)
+    lcfg = ls.LabelSpaceConfig(num_classes=4, ancestors=False)
+    grounded.plan(lab, lcfg, 2, None, val, sim=labelsim.Simulation(heard_speech=True))
+    assert np.array_equal(seen[grounded.TRAIN_SIM_SEED], np.clip(labels + 0.5, 0, 1))
+    assert np.array_equal(seen[grounded.VAL_SIM_SEED], val.clip_labels)
+    grounded.plan(lab, lcfg, 2, None, val)  # the default: the labels alone
+    assert np.array_equal(seen[grounded.TRAIN_SIM_SEED], labels)
 
 
 def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:

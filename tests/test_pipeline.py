@@ -220,6 +220,8 @@ def test_label_grounded_bootstrap_ensemble(tmp_path: Path, env: dict[str, str], 
     m = tmp_path / "boot"
     args = ("bootstrap", str(manifest), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4", "-q")
     cli(*args, "--ensemble", "2", env=env)
+    sim = json.loads((m / "simulation.json").read_text())  # the simulated input its decoders trained on
+    assert sim["kind"] == "Simulation" and sim["config"]["confusable_share"] == 0 and not sim["config"]["heard_speech"]
     first, second = (load_file(str(d / "decoder.safetensors")) for d in (m / "decoder", m / "ensemble" / "seed-1"))
     assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
     r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
