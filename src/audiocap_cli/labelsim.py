@@ -44,10 +44,11 @@ class Simulation:
     intruder_beta: tuple[float, float] = (0.6, 2.0)  # their scores: 0.1 + 0.9 Beta(a, b)
     prior_floor: float = 0.1  # intruder prior = (1 - floor) label frequency + floor uniform
     # This share of the intruders are classes the encoder confuses with a present one (drawn
-    # by the encoder's class similarity, see confusion_cdf), the rest by the prior above. YAMNet on
-    # a clean dog clip fires on other animals, never on "Vehicle"; the prior alone made "Speech"
-    # intrude (above 0.3) in 31% of simulated animal clips (0% of the real ones). CONFUSABLE fits it; a
-    # decoder trained on it was no better on the real clips, so the default keeps 0.
+    # by the encoder's class similarity, see confusion_cdf), the rest by the prior above. YAMNet
+    # on a clean dog clip fires on other animals, never on "Vehicle"; the prior alone made
+    # "Speech" intrude (above 0.3) in 31% of simulated animal clips (0% of the real ones).
+    # CONFUSABLE fits it; a decoder trained on it was no better on the real clips, so the
+    # default keeps 0.
     confusable_share: float = 0.0
     confusion_temperature: float = 0.04  # p(j | present i) ~ exp(similarity(i, j) / temperature)
     # Training input only (grounded.plan, never validation): "Speech" set for each training
