@@ -68,8 +68,9 @@ def parse(spec: str, base: Simulation = Simulation()) -> Simulation:
     only; ``confusable`` alone stands for CONFUSABLE's fields), e.g. ``"confusable,heard_speech=1"``."""
     changes: dict[str, float | bool] = {}
     for item in filter(None, (x.strip() for x in spec.split(","))):
-        if item == "confusable":
-            changes |= {k: getattr(CONFUSABLE, k) for k in ("intruders", "confusable_share", "confusion_temperature")}
+        if item == "confusable":  # the fields in which CONFUSABLE differs from the default
+            changes |= {f.name: getattr(CONFUSABLE, f.name) for f in dataclasses.fields(Simulation)
+                        if getattr(CONFUSABLE, f.name) != getattr(Simulation(), f.name)}
             continue
         name, _, value = item.partition("=")
         default = getattr(base, name, None)
