@@ -266,6 +266,24 @@ def test_lowrank_training_with_a_feature_store(lm: FrozenLM, tmp_path: Path) -> 
     assert load_decoder(run, lm).cfg == cfg
 
 
+def test_decoder_job_trains_with_the_schedule_it_is_given(lm: FrozenLM, tmp_path: Path) -> None:
+    """``grounded.train(train_cfg=...)``'s path: a DecoderJob trains with that learning-rate
+    schedule (recorded in the run's decoder_train.json) and its own batch size and seed;
+    without one, with the paper's schedule, exactly the config train_decoder uses by default."""
+    caps = ["a dog barks", "rain falls on a roof", "a man speaks", "birds chirp"]
+    ex = [(caps[i % 4], [caps[(i + 1) % 4], caps[(i + 2) % 4]], np.ones((1, D_A), np.float32)) for i in range(4)]
+    cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2, head="lowrank", head_rank=4, guidance="separate", residual=True)
+    p = grounded.Plan(corpus=None, train=ex, val=[], val_clips=[], scst=[])  # type: ignore[arg-type]
+    job = grounded.DecoderJob(p, lm, cfg, None, grounded.vocabulary(lm, caps, 30), 2, 0, lambda name, total: (lambda n: None))
+    recorded = []
+    for name, tcfg in (("paper", None), ("annealed", DecoderTrainConfig(lr_max=5e-4, period_epochs=1.0, seed=9))):
+        run = dataclasses.replace(job, train_cfg=tcfg).train(tmp_path / name, 1, seed=3, keep_state=False)
+        recorded.append(json.loads((run / "decoder_train.json").read_text())["config"])
+    paper, annealed = recorded
+    assert paper == json.loads(json.dumps(dataclasses.asdict(DecoderTrainConfig(batch_size=2, seed=3))))
+    assert (annealed["lr_max"], annealed["period_epochs"], annealed["batch_size"], annealed["seed"]) == (5e-4, 1.0, 2, 3)
+
+
 def test_model_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from audiocap_cli import models
 

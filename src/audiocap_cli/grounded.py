@@ -21,13 +21,16 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import audioset, labelsim
 from . import labelspace as ls
 from .datasets import read_captions
+
+if TYPE_CHECKING:  # the decoder module imports torch: only when a decoder is trained
+    from .decoder import DecoderTrainConfig
 
 # Seeds of the label -> score simulation: training and validation draw different noise.
 TRAIN_SIM_SEED = 0
@@ -305,6 +308,7 @@ def train(
     scst_steps: int = 0,
     ensemble: int = 1,
     sim: labelsim.Simulation = labelsim.Simulation(),
+    train_cfg: DecoderTrainConfig | None = None,
     say=lambda s: None,
     progress=lambda name, total: (lambda n: None),
 ) -> Path:
@@ -315,6 +319,9 @@ def train(
     decoders, trained alike with seeds 0, 1, ...: seed 0 in ``decoder/``, the others in
     ``ensemble/seed-N/``; captioning averages their next-token distributions. Their run states
     are kept, so a rerun after an interruption skips the finished decoders.
+
+    ``train_cfg``: a ``decoder.DecoderTrainConfig`` whose optimisation (learning-rate schedule)
+    replaces the paper's; its batch size, seed and averaging are this call's.
 
     Every step can be interrupted and rerun: the LM features persist chunk by chunk in the
     cache (``lmfeatures.py``) and the decoder run resumes from its last epoch.
@@ -331,7 +338,7 @@ def train(
     p = plan(lab, lcfg, cfg.k, max_captions, val, sim=sim)
     save_config(sim, md.path / labelsim.CONFIG_NAME)  # what its training input was
     say(f"decoder: {len(p.train)} training and {len(p.val)} validation targets, guidance from the label index")
-    job = DecoderJob.prepare(p, lab, lcfg, cfg.k, lm_spec, batch_size, average_last, say, progress)
+    job = DecoderJob.prepare(p, lab, lcfg, cfg.k, lm_spec, batch_size, average_last, say, progress, train_cfg)
     xe_dir = md.path / XE_DECODER if scst_steps else md.decoder
     members = {ensemble_member(s) for s in range(1, ensemble)}
     stale = [d for d in sorted(md.ensemble.glob("*")) if d.is_dir() and d.name not in members]
@@ -362,11 +369,13 @@ class DecoderJob:
     batch_size: int
     average_last: int
     progress: Callable[[str, int], Callable[[int], None]]
+    train_cfg: DecoderTrainConfig | None = None  # the schedule; None: the paper's
 
     @classmethod
     def prepare(cls, p: Plan, lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, lm_spec: str,
                 batch_size: int, average_last: int = 0, say=lambda s: None,
-                progress=lambda name, total: (lambda n: None)) -> DecoderJob:
+                progress=lambda name, total: (lambda n: None),
+                train_cfg: DecoderTrainConfig | None = None) -> DecoderJob:
         from .lm import load_lm
         from .lmfeatures import LMFeatureStore
 
@@ -379,17 +388,19 @@ class DecoderJob:
             say(f"frozen LM features of {missing} captions (kept in {store.dir})")
             store.ensure(texts, progress("LM features", missing))
         vocab = vocabulary(lm, lab.captions, dcfg.max_len)
-        return cls(p, lm, dcfg, store, vocab, batch_size, average_last, progress)
+        return cls(p, lm, dcfg, store, vocab, batch_size, average_last, progress, train_cfg)
 
     def train(self, out_dir: Path, epochs: int, seed: int, keep_state: bool) -> Path:
         """Teacher forcing of one decoder (``seed``: its init, shuffling and dropout) into ``out_dir``."""
-        from .decoder import train_decoder
+        from .decoder import DecoderTrainConfig, train_decoder
 
         p = self.plan
+        tcfg = dataclasses.replace(self.train_cfg or DecoderTrainConfig(), batch_size=self.batch_size, seed=seed,
+                                   average_last=self.average_last)
         return train_decoder(
-            p.train, self.dcfg, self.lm, out_dir, epochs, batch_size=self.batch_size, val_examples=p.val or None,
-            seed=seed, progress=self.progress("decoder training (examples)", len(p.train) * epochs),
-            keep_state=keep_state, vocab_ids=self.vocab, features=self.store, average_last=self.average_last,
+            p.train, self.dcfg, self.lm, out_dir, epochs, val_examples=p.val or None, train_cfg=tcfg,
+            progress=self.progress("decoder training (examples)", len(p.train) * epochs),
+            keep_state=keep_state, vocab_ids=self.vocab, features=self.store,
         )
 
 
