@@ -1,4 +1,4 @@
-"""The default's recipe with another simulated training input or learning-rate schedule, as a model directory to score.
+"""The default's recipe with another simulated training input, learning-rate schedule or K, as a model directory to score.
 
 Runs what `audiocap bootstrap audiocaps_train.csv -m OUT --val audiocaps_val.csv --epochs 8
 --batch-size 64` runs (the shipped default's command), except for what the options change:
