@@ -23,7 +23,7 @@ real audio through the Captioner, against the 5 captions bench/sounds_dataset.py
 each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
-       [--select consensus|guidance|score] [--recall-weight W] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
+       [--select consensus|guidance|score] [--agreement ciderd|tfidf] [--recall-weight W] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
        [--score-power P] [--rerank-pool N] [--simulation FIELD=VALUE,...]
 """
 from __future__ import annotations
@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--predictions", type=Path, default=None,
                     help="write each generated caption with its clip's METEOR and CIDEr-D here (SET.jsonl), for paired comparisons")
     ap.add_argument("--select", default=CaptionOptions.select, help="beam hypothesis printed: consensus, guidance or score")
+    ap.add_argument("--agreement", default=CaptionOptions.agreement,
+                    help="how a hypothesis' agreement with the retrieved pool is measured: ciderd or tfidf")
     ap.add_argument("--recall-weight", type=float, default=CaptionOptions.recall_weight,
                     help="weight of the unigram F-mean in the hypothesis selection")
     ap.add_argument("--repeat-penalty", type=float, default=CaptionOptions.repeat_penalty,
@@ -154,7 +156,8 @@ def main() -> None:
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
     cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len,
-                                                          recall_weight=args.recall_weight, repeat_penalty=args.repeat_penalty))
+                                                          recall_weight=args.recall_weight, repeat_penalty=args.repeat_penalty,
+                                                          agreement=args.agreement))
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     # query-side settings only: the index (label vectors, class weights) is the model's as built

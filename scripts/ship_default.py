@@ -8,6 +8,9 @@ trainable weights in float16; an ensemble's further members likewise in ``ensemb
 Usage:
   python scripts/ship_default.py MODEL_DIR CORPUS_CSV [--name audiocaps-labels]
          [--report report.json] [--command "..."]
+  python scripts/ship_default.py --revalidate report.json [--name audiocaps-labels]
+         (only the shipped model.json's validation scores, e.g. after a change of decoding
+         defaults; the weights and every other file stay as written)
 """
 from __future__ import annotations
 
@@ -28,13 +31,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model", type=Path)
-    ap.add_argument("corpus", type=Path)
+    ap.add_argument("model", type=Path, nargs="?")
+    ap.add_argument("corpus", type=Path, nargs="?")
     ap.add_argument("--name", default=models.DEFAULT_MODEL)
     ap.add_argument("--report", type=Path, default=None, help="JSON written by bench/grounded_report.py --json")
     ap.add_argument("--command", default="", help="the command that trained MODEL")
+    ap.add_argument("--revalidate", type=Path, default=None, metavar="REPORT",
+                    help="rewrite only the shipped model.json's validation scores from this report")
     args = ap.parse_args()
     out = models.SHIPPED_ROOT / args.name
+    if args.revalidate is not None:
+        info_path = out / models.MODEL_INFO
+        info = json.loads(info_path.read_text())
+        info["validation"] = validation_of(args.revalidate)
+        info_path.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        print(f"{info_path}: validation from {args.revalidate}")
+        return
+    if args.model is None or args.corpus is None:
+        ap.error("MODEL_DIR and CORPUS_CSV are required (or --revalidate REPORT)")
     md = ModelDir(args.model)
     cfg = md.load()
     if cfg.retrieval != "labels":
@@ -60,13 +74,7 @@ def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
     models.write_corpus(out, lab.captions, grounded.corpus_labels(lab.labels, lcfg))  # as indexed
     for folder in md.decoders():  # decoder/ and any ensemble/NAME/; a retrieval-only model has none
         export_float16(folder, out / folder.relative_to(md.path))
-    validation = {}
-    if args.report is not None:
-        for row in json.loads(args.report.read_text()):
-            if row["system"] in ("generated", "consensus guidance") and "meteor" in row:
-                tag = f"{row['set']} {row['system']}"
-                validation[f"{tag} METEOR"] = round(100 * row["meteor"], 1)
-                validation[f"{tag} CIDEr-D"] = round(100 * row["cider_d"], 1)
+    validation = validation_of(args.report) if args.report is not None else {}
     sim = md.path / labelsim.CONFIG_NAME  # the simulated input its decoder trained on
     if sim.is_file():
         shutil.copyfile(sim, out / labelsim.CONFIG_NAME)
@@ -79,6 +87,18 @@ def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
         "measured_by": "python bench/grounded_report.py -m " + args.name,
     }
     (out / models.MODEL_INFO).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def validation_of(report: Path) -> dict[str, float]:
+    """The METEOR and CIDEr-D (x100) of the generated and consensus rows of a
+    ``bench/grounded_report.py --json`` report, as model.json records them."""
+    validation = {}
+    for row in json.loads(report.read_text()):
+        if row["system"] in ("generated", "consensus guidance") and "meteor" in row:
+            tag = f"{row['set']} {row['system']}"
+            validation[f"{tag} METEOR"] = round(100 * row["meteor"], 1)
+            validation[f"{tag} CIDEr-D"] = round(100 * row["cider_d"], 1)
+    return validation
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def test_length_penalty_ranks_finished_hypotheses(alpha: float | None, winner: t
     assert best.hypotheses[0].tokens == best.tokens and len(best.hypotheses) == 2
 
 
-def test_select_mbr_picks_the_hypothesis_closest_to_the_evidence() -> None:
+@pytest.mark.parametrize("agreement", ["ciderd", "tfidf"])
+def test_select_mbr_picks_the_hypothesis_closest_to_the_evidence(agreement: str) -> None:
     from audiocap_cli.decoding import Decoded, select_mbr
 
     hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog barks loudly", "rain falls")))
@@ -97,15 +98,19 @@ def test_select_mbr_picks_the_hypothesis_closest_to_the_evidence() -> None:
     guid = ["a dog barks", "dogs bark loudly nearby", "a dog barks and growls"]
     ev = (guid, [1.0] * 3)
     single = Decoded("x", 0.0, 0.0, (4,))
-    got = select_mbr([d, d, dataclasses.replace(single, hypotheses=(single,))], [ev, ([], []), ev])
+    got = select_mbr([d, d, dataclasses.replace(single, hypotheses=(single,))], [ev, ([], []), ev], agreement=agreement)
     assert got[0].text == "a dog barks loudly" and got[0].hypotheses == hyps
     assert (got[0].score, got[0].tokens) == (-2.0, (1,))  # the chosen hypothesis's own score and tokens
     assert got[1] is d and got[2].text == "x"  # no evidence, or a single hypothesis: unchanged
     # evidence weights decide: the rain caption weighs 10x the dog ones
     rain = (["rain falls", "a dog barks", "a dog barks loudly"], [10.0, 1.0, 1.0])
-    assert select_mbr([d], [rain])[0].text == "rain falls"
+    assert select_mbr([d], [rain], agreement=agreement)[0].text == "rain falls"
     with pytest.raises(AudiocapError, match="select"):
         DecodingOptions(select="best")
+    with pytest.raises(AudiocapError, match="agreement"):
+        DecodingOptions(agreement="bleu")
+    with pytest.raises(AudiocapError, match="agreement"):
+        select_mbr([d], [rain], agreement="bleu")
     with pytest.raises(AudiocapError, match="recall_weight"):
         DecodingOptions(recall_weight=-1.0)
 
@@ -119,8 +124,8 @@ def test_select_mbr_recall_weight_favours_covering_the_evidence() -> None:
     hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(texts))
     d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
     ev = (["dog barking loudly", "a dog barking", "dog barking and a man talking", "a man talks as a dog barks"], [1.0] * 4)
-    assert select_mbr([d], [ev], 0.0)[0].text == "dog barking"
-    assert select_mbr([d], [ev], 0.3)[0].text == texts[1]
+    assert select_mbr([d], [ev], 0.0, "tfidf")[0].text == "dog barking"
+    assert select_mbr([d], [ev], 0.3, "tfidf")[0].text == texts[1]
     # METEOR's F-mean, alpha 0.85: 2 matches, P 1, R 2/3 -> (2/3) / (0.85 + 0.15 * 2/3)
     assert unigram_fmean([["a", "dog"]], [["a", "dog", "barks"], ["cat"]])[0] == pytest.approx([(2 / 3) / 0.95, 0.0])
     # a word no reference has still counts in the hypothesis length: P = R = 2/3
@@ -142,7 +147,12 @@ def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:
     got = decode(dec, GUIDANCE[:2], fr, opts, evidence=ev)
     assert [g.text for g in got] == [p.hypotheses[-1].text for p in plain]
     got = decode(dec, GUIDANCE[:2], fr, opts)
-    want = select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight)
+    want = select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight, opts.agreement)
+    assert [g.text for g in got] == [g.text for g in want]
+    # a corpus idf given to decode reaches the CIDEr-D agreement
+    idf = {"1\x00" + w: 1.0 for g in GUIDANCE[:2] for c in g for w in c.lower().split()}
+    got = decode(dec, GUIDANCE[:2], fr, opts, idf=idf)
+    want = select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight, "ciderd", idf)
     assert [g.text for g in got] == [g.text for g in want]
 
 

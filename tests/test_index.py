@@ -191,3 +191,41 @@ def test_rebuild_gives_the_same_graph(tmp_path: Path) -> None:
     a = CaptionIndex.build(vecs, ids, caps, _cfg(M=4, ef_construction=8)).save(tmp_path / "a")
     b = CaptionIndex.build(vecs, ids, caps, _cfg(M=4, ef_construction=8)).save(tmp_path / "b")
     assert (a / "index.bin").read_bytes() == (b / "index.bin").read_bytes()
+
+
+def test_ngram_idf_covers_every_caption_and_follows_adds() -> None:
+    from audiocap_cli.zeroshot import ngram_idf
+
+    ids, caps = _entries(6)
+    index = CaptionIndex.build(_unit(6, 13), ids, caps, _cfg())
+    idf = index.ngram_idf()
+    assert idf == ngram_idf([c for row in caps for c in row]) and index.ngram_idf() is idf  # computed once
+    index.add(_unit(1, 14), ["clip9"], [("a dog barks",)])
+    assert "1\x00dog" in index.ngram_idf() and "1\x00dog" not in idf
+
+
+def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`caption`'s consensus selection decodes with CIDEr-D agreement and the idf of the model's
+    index (what the measured default used); "score" selection needs no idf."""
+    from audiocap_cli import decoding
+    from audiocap_cli.captioner import Captioner, CaptionOptions
+
+    ids, caps = _entries(4)
+    cap = Captioner.__new__(Captioner)  # the parts generate() reads, without loading a model
+    cap.index = CaptionIndex.build(_unit(4, 15), ids, caps, _cfg())
+    cap.decoder = object()  # type: ignore[assignment]
+    monkeypatch.setattr(cap, "decoder_audio", lambda frames, scores: None)
+    seen: dict = {}
+
+    def fake_decode(decoder, guid, audio, opts, evidence=None, idf=None):  # type: ignore[no-untyped-def]
+        seen.update(opts=opts, idf=idf)
+        return [decoding.Decoded("x", 0.0, 0.0, ()) for _ in guid]
+
+    monkeypatch.setattr(decoding, "decode", fake_decode)
+    cap.opts = CaptionOptions()
+    assert cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None) == ["x"]
+    assert seen["idf"] is cap.index.ngram_idf()
+    assert (seen["opts"].select, seen["opts"].agreement, seen["opts"].recall_weight) == ("consensus", "ciderd", 2.0)
+    cap.opts = CaptionOptions(select="score")
+    cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
+    assert seen["idf"] is None

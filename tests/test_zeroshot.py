@@ -192,3 +192,55 @@ def test_shipped_text_side_puts_captions_near_their_classes(tmp_path: Path, monk
     assert (zs.audio_vectors(s, cfg) @ caps.T).argmax() == 0
     assert zs.embedder_id(cfg).startswith("zeroshot-sentence-")
     assert zs.resolve_config(cfg).text_fingerprint == zs._encoder("minilm").fingerprint
+
+
+# Reference sets of a small corpus, lower case and unpunctuated, so that pycocoevalcap's
+# whitespace split and zeroshot.words agree.
+_CIDER_REFS = [
+    ["a dog barks", "a dog is barking loudly", "dogs bark and a man speaks"],
+    ["rain falls on a roof", "heavy rain falls", "rain and thunder"],
+    ["a man speaks", "a man is speaking and a dog barks", "a man talks"],
+    ["a car engine revs", "an engine revving", "a car passes by"],
+]
+_CIDER_HYPS = ["a dog barks and a dog barks", "rain falls", "a man speaks while a dog is barking loudly", "a bus"]
+
+
+def test_ciderd_agreement_is_pycocoevalcaps_ciderd() -> None:
+    """Against one clip's references with equal weights and the idf of the reference sets,
+    ciderd_agreement is pycocoevalcap 1.2's CIDEr-D of that clip (clipping, length penalty and
+    all), for every hypothesis of every clip."""
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    df: dict[str, int] = {}
+    for refs in _CIDER_REFS:
+        for g in {g for r in refs for g in zs._ngrams(r)}:
+            df[g] = df.get(g, 0) + 1
+    idf = {g: math.log(len(_CIDER_REFS)) - math.log(d) for g, d in df.items()}
+    for hyp in _CIDER_HYPS:
+        scorer = CiderScorer(n=4, sigma=6.0)
+        for refs in _CIDER_REFS:
+            scorer += (hyp, refs)
+        _, want = scorer.compute_score()
+        got = [zs.ciderd_agreement([hyp], refs, [1.0] * len(refs), idf)[0] for refs in _CIDER_REFS]
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_ciderd_agreement_weights_and_edge_cases() -> None:
+    idf = zs.ngram_idf([c for refs in _CIDER_REFS for c in refs])
+    refs = ["a dog barks", "rain falls on a roof"]
+    one = zs.ciderd_agreement(["a dog barks", "rain falls"], refs[:1], [1.0], idf)
+    # weights average the per-reference scores; a repeated reference adds its weight
+    both = zs.ciderd_agreement(["a dog barks", "rain falls"], refs, [3.0, 1.0], idf)
+    other = zs.ciderd_agreement(["a dog barks", "rain falls"], refs[1:], [1.0], idf)
+    np.testing.assert_allclose(both, 0.75 * one + 0.25 * other)
+    np.testing.assert_allclose(zs.ciderd_agreement(["a dog barks"], [refs[0], refs[0]], [1.0, 2.0], idf), one[:1])
+    assert one[0] > one[1] and other[1] > other[0]
+    # clipping: saying "dog barks" twice gains nothing over saying it once; the length penalty
+    # then makes the repeat lose
+    rep = zs.ciderd_agreement(["a dog barks", "a dog barks and a dog barks"], refs[:1], [1.0], idf)
+    assert rep[0] > rep[1]
+    assert zs.ciderd_agreement([], refs, [1.0, 1.0], idf).shape == (0,)
+    np.testing.assert_array_equal(zs.ciderd_agreement(["a dog"], refs, [0.0, 0.0], idf), [0.0])
+    # without an idf every n-gram weighs 1: "a dog" against itself matches its 1- and 2-grams
+    # fully and has no 3- or 4-grams, so CIDEr-D = 10 x (1 + 1 + 0 + 0) / 4
+    np.testing.assert_allclose(zs.ciderd_agreement(["a dog"], ["a dog"], [1.0], None), [5.0])

@@ -89,6 +89,7 @@ class CaptionIndex:
         self._ids = ids
         self._captions = captions
         self._label = {cid: i for i, cid in enumerate(ids)}
+        self._idf: dict[str, float] | None = None  # ngram_idf(), computed on first use
 
     # -- construction ---------------------------------------------------------------------
 
@@ -138,6 +139,7 @@ class CaptionIndex:
             raise DatasetError("index add", [f"clip id(s) already indexed: {shown} (pass replace=True to update)"])
         labels = np.empty(len(ids), dtype=np.int64)
         n = len(self._ids)
+        self._idf = None  # the captions change
         for j, cid in enumerate(ids):
             if cid in self._label:
                 labels[j] = self._label[cid]
@@ -246,6 +248,15 @@ class CaptionIndex:
 
     def captions_of(self, clip_id: str) -> tuple[str, ...]:
         return self._captions[self._label[clip_id]]
+
+    def ngram_idf(self) -> dict[str, float]:
+        """CIDEr's n-gram idf over every caption in the index (zeroshot.ngram_idf), computed
+        once: what consensus re-ranking and CIDEr-D hypothesis selection weigh n-grams by."""
+        if self._idf is None:
+            from .zeroshot import ngram_idf
+
+            self._idf = ngram_idf([c for caps in self._captions for c in caps])
+        return self._idf
 
     def query(
         self,

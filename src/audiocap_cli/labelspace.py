@@ -260,7 +260,6 @@ class LabelRetriever:
             raise ModelNotFoundError(f"{path}: missing; rebuild the label index with `audiocap bootstrap`")
         self.weights = np.load(path, allow_pickle=False)
         self.index = index
-        self._idf: dict[str, float] | None = None
 
     @property
     def embedder(self) -> str:
@@ -275,11 +274,7 @@ class LabelRetriever:
         return min(SETS_PER_QUERY, len(self.index))
 
     def idf(self) -> dict[str, float] | None:
-        if self.cfg.corpus_idf and self._idf is None:
-            from .zeroshot import ngram_idf
-
-            self._idf = ngram_idf([c for i in self.index.ids for c in self.index.captions_of(i)])
-        return self._idf
+        return self.index.ngram_idf() if self.cfg.corpus_idf else None
 
     def pools(self, hits) -> list[tuple[list[str], list[float]]]:  # hits: list[list[index.Hit]]
         """Each query's pool: captions of its nearest label sets, with their consensus weights."""

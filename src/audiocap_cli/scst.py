@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +36,9 @@ from .decoder import DECODER_CONFIG, DECODER_WEIGHTS, Context, GuidedDecoder, pa
 from .decoding import unigram_fmean
 from .errors import AudiocapError, ConfigMismatchError, DatasetError
 from .training import RunDir, RunState
-from .zeroshot import words
+from .zeroshot import ciderd_agreement, reference_idf, words
 
 SCST_CONFIG = "scst.json"
-# CIDEr-D's constants (Vedantam et al. 2015; pycocoevalcap's cider_scorer): n-grams 1..4, the
-# Gaussian length penalty's sigma 6, the x10 scale.
-CIDER_N = 4
-CIDER_SIGMA = 6.0
-CIDER_SCALE = 10.0
 
 # A clip for SCST: (guidance captions, audio frames [T, D_a] or None, reference captions).
 Clip = tuple[Sequence[str], "np.ndarray | None", Sequence[str]]
@@ -82,54 +76,18 @@ class SCSTConfig:
 # ---------------------------------------------------------------- reward
 
 
-def _ngram_counts(text: str) -> Counter[tuple[str, ...]]:
-    w = words(text)
-    return Counter(tuple(w[i : i + n]) for n in range(1, CIDER_N + 1) for i in range(len(w) - n + 1))
-
-
 class CiderD:
     """CIDEr-D (pycocoevalcap's ``CiderScorer``, sigma 6, clipped, x10) with document
     frequencies fixed from a corpus of reference sets, as SCST needs: a reward must not depend
     on which other clips share the batch. Each reference set counts once per n-gram."""
 
     def __init__(self, corpus: Sequence[Sequence[str]]) -> None:
-        df: Counter[tuple[str, ...]] = Counter()
-        for refs in corpus:
-            df.update({g for r in refs for g in _ngram_counts(r)})
-        self.df = df
-        self.log_n = math.log(max(len(corpus), 1))
-
-    def _vec(self, text: str) -> tuple[list[dict], np.ndarray, int]:
-        vec: list[dict] = [{} for _ in range(CIDER_N)]
-        norm = np.zeros(CIDER_N)
-        length = 0
-        for g, tf in _ngram_counts(text).items():
-            n = len(g) - 1
-            v = vec[n][g] = tf * (self.log_n - math.log(max(1.0, self.df.get(g, 0.0))))
-            norm[n] += v * v
-            length += tf if n == 1 else 0  # pycocoevalcap's length: the bigram count
-        return vec, np.sqrt(norm), length
+        self.idf = reference_idf(corpus)
+        self.log_n = math.log(max(len(corpus), 1))  # the idf of an n-gram no reference set has
 
     def scores(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
         """CIDEr-D ``[H]`` of each of ``hyps`` against the same ``refs``."""
-        rv = [self._vec(r) for r in refs]  # a few refs against N samples: not worth a cache
-        out = np.zeros(len(hyps))
-        for i, h in enumerate(hyps):
-            hv, hn, hl = self._vec(h)
-            total = 0.0
-            for vr, nr, lr in rv:
-                val = np.zeros(CIDER_N)
-                for n in range(CIDER_N):
-                    for g, x in hv[n].items():
-                        y = vr[n].get(g)
-                        if y is not None:
-                            val[n] += min(x, y) * y
-                    if hn[n] and nr[n]:
-                        val[n] /= hn[n] * nr[n]
-                val *= math.exp(-((hl - lr) ** 2) / (2 * CIDER_SIGMA**2))
-                total += val.mean()
-            out[i] = total / max(len(rv), 1) * CIDER_SCALE
-        return out
+        return ciderd_agreement(hyps, refs, [1.0] * len(refs), self.idf, unseen=self.log_n)
 
 
 class Reward:

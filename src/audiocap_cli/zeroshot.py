@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -334,12 +335,18 @@ def _ngrams(text: str) -> list[str]:
 
 
 def ngram_idf(corpus: Sequence[str]) -> dict[str, float]:
-    """Corpus document frequencies as idf, log(N / df), keyed like :func:`_ngrams` (CIDEr's idf)."""
-    df: dict[str, int] = {}
-    for text in corpus:
-        for g in set(_ngrams(text)):
-            df[g] = df.get(g, 0) + 1
-    n = max(len(corpus), 1)
+    """Corpus document frequencies as idf, log(N / df), keyed like :func:`_ngrams` (CIDEr's idf),
+    each caption a document."""
+    return reference_idf([[text] for text in corpus])
+
+
+def reference_idf(sets: Sequence[Sequence[str]]) -> dict[str, float]:
+    """CIDEr's idf, log(N / df), with a document per reference set (a clip's captions), as
+    pycocoevalcap computes it over a test set's references; keyed like :func:`_ngrams`."""
+    df: Counter[str] = Counter()
+    for refs in sets:
+        df.update({g for text in refs for g in _ngrams(text)})  # Counter counts in C: 0.9 s for 50k captions
+    n = max(len(sets), 1)
     return {g: math.log(n / d) for g, d in df.items()}
 
 
@@ -404,6 +411,71 @@ def consensus_scores(
     w_others = np.bincount(group, weights=w_row, minlength=len(candidates))[group] - w_row
     score = (dot_all - self_dot) / np.maximum(w_others, 1e-12) / MAX_NGRAM
     return np.split(score, np.cumsum(sizes)[:-1])
+
+
+# CIDEr-D as pycocoevalcap's cider_scorer.py: a Gaussian length penalty of sigma 6 (in its
+# lengths, bigram counts), and the mean cosine over 1..4-grams times 10.
+CIDER_D_SIGMA = 6.0
+CIDER_D_SCALE = 10.0
+
+
+def ciderd_agreement(hyps: Sequence[str], refs: Sequence[str], weights: Sequence[float],
+                     idf: dict[str, float] | None, unseen: float | None = None) -> np.ndarray:
+    """``[H]``: each of ``hyps``' CIDEr-D against each of ``refs`` taken alone, averaged with
+    ``weights``; a hypothesis' expected CIDEr-D if the references were drawn from ``refs``.
+
+    CIDEr-D as pycocoevalcap 1.2 computes it for one reference: tf-idf vectors of 1..4-grams
+    (``idf``: :func:`ngram_idf` or :func:`reference_idf` of a caption corpus, an n-gram it lacks
+    getting ``unseen``, by default the largest idf, log N where some n-gram is in one document
+    only; None: every n-gram weighs 1),
+    the hypothesis' weights clipped at the reference's, the cosine of each order averaged,
+    times a Gaussian penalty on the length difference, times 10. Words are :func:`words`.
+    """
+    if not len(hyps) or not len(refs):
+        return np.zeros(len(hyps))
+    if unseen is None:
+        unseen = max(idf.values(), default=0.0) if idf is not None else 1.0
+    idf = idf if idf is not None else {}
+    texts = list(dict.fromkeys([*hyps, *refs]))
+    w_ref = np.zeros(len(texts))
+    at = {t: i for i, t in enumerate(texts)}
+    for t, w in zip(refs, weights):
+        w_ref[at[t]] += float(w)
+    grams: list[dict[str, float]] = []  # per text: n-gram -> tf * idf
+    norms = np.zeros((len(texts), MAX_NGRAM))  # per text and order: |tf-idf vector|
+    lengths = np.zeros(len(texts))
+    for i, t in enumerate(texts):
+        tf: dict[str, int] = {}
+        for g in _ngrams(t):
+            tf[g] = tf.get(g, 0) + 1
+        grams.append({g: c * idf.get(g, unseen) for g, c in tf.items()})
+        for g, x in grams[-1].items():
+            norms[i, int(g.split("\x00", 1)[0]) - 1] += x * x
+        lengths[i] = max(len(words(t)) - 1, 0)  # pycocoevalcap's length: the bigram count
+    norms = np.sqrt(norms)
+    h_rows = [at[h] for h in hyps]
+    r_rows = np.flatnonzero(w_ref > 0)
+    if not len(r_rows):
+        return np.zeros(len(hyps))
+    # only the hypotheses' n-grams can contribute to a dot product
+    cols = {g: j for j, g in enumerate(dict.fromkeys(g for i in h_rows for g in grams[i]))}
+    order = np.fromiter((int(g.split("\x00", 1)[0]) - 1 for g in cols), dtype=np.int64, count=len(cols))
+    hm = np.zeros((len(h_rows), len(cols)))
+    rm = np.zeros((len(r_rows), len(cols)))
+    for a, i in enumerate(h_rows):
+        for g, x in grams[i].items():
+            hm[a, cols[g]] = x
+    for b, i in enumerate(r_rows):
+        for g, x in grams[i].items():
+            if (j := cols.get(g)) is not None:
+                rm[b, j] = x
+    prod = np.minimum(hm[:, None, :], rm[None, :, :]) * rm[None, :, :]  # [H, R, J], clipped
+    dots = np.stack([prod[:, :, order == n].sum(-1) for n in range(MAX_NGRAM)], axis=-1)  # [H, R, 4]
+    denom = norms[h_rows][:, None, :] * norms[r_rows][None, :, :]
+    cos = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0).mean(-1)  # [H, R]
+    delta = lengths[h_rows][:, None] - lengths[r_rows][None, :]
+    score = CIDER_D_SCALE * cos * np.exp(-(delta ** 2) / (2.0 * CIDER_D_SIGMA ** 2))
+    return score @ w_ref[r_rows] / w_ref[r_rows].sum()
 
 
 def consensus_rerank(
