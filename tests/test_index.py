@@ -225,7 +225,7 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     cap.opts = CaptionOptions()
     assert cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None) == ["x"]
     assert seen["idf"] is cap.index.ngram_idf()
-    assert (seen["opts"].select, seen["opts"].agreement, seen["opts"].recall_weight) == ("consensus", "ciderd", 2.0)
+    assert (seen["opts"].select, seen["opts"].agreement, seen["opts"].recall_weight) == ("consensus", "ciderd", 3.0)
     cap.opts = CaptionOptions(select="score")
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
     assert seen["idf"] is None

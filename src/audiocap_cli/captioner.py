@@ -38,7 +38,7 @@ class CaptionOptions:
     # `python bench/grounded_report.py --no-ablations --select consensus|guidance|score`
     select: str = "consensus"
     agreement: str = "ciderd"  # decoding.DecodingOptions.agreement: CIDEr-D, the index's idf
-    recall_weight: float = 2.0  # decoding.DecodingOptions.recall_weight
+    recall_weight: float = 3.0  # decoding.DecodingOptions.recall_weight
     # Log-prob off a hypothesis each time it says a content word again (decoding.DecodingOptions
     # .repeat_penalty). On the default model the degenerate "A baby laughs and a baby laughs"
     # went from 16.4% of val captions to 7.9% (human references: 6.4%) and distinct words from
