@@ -445,10 +445,7 @@ def ciderd_agreement(hyps: Sequence[str], refs: Sequence[str], weights: Sequence
     norms = np.zeros((len(texts), MAX_NGRAM))  # per text and order: |tf-idf vector|
     lengths = np.zeros(len(texts))
     for i, t in enumerate(texts):
-        tf: dict[str, int] = {}
-        for g in _ngrams(t):
-            tf[g] = tf.get(g, 0) + 1
-        grams.append({g: c * idf.get(g, unseen) for g, c in tf.items()})
+        grams.append({g: c * idf.get(g, unseen) for g, c in Counter(_ngrams(t)).items()})
         for g, x in grams[-1].items():
             norms[i, int(g.split("\x00", 1)[0]) - 1] += x * x
         lengths[i] = max(len(words(t)) - 1, 0)  # pycocoevalcap's length: the bigram count
