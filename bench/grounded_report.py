@@ -24,7 +24,8 @@ each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
        [--select consensus|guidance|score] [--agreement ciderd|tfidf] [--recall-weight W] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
-       [--score-power P] [--rerank-pool N] [--simulation FIELD=VALUE,...] [--val-draw K]
+       [--score-power P] [--rerank-pool N] [--rerank ciderd|tfidf] [--rerank-recall-weight W]
+       [--simulation FIELD=VALUE,...] [--val-draw K]
 """
 from __future__ import annotations
 
@@ -146,6 +147,10 @@ def main() -> None:
                     help="query calibration power, changed at captioning time only (default: the model's labelspace.json)")
     ap.add_argument("--rerank-pool", type=int, default=None,
                     help="captions gathered per query, changed at captioning time only (default: the model's)")
+    ap.add_argument("--rerank", default=None, choices=("ciderd", "tfidf"),
+                    help="how guidance is re-ranked from the pool, changed at captioning time only (default: the model's)")
+    ap.add_argument("--rerank-recall-weight", type=float, default=None,
+                    help="F-mean weight of --rerank ciderd, changed at captioning time only (default: the model's)")
     ap.add_argument("--val-draw", type=int, default=0,
                     help="another draw of val's simulated input: seed VAL_SIM_SEED + K (0: the one the README's table uses)")
     ap.add_argument("--simulation", default="",
@@ -163,7 +168,8 @@ def main() -> None:
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     # query-side settings only: the index (label vectors, class weights) is the model's as built
-    changes = {k: v for k, v in (("score_power", args.score_power), ("rerank_pool", args.rerank_pool)) if v is not None}
+    changes = {k: v for k, v in (("score_power", args.score_power), ("rerank_pool", args.rerank_pool), ("rerank", args.rerank),
+                                 ("rerank_recall_weight", args.rerank_recall_weight)) if v is not None}
     cap.labels.cfg = dataclasses.replace(cap.labels.cfg, **changes)
     jobs, dists, timing = {}, {}, {}
     for name in args.sets.split(","):

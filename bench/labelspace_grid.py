@@ -44,11 +44,12 @@ def run(name, cfg):
     """Consensus caption of each query, as the captioner picks guidance[0]."""
     corpus = ls.LabelCorpus.build(grounded.corpus_labels(trl.labels, cfg), caps, cfg)
     for tag, q, ids, refs in (("val", sim, val.clip_ids, vrefs), ("real", real, [c["id"] for c in clips], rrefs)):
-        best = ls.corpus_guidance(corpus, q, cfg, 1, idf=idf if cfg.corpus_idf else None)
+        best = ls.corpus_guidance(corpus, q, cfg, 1, idf=idf if ls.uses_corpus_idf(cfg) else None)
         jobs[f"{tag}/{name}"] = ({i: b[0] for i, b in zip(ids, best)}, refs)
 
 
-P3 = 3.0  # the grid was run around power 3; the default's power 4 is its last row
+P3 = 3.0  # the grid was run around power 3; the default's power 4 is in its last rows
+CIDER_D = {"rerank": "ciderd", "rerank_recall_weight": 3.0}  # pool re-ranked by the selection's agreement
 
 
 def C(**kw) -> ls.LabelSpaceConfig:
@@ -69,9 +70,12 @@ grid = {
     "p100 pow3 corpus idf": C(corpus_idf=True),
     "p100 pow3 idf class weights": C(idf_power=1.0),
     "p100 pow4 (default: captioning)": ls.LabelSpaceConfig(),
+    "p100 pow3 CIDEr-D + 3 F-mean re-ranking": C(**CIDER_D),
+    "p100 pow4 CIDEr-D + 2 F-mean re-ranking": ls.LabelSpaceConfig(**CIDER_D | {"rerank_recall_weight": 2.0}),
+    "p100 pow4 CIDEr-D + 3 F-mean re-ranking": ls.LabelSpaceConfig(**CIDER_D),
 }
 for n, cfg in grid.items():
     run(n, cfg)
 res = metrics.score_batch(jobs, metrics=("meteor", "cider_d"))
 for k, r in res.items():
-    print(f"{k:45s} METEOR {r.corpus['meteor']*100:.1f} CIDEr-D {r.corpus['cider_d']*100:.1f}", flush=True)
+    print(f"{k:65s} METEOR {r.corpus['meteor']*100:.1f} CIDEr-D {r.corpus['cider_d']*100:.1f}", flush=True)

@@ -193,8 +193,9 @@ def test_confusable_intruders_come_from_the_class_similarity() -> None:
     assert cdf.shape == (c, c) and np.allclose(cdf[:, -1], 1.0) and cdf[dog, dog] == cdf[dog, dog - 1]  # never itself
 
 
-def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path) -> None:
-    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=4, per_set=3)
+@pytest.mark.parametrize("rerank", ls.RERANKS)
+def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path, rerank: str) -> None:
+    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=4, per_set=3, rerank=rerank, rerank_recall_weight=3.0)
     labels, caps, corpus = _corpus(cfg)
     index = ls.build_index(corpus, cfg, "enc")
     index.save(tmp_path / "index", extra=lambda f: ls.save_extras(f, cfg, corpus.weights))
@@ -205,7 +206,43 @@ def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path) -> None
     scores = np.array([[[0.8, 0.0, 0.1, 0.0], [0.2, 0.3, 0.0, 0.0]], [[0.0, 0.6, 0.5, 0.0]] * 2], np.float32)
     vec = r.vectors(scores)
     hits = r.index.query(vec, k=r.sets_per_query)
-    assert r.guidance(hits, 2) == ls.corpus_guidance(corpus, scores.max(axis=1), cfg, 2)
+    assert r.guidance(hits, 2) == ls.corpus_guidance(corpus, scores.max(axis=1), cfg, 2, idf=r.idf())
+    assert r.idf() == (index.ngram_idf() if rerank == "ciderd" else None)  # CIDEr-D reads the corpus idf
+
+
+def test_rerank_agreements_and_configs_saved_before_them(tmp_path: Path) -> None:
+    """CIDEr-D re-ranking puts first the caption the rest of the pool would score best; TF-IDF
+    (the default) is the consensus cosine; a config saved before the fields existed reads as the
+    default, and the fields leave the index's embedder id (so every index built before them) as it was."""
+    from audiocap_cli.config import load_config, save_config, to_dict
+    from audiocap_cli.zeroshot import ciderd_consensus, consensus_rerank, ngram_idf
+
+    pool = ["a dog barks", "a dog is barking", "a dog barks twice", "rain falls", "a dog barks"]
+    w = [1.0, 1.0, 0.5, 1.0, 1.0]
+    idf = ngram_idf(pool + ["a cat meows", "wind blows"])
+    cfg = ls.LabelSpaceConfig()
+    assert cfg.rerank == "tfidf" and not ls.uses_corpus_idf(cfg)
+    assert ls.rerank([(pool, w)], 3, cfg) == consensus_rerank([pool], top=3, weights=[w])
+    cider = dataclasses.replace(cfg, rerank="ciderd", rerank_recall_weight=3.0)
+    assert ls.uses_corpus_idf(cider)
+    s = ciderd_consensus([pool], [w], idf, 3.0)[0]
+    want = [pool[i] for i in np.argsort(-s, kind="stable")[:3]]
+    assert ls.rerank([(pool, w)], 3, cider, idf) == [want] and want[0] == "a dog barks"
+    with pytest.raises(Exception, match="rerank"):
+        ls.LabelSpaceConfig(rerank="bleu")
+    path = tmp_path / ls.CONFIG_NAME
+    save_config(cider, path)
+    assert load_config(ls.LabelSpaceConfig, path) == cider
+    payload = json.loads(path.read_text())
+    for k in ls.RERANK_FIELDS:  # as saved before the fields existed
+        del payload["config"][k]
+    path.write_text(json.dumps(payload))
+    assert load_config(ls.LabelSpaceConfig, path) == cfg
+    weights = np.ones(cfg.num_classes, np.float32)
+    assert ls.embedder_id(cfg, weights) == ls.embedder_id(cider, weights)
+    before = {k: v for k, v in to_dict(cfg).items() if k not in ls.RERANK_FIELDS}
+    assert set(before) == {"audio_encoder", "num_classes", "pool", "score_power", "idf_power", "rerank_pool",
+                           "per_set", "corpus_idf", "ancestors", "set_power"}  # the fields of configs saved before
 
 
 def test_lowrank_head_predicts_only_its_vocabulary(lm: FrozenLM, tmp_path: Path) -> None:
@@ -346,7 +383,11 @@ def test_shipped_default_matches_the_code() -> None:
     configs = [(DecoderConfig, d / DECODER_CONFIG) for d in ModelDir(m.path).decoders()]
     for cls, path in configs + [(ls.LabelSpaceConfig, m.path / ls.CONFIG_NAME)]:
         saved = json.loads(path.read_text())["config"]
-        assert to_dict(from_dict(cls, saved)) == saved, path
+        loaded = to_dict(from_dict(cls, saved))
+        if cls is ls.LabelSpaceConfig:  # saved before the re-ranking fields: it used their defaults
+            defaults = to_dict(ls.LabelSpaceConfig())
+            saved = {**{k: defaults[k] for k in ls.RERANK_FIELDS}, **saved}
+        assert loaded == saved, path
     assert m.size_bytes < 40 * 2**20
 
 

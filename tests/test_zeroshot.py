@@ -225,6 +225,28 @@ def test_ciderd_agreement_is_pycocoevalcaps_ciderd() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_ciderd_consensus_is_each_captions_agreement_with_the_rest() -> None:
+    """Each pooled caption's score is its expected CIDEr-D (ciderd_agreement) plus the recall
+    weight times its mean unigram F-mean, against the other captions of its pool, weighted;
+    a repeated text still counts its other copies."""
+    from audiocap_cli.decoding import unigram_fmean
+
+    idf = zs.ngram_idf([c for refs in _CIDER_REFS for c in refs])
+    pool = _CIDER_REFS[0] + _CIDER_HYPS + ["a dog barks"]  # "a dog barks" twice
+    w = np.linspace(0.5, 2.0, len(pool))
+    for rw in (0.0, 3.0):
+        got = zs.ciderd_consensus([pool, pool[:2], []], [w, w[:2], []], idf, rw)
+        for i, cap in enumerate(pool):
+            others = [c for j, c in enumerate(pool) if j != i]
+            wo = np.delete(w, i)
+            want = zs.ciderd_agreement([cap], others, wo, idf)[0]
+            want += rw * np.average(unigram_fmean([zs.words(cap)], [zs.words(c) for c in others])[0], weights=wo)
+            assert got[0][i] == pytest.approx(want, rel=1e-12, abs=1e-12)
+        assert got[1][0] == pytest.approx(zs.ciderd_agreement(pool[:1], pool[1:2], [1.0], idf)[0]
+                                          + rw * unigram_fmean([zs.words(pool[0])], [zs.words(pool[1])])[0, 0])
+        assert len(got[2]) == 0
+
+
 def test_ciderd_agreement_weights_and_edge_cases() -> None:
     idf = zs.ngram_idf([c for refs in _CIDER_REFS for c in refs])
     refs = ["a dog barks", "rain falls on a roof"]

@@ -40,9 +40,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def fingerprint(cfg: Any) -> str:
-    """A short stable hash of a config, for cache keys and artefact names."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+def fingerprint(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
+    """A short stable hash of a config, for cache keys and artefact names (``exclude``: fields
+    that do not change the artefact)."""
+    blob = json.dumps({k: v for k, v in to_dict(cfg).items() if k not in exclude}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

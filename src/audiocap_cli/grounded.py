@@ -153,7 +153,8 @@ def simulated(labels: np.ndarray, prior_labels: np.ndarray, seed: int,
 
 
 def train_guidance(train: LabelledCaptions, corpus: ls.LabelCorpus, cfg: ls.LabelSpaceConfig, k: int,
-                   scores: np.ndarray, idf: dict[str, float] | None = None) -> list[list[str]]:
+                   scores: np.ndarray, idf: dict[str, float] | None = None,
+                   advance: Callable[[int], None] | None = None) -> list[list[str]]:
     """Guidance of every training caption from its clip's (simulated) scores, the clip's own
     captions left out, exactly as the index would answer a new clip with that sound."""
     by_clip: dict[int, set[int]] = {}
@@ -161,7 +162,7 @@ def train_guidance(train: LabelledCaptions, corpus: ls.LabelCorpus, cfg: ls.Labe
         by_clip.setdefault(int(o), set()).add(i)
     clip_rows = np.unique(train.owner, return_index=True)[1]
     guid = ls.corpus_guidance(corpus, scores[clip_rows], cfg, k,
-                              [by_clip[int(o)] for o in train.owner[clip_rows]], idf)
+                              [by_clip[int(o)] for o in train.owner[clip_rows]], idf, advance=advance)
     per_clip = dict(zip(train.owner[clip_rows].tolist(), guid))
     return [per_clip[int(o)] for o in train.owner]
 
@@ -233,7 +234,8 @@ class Plan:
 
 
 def plan(lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, max_captions: int | None,
-         val: LabelledCaptions | None = None, seed: int = 0, sim: labelsim.Simulation = labelsim.Simulation()) -> Plan:
+         val: LabelledCaptions | None = None, seed: int = 0, sim: labelsim.Simulation = labelsim.Simulation(),
+         progress: Callable[[str, int], Callable[[int], None]] = lambda name, total: (lambda n: None)) -> Plan:
     """Label corpus, training examples (simulated scores, leave-one-out guidance) and validation
     examples (AudioCaps val: simulated scores, guidance from the training corpus only). Their
     guidance is retrieved at ``GUIDANCE_SCORE_POWER``, whatever ``lcfg.score_power`` says."""
@@ -242,9 +244,10 @@ def plan(lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, max_captions:
     lcfg = dataclasses.replace(lcfg, score_power=GUIDANCE_SCORE_POWER)  # the guidance it learns from
     closed = corpus_labels(lab.labels, lcfg)
     corpus = ls.LabelCorpus.build(closed, lab.captions, lcfg)
-    idf = ngram_idf(lab.captions) if lcfg.corpus_idf else None
+    idf = ngram_idf(lab.captions) if ls.uses_corpus_idf(lcfg) else None
     scores = simulated(heard_labels(lab) if sim.heard_speech else lab.labels, lab.labels, TRAIN_SIM_SEED, sim)
-    guid = train_guidance(lab, corpus, lcfg, k, scores, idf)
+    guid = train_guidance(lab, corpus, lcfg, k, scores, idf,
+                          progress("training guidance (clips)", len(np.unique(lab.owner))))
     rows = sample_rows(len(lab.captions), max_captions, seed)
     val_clips: list[tuple[str, list[str], np.ndarray, list[str]]] = []
     if val is not None:
@@ -335,7 +338,7 @@ def train(
     if epochs == 0:  # retrieval only: `caption` prints the consensus guidance
         say("no decoder (epochs 0): captions are the consensus of the retrieved captions")
         return md.path
-    p = plan(lab, lcfg, cfg.k, max_captions, val, sim=sim)
+    p = plan(lab, lcfg, cfg.k, max_captions, val, sim=sim, progress=progress)
     save_config(sim, md.path / labelsim.CONFIG_NAME)  # what its training input was
     say(f"decoder: {len(p.train)} training and {len(p.val)} validation targets, guidance from the label index")
     job = DecoderJob.prepare(p, lab, lcfg, cfg.k, lm_spec, batch_size, average_last, say, progress, train_cfg)

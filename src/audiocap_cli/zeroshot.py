@@ -419,60 +419,102 @@ CIDER_D_SIGMA = 6.0
 CIDER_D_SCALE = 10.0
 
 
-def ciderd_agreement(hyps: Sequence[str], refs: Sequence[str], weights: Sequence[float],
-                     idf: dict[str, float] | None, unseen: float | None = None) -> np.ndarray:
-    """``[H]``: each of ``hyps``' CIDEr-D against each of ``refs`` taken alone, averaged with
-    ``weights``; a hypothesis' expected CIDEr-D if the references were drawn from ``refs``.
+def ciderd_matrix(hyps: Sequence[str], refs: Sequence[str], idf: dict[str, float] | None,
+                  unseen: float | None = None) -> np.ndarray:
+    """``[H, R]``: each of ``hyps``' CIDEr-D against each of ``refs`` taken alone.
 
     CIDEr-D as pycocoevalcap 1.2 computes it for one reference: tf-idf vectors of 1..4-grams
     (``idf``: :func:`ngram_idf` or :func:`reference_idf` of a caption corpus, an n-gram it lacks
     getting ``unseen``, by default the largest idf, log N where some n-gram is in one document
-    only; None: every n-gram weighs 1),
-    the hypothesis' weights clipped at the reference's, the cosine of each order averaged,
-    times a Gaussian penalty on the length difference, times 10. Words are :func:`words`.
+    only; None: every n-gram weighs 1), the hypothesis' weights clipped at the reference's, the
+    cosine of each order averaged, times a Gaussian penalty on the length difference, times 10.
+    Words are :func:`words`. Exact, in sparse products: with counts c and weights x = c idf,
+    the clipped dot sum_g min(x_h, x_r) x_r = sum_k sum_g [c_h >= k] idf [c_r >= k] x_r, one
+    product per count level k (captions rarely repeat an n-gram more than twice).
     """
     if not len(hyps) or not len(refs):
-        return np.zeros(len(hyps))
+        return np.zeros((len(hyps), len(refs)))
+    from scipy import sparse
+
     if unseen is None:
         unseen = max(idf.values(), default=0.0) if idf is not None else 1.0
     idf = idf if idf is not None else {}
     texts = list(dict.fromkeys([*hyps, *refs]))
-    w_ref = np.zeros(len(texts))
     at = {t: i for i, t in enumerate(texts)}
-    for t, w in zip(refs, weights):
-        w_ref[at[t]] += float(w)
-    grams: list[dict[str, float]] = []  # per text: n-gram -> tf * idf
-    norms = np.zeros((len(texts), MAX_NGRAM))  # per text and order: |tf-idf vector|
+    vocab: dict[str, int] = {}
+    rows, cols, cnts = [], [], []
     lengths = np.zeros(len(texts))
     for i, t in enumerate(texts):
-        grams.append({g: c * idf.get(g, unseen) for g, c in Counter(_ngrams(t)).items()})
-        for g, x in grams[-1].items():
-            norms[i, int(g.split("\x00", 1)[0]) - 1] += x * x
+        for g, c in Counter(_ngrams(t)).items():
+            rows.append(i)
+            cols.append(vocab.setdefault(g, len(vocab)))
+            cnts.append(c)
         lengths[i] = max(len(words(t)) - 1, 0)  # pycocoevalcap's length: the bigram count
-    norms = np.sqrt(norms)
-    h_rows = [at[h] for h in hyps]
-    r_rows = np.flatnonzero(w_ref > 0)
-    if not len(r_rows):
-        return np.zeros(len(hyps))
-    # only the hypotheses' n-grams can contribute to a dot product
-    cols = {g: j for j, g in enumerate(dict.fromkeys(g for i in h_rows for g in grams[i]))}
-    order = np.fromiter((int(g.split("\x00", 1)[0]) - 1 for g in cols), dtype=np.int64, count=len(cols))
-    hm = np.zeros((len(h_rows), len(cols)))
-    rm = np.zeros((len(r_rows), len(cols)))
-    for a, i in enumerate(h_rows):
-        for g, x in grams[i].items():
-            hm[a, cols[g]] = x
-    for b, i in enumerate(r_rows):
-        for g, x in grams[i].items():
-            if (j := cols.get(g)) is not None:
-                rm[b, j] = x
-    prod = np.minimum(hm[:, None, :], rm[None, :, :]) * rm[None, :, :]  # [H, R, J], clipped
-    dots = np.stack([prod[:, :, order == n].sum(-1) for n in range(MAX_NGRAM)], axis=-1)  # [H, R, 4]
-    denom = norms[h_rows][:, None, :] * norms[r_rows][None, :, :]
-    cos = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0).mean(-1)  # [H, R]
+    row_a, col_a, cnt_a = np.array(rows, np.int64), np.array(cols, np.int64), np.array(cnts, np.float64)
+    order = np.fromiter((int(g.split("\x00", 1)[0]) - 1 for g in vocab), dtype=np.int64, count=len(vocab))[col_a]
+    x = cnt_a * np.fromiter((idf.get(g, unseen) for g in vocab), dtype=np.float64, count=len(vocab))[col_a]
+    h_rows = np.array([at[h] for h in hyps])
+    r_rows = np.array([at[r] for r in refs])
+    shape = (len(texts), len(vocab))
+    cos = np.zeros((len(hyps), len(refs)))
+    for n in range(MAX_NGRAM):
+        on = order == n
+        norm = np.sqrt(np.bincount(row_a[on], weights=x[on] ** 2, minlength=len(texts)))
+        dot = np.zeros_like(cos)
+        for k in range(1, int(cnt_a[on].max(initial=0)) + 1):
+            e = on & (cnt_a >= k)
+            a = sparse.csr_matrix((x[e] / cnt_a[e], (row_a[e], col_a[e])), shape=shape)  # [c_h >= k] idf
+            b = sparse.csr_matrix((x[e], (row_a[e], col_a[e])), shape=shape)  # [c_r >= k] x_r
+            dot += (a[h_rows] @ b[r_rows].T).toarray()
+        denom = norm[h_rows][:, None] * norm[r_rows][None, :]
+        cos += np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
     delta = lengths[h_rows][:, None] - lengths[r_rows][None, :]
-    score = CIDER_D_SCALE * cos * np.exp(-(delta ** 2) / (2.0 * CIDER_D_SIGMA ** 2))
-    return score @ w_ref[r_rows] / w_ref[r_rows].sum()
+    return CIDER_D_SCALE * cos / MAX_NGRAM * np.exp(-(delta ** 2) / (2.0 * CIDER_D_SIGMA ** 2))
+
+
+def ciderd_agreement(hyps: Sequence[str], refs: Sequence[str], weights: Sequence[float],
+                     idf: dict[str, float] | None, unseen: float | None = None) -> np.ndarray:
+    """``[H]``: each of ``hyps``' CIDEr-D (:func:`ciderd_matrix`) against each of ``refs`` taken
+    alone, averaged with ``weights``; a hypothesis' expected CIDEr-D if the references were
+    drawn from ``refs``."""
+    w = np.asarray(weights, dtype=np.float64)
+    if not len(hyps) or not len(refs) or w.sum() <= 0:
+        return np.zeros(len(hyps))
+    keep = w > 0
+    refs = [r for r, k in zip(refs, keep) if k]
+    return ciderd_matrix(hyps, refs, idf, unseen) @ w[keep] / w[keep].sum()
+
+
+def ciderd_consensus(candidates: Sequence[Sequence[str]], weights: Sequence[Sequence[float]] | None = None,
+                     idf: dict[str, float] | None = None, recall_weight: float = 0.0) -> list[np.ndarray]:
+    """Per group, each candidate's expected CIDEr-D (:func:`ciderd_matrix`, corpus ``idf``)
+    against the other candidates of its group, plus ``recall_weight`` x its mean unigram
+    F-mean with them (METEOR's, :func:`decoding.unigram_fmean`); means weighted by ``weights``.
+
+    The MBR agreement of ``caption``'s hypothesis selection, applied within a retrieved pool:
+    the captions a pool's other captions would score best, as references.
+    """
+    from .decoding import unigram_fmean
+
+    out = []
+    for c, group in enumerate(candidates):
+        if not len(group):
+            out.append(np.zeros(0))
+            continue
+        w = np.ones(len(group)) if weights is None else np.asarray(weights[c], dtype=np.float64)
+        uniq = list(dict.fromkeys(group))
+        pos = {t: i for i, t in enumerate(uniq)}
+        at = np.array([pos[t] for t in group])
+        w_u = np.bincount(at, weights=w, minlength=len(uniq))  # a repeated text counts once per copy
+        toks = [words(t) for t in uniq]
+        agree = ciderd_matrix(uniq, uniq, idf)
+        if recall_weight:
+            agree = agree + recall_weight * unigram_fmean(toks, toks)
+        total = agree @ w_u  # [U]: against every copy, itself included
+        others = w.sum() - w
+        own = w * np.diag(agree)[at]  # leave the candidate itself out (its other copies stay)
+        out.append(np.divide(total[at] - own, others, out=np.zeros(len(group)), where=others > 0))
+    return out
 
 
 def consensus_rerank(
