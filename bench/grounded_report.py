@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from audiocap_cli import grounded, labelsim  # noqa: E402
 from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
 from audiocap_cli.decoding import is_content_word  # noqa: E402
+from audiocap_cli.labelspace import RERANKS  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
 from bootstrap_report import load_clips, names_source  # noqa: E402
@@ -147,7 +148,7 @@ def main() -> None:
                     help="query calibration power, changed at captioning time only (default: the model's labelspace.json)")
     ap.add_argument("--rerank-pool", type=int, default=None,
                     help="captions gathered per query, changed at captioning time only (default: the model's)")
-    ap.add_argument("--rerank", default=None, choices=("ciderd", "tfidf"),
+    ap.add_argument("--rerank", default=None, choices=RERANKS,
                     help="how guidance is re-ranked from the pool, changed at captioning time only (default: the model's)")
     ap.add_argument("--rerank-recall-weight", type=float, default=None,
                     help="F-mean weight of --rerank ciderd, changed at captioning time only (default: the model's)")
