@@ -3,7 +3,11 @@
 Rows, per set:
   top-1 retrieved         the first caption of the nearest label set
   consensus guidance      guidance[0]: the most typical caption of the retrieved pool
-  generated               the decoder's caption, what `audiocap caption` prints (its defaults)
+  generated               what `audiocap caption` prints (its defaults): the decoder's caption, or
+                          the pool's own most typical caption where that agrees with the pool by
+                          --pool-margin more (captioner.CaptionOptions.pool_margin)
+  generated, decoder only the decoder's caption alone (--pool-margin none); the ablations below
+                          switch parts of it off
   generated, audio off    the decoder with its audio branch switched off (inference-time ablation)
   generated, guidance off the decoder with empty guidance
   generated, head frozen  the low-rank head update and bias zeroed: the pretrained LM head
@@ -23,7 +27,7 @@ real audio through the Captioner, against the 5 captions bench/sounds_dataset.py
 each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
-       [--select consensus|guidance|score] [--agreement ciderd|tfidf] [--recall-weight W] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
+       [--select consensus|guidance|score] [--agreement ciderd|tfidf] [--recall-weight W] [--pool-margin M|none] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
        [--score-power P] [--rerank-pool N] [--rerank ciderd|tfidf] [--rerank-recall-weight W]
        [--simulation FIELD=VALUE,...] [--val-draw K]
 """
@@ -55,7 +59,8 @@ from sounds_dataset import kinds  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 COLUMNS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr-D", "cider_d"))
-KIND_ROWS = ("top-1 retrieved", "consensus guidance", "generated")  # repeated per kind of real clip
+DECODER_ONLY = "generated, decoder only"  # --pool-margin none: never the pool's own caption
+KIND_ROWS = ("top-1 retrieved", "consensus guidance", "generated", DECODER_ONLY)  # repeated per kind of real clip
 _WORD = re.compile(r"[a-z']+")
 
 
@@ -68,10 +73,25 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
     out = {
         "top-1 retrieved": [row[0].captions[0] if row else "" for row in hits],
         "consensus guidance": [g[0] if g else "" for g in guid],
-        "generated": cap.generate(guid, frames, sc, ev),
+        "generated": cap.generate(guid, frames, sc, ev),  # what `caption` prints
     }
-    if not ablations or cap.decoder is None:
+    if cap.decoder is None:
         return out, guid
+    opts = cap.opts
+    if opts.pool_margin is not None:  # the decoder's own captions; the ablations switch parts of it off
+        cap.opts = dataclasses.replace(opts, pool_margin=None)
+        out[DECODER_ONLY] = cap.generate(guid, frames, sc, ev)
+    try:
+        if ablations:
+            ablate(cap, guid, frames, sc, ev, out)
+    finally:
+        cap.opts = opts
+    return out, guid
+
+
+def ablate(cap: Captioner, guid: list[list[str]], frames: np.ndarray, sc: np.ndarray,
+           ev: list[tuple[list[str], list[float]]], out: dict[str, list[str]]) -> None:
+    """The generated rows with a part of the decoder switched off at inference time."""
     decs = list(getattr(cap.decoder, "members", [cap.decoder]))  # an ensemble: switch it off in each member
     cfgs = [d.cfg for d in decs]
     for d, cfg in zip(decs, cfgs):
@@ -91,7 +111,6 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
             for d, (b, bias) in zip(decs, saved):
                 d.head_b.copy_(b)
                 d.head_bias.copy_(bias)
-    return out, guid
 
 
 def distribution(preds: list[str], guid: list[list[str]], keywords: list[list[str]] | None = None) -> dict[str, float]:
@@ -140,6 +159,9 @@ def main() -> None:
                     help="how a hypothesis' agreement with the retrieved pool is measured: ciderd or tfidf")
     ap.add_argument("--recall-weight", type=float, default=CaptionOptions.recall_weight,
                     help="weight of the unigram F-mean in the hypothesis selection")
+    ap.add_argument("--pool-margin", type=lambda v: None if v.lower() == "none" else float(v), default=...,
+                    help="the pool's own most typical caption is printed when it beats the chosen hypothesis' agreement "
+                         "by this margin; none: never (default: caption's, none with --agreement tfidf)")
     ap.add_argument("--repeat-penalty", type=float, default=CaptionOptions.repeat_penalty,
                     help="log-prob off a caption each time it says a content word again (0: off)")
     ap.add_argument("--beam", type=int, default=CaptionOptions.beam_size)
@@ -161,11 +183,13 @@ def main() -> None:
         sim = labelsim.parse(args.simulation)
     except ValueError as e:
         sys.exit(f"--simulation: {e}")
+    if args.pool_margin is ...:
+        args.pool_margin = CaptionOptions.pool_margin if args.agreement == "ciderd" else None
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
     cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len,
                                                           recall_weight=args.recall_weight, repeat_penalty=args.repeat_penalty,
-                                                          agreement=args.agreement))
+                                                          agreement=args.agreement, pool_margin=args.pool_margin))
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     # query-side settings only: the index (label vectors, class weights) is the model's as built
@@ -195,7 +219,7 @@ def main() -> None:
             for kind, sub in kinds(ids).items():
                 rows_of = [at[i] for i in sub]
                 kw = [keywords[j] for j in rows_of] if keywords is not None else None
-                for row in KIND_ROWS:
+                for row in (r for r in KIND_ROWS if r in rows):
                     preds = [rows[row][j] for j in rows_of]
                     jobs[f"real {kind}\t{row}"] = (dict(zip(sub, preds)), {i: refs[i] for i in sub})
                     dists[f"real {kind}\t{row}"] = distribution(preds, [guid[j] for j in rows_of], kw)

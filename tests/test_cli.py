@@ -95,5 +95,5 @@ def test_caption_defaults_are_the_library_defaults() -> None:
 
     params = {p.name: p.default for p in typer.main.get_command(app).commands["caption"].params}
     lib = CaptionOptions()
-    for name in ("beam_size", "batch_size", "max_len", "no_repeat_ngram", "repeat_penalty", "select"):
+    for name in ("beam_size", "batch_size", "max_len", "no_repeat_ngram", "repeat_penalty", "select", "pool_margin"):
         assert params[name] == getattr(lib, name), name

@@ -132,6 +132,37 @@ def test_select_mbr_recall_weight_favours_covering_the_evidence() -> None:
     assert unigram_fmean([["a", "dog", "howls"]], [["a", "dog", "barks"]])[0, 0] == pytest.approx(2 / 3)
 
 
+def test_pool_margin_prints_the_pools_own_caption_only_when_it_agrees_more_by_the_margin() -> None:
+    """The evidence's caption of highest leave-one-out agreement replaces the chosen hypothesis
+    exactly when it beats the hypothesis' agreement by more than the margin."""
+    from audiocap_cli.decoding import Decoded, select_mbr, unigram_fmean
+    from audiocap_cli.zeroshot import ciderd_agreement, ciderd_consensus, words
+
+    hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog growls")))
+    d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
+    pool = ["a dog barks", "a dog barks", "a dog barks loudly", "a man speaks", "wind blows"]
+    w = [1.0, 1.0, 1.0, 1.0, 0.0]  # a zero-weight caption is never printed
+    rw = 3.0
+    hyp_u = ciderd_agreement([h.text for h in hyps], pool, w, None) + rw * np.average(
+        unigram_fmean([words(h.text) for h in hyps], [words(p) for p in pool]), axis=1, weights=w)
+    own = ciderd_consensus([pool], [w], None, rw)[0]
+    gap = own[:4].max() - hyp_u.max()
+    assert gap > 0 and pool[int(np.argmax(own[:4]))] == "a dog barks"
+    chosen = hyps[int(np.argmax(hyp_u))]
+    for margin, text in ((gap - 1e-6, "a dog barks"), (gap + 1e-6, chosen.text), (None, chosen.text)):
+        (got,) = select_mbr([d], [(pool, w)], rw, "ciderd", None, margin)
+        assert got.text == text and got.hypotheses == hyps
+    (got,) = select_mbr([d], [(pool, w)], rw, "ciderd", None, 0.0)
+    assert got.tokens == () and np.isnan(got.score)  # not a hypothesis of the decoder
+    single = Decoded("a man speaks", -1.0, -3.0, (0,))  # one hypothesis: compared all the same
+    assert select_mbr([single], [(pool, w)], rw, "ciderd", None, 0.0)[0].text == "a dog barks"
+    assert select_mbr([single], [(pool, w)], rw, "ciderd", None, None)[0] is single
+    with pytest.raises(AudiocapError, match="pool_margin"):
+        DecodingOptions(agreement="tfidf", pool_margin=0.1)
+    with pytest.raises(AudiocapError, match="pool_margin"):
+        select_mbr([d], [(pool, w)], rw, "tfidf", None, 0.1)
+
+
 def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:
     """decode(select="consensus") applies select_mbr to the beam's hypotheses with the given
     evidence (and the guidance, equally weighted, when there is none)."""
@@ -154,6 +185,14 @@ def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:
     got = decode(dec, GUIDANCE[:2], fr, opts, idf=idf)
     want = select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight, "ciderd", idf)
     assert [g.text for g in got] == [g.text for g in want]
+    # pool_margin reaches the selection against an evidence pool: a pool of one caption said
+    # twice and another said once prints the repeated one over hypotheses that say neither;
+    # against the guidance (no pool given) it is not applied
+    pool = [(["a dog barks"] * 2 + ["rain falls"], [1.0] * 3) for _ in plain]
+    pm = dataclasses.replace(opts, pool_margin=0.0)
+    assert [g.text for g in decode(dec, GUIDANCE[:2], fr, pm, evidence=pool)] == ["a dog barks"] * 2
+    assert [g.text for g in decode(dec, GUIDANCE[:2], fr, pm)] == [g.text for g in select_mbr(
+        plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight)]
 
 
 def test_ragged_frames_and_errors(lm: FrozenLM) -> None:

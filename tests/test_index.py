@@ -214,6 +214,7 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     cap = Captioner.__new__(Captioner)  # the parts generate() reads, without loading a model
     cap.index = CaptionIndex.build(_unit(4, 15), ids, caps, _cfg())
     cap.decoder = object()  # type: ignore[assignment]
+    cap.labels = None  # the paper's kind of index: no pool of its own
     monkeypatch.setattr(cap, "decoder_audio", lambda frames, scores: None)
     seen: dict = {}
 
@@ -226,6 +227,11 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     assert cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None) == ["x"]
     assert seen["idf"] is cap.index.ngram_idf()
     assert (seen["opts"].select, seen["opts"].agreement, seen["opts"].recall_weight) == ("consensus", "ciderd", 3.0)
+    assert seen["opts"].pool_margin is None  # the pool's own caption: label-space pools only
+    cap.labels = object()  # type: ignore[assignment]
+    cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
+    assert seen["opts"].pool_margin == CaptionOptions.pool_margin == 0.1
+    cap.labels = None
     cap.opts = CaptionOptions(select="score")
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
     assert seen["idf"] is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -290,6 +291,7 @@ def caption(
     no_repeat_ngram: int = typer.Option(3, min=0, help="Never repeat an n-gram of this size in a caption (0: off)."),
     repeat_penalty: float = typer.Option(2.0, min=0.0, help="Log-prob taken off a caption each time it says a content word again (0: off)."),
     select: Literal["consensus", "guidance", "score"] = typer.Option("consensus", help="Beam hypothesis printed: consensus (the one agreeing most with all retrieved captions), guidance (with the K guidance captions) or score (the best-scored)."),
+    pool_margin: float = typer.Option(0.1, min=0.0, help="With --select consensus and a label-grounded model: print the retrieved pool's own most typical caption instead when its agreement with the pool beats the chosen hypothesis' by this margin (inf: always the decoder's)."),
     k: Optional[int] = typer.Option(None, "-k", min=1, help="Guidance captions per clip (default: the model's)."),
     long_audio: Literal["crop", "windows"] = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
     hop: Optional[float] = typer.Option(None, callback=_positive, help="Window step in seconds with --long-audio windows."),
@@ -314,7 +316,9 @@ def caption(
         paths = select_shard(paths, *parse_shard(shard))
     if not paths and shard is None:
         fatal("no input files", 2)
-    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, repeat_penalty=repeat_penalty, select=select, batch_size=batch_size, k=k, long_audio=long_audio, hop_seconds=hop, device=device)
+    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, repeat_penalty=repeat_penalty, select=select,
+                         pool_margin=None if math.isinf(pool_margin) else pool_margin, batch_size=batch_size, k=k,
+                         long_audio=long_audio, hop_seconds=hop, device=device)
     model = _use_model(model, quiet)
     if ray is not None:
         _caption_ray(paths, model, opts, ray, workers, cpus_per_worker, gpus_per_worker, output, fmt, resume, quiet)

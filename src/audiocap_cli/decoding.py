@@ -94,6 +94,14 @@ class DecodingOptions:
     # than 2 for METEOR: on three draws of val's input 21.9, 21.8, 22.0 against 21.8, 21.6,
     # 21.7. With "tfidf" (beam 8): 0: 20.9 / 58.8, 12.1 / 35.2; 0.3: 22.0 / 67.1, 12.3 / 33.3.
     recall_weight: float = 3.0
+    # None: the caption is always one of the decoder's hypotheses. A float m, with "consensus"
+    # and an evidence pool given to `decode` (else it is ignored): the evidence's own
+    # most agreeing caption (its agreement with the rest of the evidence, itself left out;
+    # zeroshot.ciderd_consensus) is printed instead when that agreement beats the chosen
+    # hypothesis' by more than m; "ciderd" agreement only. A hypothesis that copies an evidence
+    # caption also agrees with that copy, so m is roughly the self-match it is credited with
+    # (1/100 of 10 + 3 with a pool of 100). See `captioner.CaptionOptions.pool_margin`.
+    pool_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.select not in SELECTS:
@@ -102,6 +110,8 @@ class DecodingOptions:
             raise AudiocapError(f"decoding options: agreement {self.agreement!r} not one of {AGREEMENTS}")
         if self.recall_weight < 0.0 or self.repeat_penalty < 0.0:
             raise AudiocapError("decoding options: recall_weight and repeat_penalty must be >= 0")
+        if self.pool_margin is not None and self.agreement != "ciderd":
+            raise AudiocapError("decoding options: pool_margin needs agreement 'ciderd' (or pool_margin None)")
         if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1 or self.min_len < 0:
             raise AudiocapError("decoding options: beam_size, max_len and batch_size must be >= 1")
 
@@ -331,9 +341,11 @@ def _select(decoded: list[Decoded], guidance: Sequence[Sequence[str]], evidence:
             opts: DecodingOptions, idf: dict[str, float] | None = None) -> list[Decoded]:
     if opts.select == "score":
         return decoded
+    # the pool's own caption only against a whole pool: the margin was measured on pools of 100
+    margin = opts.pool_margin if opts.select == "consensus" and evidence is not None else None
     if opts.select == "guidance" or evidence is None:
         evidence = [(g, [1.0] * len(g)) for g in guidance]
-    return select_mbr(decoded, evidence, opts.recall_weight, opts.agreement, idf)
+    return select_mbr(decoded, evidence, opts.recall_weight, opts.agreement, idf, margin)
 
 
 # METEOR 1.5's English alpha (pycocoevalcap runs it with `-l en`): F-mean = P R / (a P + (1 - a) R).
@@ -364,33 +376,46 @@ def unigram_fmean(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) 
 
 
 def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_weight: float = 0.0,
-               agreement: str = "ciderd", idf: dict[str, float] | None = None) -> list[Decoded]:
+               agreement: str = "ciderd", idf: dict[str, float] | None = None,
+               pool_margin: float | None = None) -> list[Decoded]:
     """Minimum-Bayes-risk choice: each clip's hypothesis with the highest agreement with its
     evidence captions, weighted: the mean ``agreement`` ("ciderd": CIDEr-D with the corpus
     ``idf``, without one every n-gram weighing 1; "tfidf": the consensus TF-IDF cosine) plus
     ``recall_weight`` x the mean unigram F-mean (METEOR-like). Ties: the better-ranked one.
-    Clips without evidence, or with a single hypothesis, keep their best-ranked one."""
-    from .zeroshot import ciderd_agreement, consensus_scores, words
+    Clips without evidence, or (``pool_margin`` None) with a single hypothesis, keep their
+    best-ranked one. ``pool_margin`` (DecodingOptions.pool_margin): the evidence caption of
+    highest leave-one-out agreement replaces the chosen hypothesis when it beats it by more than
+    that; it comes back with no tokens and NaN scores, and the clip's hypotheses."""
+    from .zeroshot import ciderd_agreement, ciderd_consensus, consensus_scores, words
 
     if agreement not in AGREEMENTS:
         raise AudiocapError(f"agreement {agreement!r} not one of {AGREEMENTS}")
+    if pool_margin is not None and agreement != "ciderd":
+        raise AudiocapError("pool_margin needs agreement 'ciderd'")
     if agreement == "tfidf":
         groups = [[h.text for h in d.hypotheses] + list(caps) for d, (caps, _) in zip(decoded, evidence)]
         weights = [[0.0] * len(d.hypotheses) + [float(x) for x in w] for d, (_, w) in zip(decoded, evidence)]
         scores = [s[: len(d.hypotheses)] for d, s in zip(decoded, consensus_scores(groups, weights))]
     out = []
     for c, (d, (caps, w)) in enumerate(zip(decoded, evidence)):
-        n = len(d.hypotheses)
-        if not len(caps) or n < 2 or not sum(w):
+        hyps = d.hypotheses or (d,)
+        if not len(caps) or not sum(w) or (len(hyps) < 2 and pool_margin is None):
             out.append(d)
             continue
-        texts = [h.text for h in d.hypotheses]
+        texts = [h.text for h in hyps]
         utility = scores[c] if agreement == "tfidf" else ciderd_agreement(texts, caps, w, idf)
         if recall_weight:
             f = unigram_fmean([words(t) for t in texts], [words(x) for x in caps])  # [n, R]
             utility = utility + recall_weight * np.average(f, axis=1, weights=w)
         best = int(np.argmax(utility))  # first of equals
-        out.append(dataclasses.replace(d.hypotheses[best], hypotheses=d.hypotheses) if best else d)
+        if pool_margin is not None:
+            own = np.where(np.asarray(w, dtype=np.float64) > 0,
+                           ciderd_consensus([list(caps)], [list(w)], idf, recall_weight)[0], -np.inf)
+            j = int(np.argmax(own))
+            if own[j] > utility[best] + pool_margin:
+                out.append(Decoded(caps[j], float("nan"), float("nan"), (), d.hypotheses))
+                continue
+        out.append(dataclasses.replace(hyps[best], hypotheses=d.hypotheses) if best else d)
     return out
 
 
