@@ -153,7 +153,8 @@ def test_pool_margin_prints_the_pools_own_caption_only_when_it_agrees_more_by_th
         (got,) = select_mbr([d], [(pool, w)], rw, "ciderd", None, margin)
         assert got.text == text and got.hypotheses == hyps
     (got,) = select_mbr([d], [(pool, w)], rw, "ciderd", None, 0.0)
-    assert got.tokens == () and np.isnan(got.score)  # not a hypothesis of the decoder
+    assert got.retrieved and got.tokens == () and np.isnan(got.score)  # not a hypothesis of the decoder
+    assert not select_mbr([d], [(pool, w)], rw, "ciderd", None, 100.0)[0].retrieved
     single = Decoded("a man speaks", -1.0, -3.0, (0,))  # one hypothesis: compared all the same
     assert select_mbr([single], [(pool, w)], rw, "ciderd", None, 0.0)[0].text == "a dog barks"
     assert select_mbr([single], [(pool, w)], rw, "ciderd", None, None)[0] is single

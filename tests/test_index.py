@@ -232,6 +232,10 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
     assert seen["opts"].pool_margin == CaptionOptions.pool_margin == 0.1
     cap.labels = None
+    cap.decoder = None  # a retrieval-only model prints its first guidance caption, retrieved
+    got = cap.decode_windows([["caption of clip0", "caption of clip1"], []], np.zeros((2, 1, 1), np.float32), None)
+    assert [(d.text, d.retrieved) for d in got] == [("caption of clip0", True), ("", False)]
+    cap.decoder = object()  # type: ignore[assignment]
     cap.opts = CaptionOptions(select="score")
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
     assert seen["idf"] is None

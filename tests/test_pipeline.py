@@ -190,6 +190,12 @@ def test_text_only_bootstrap(tmp_path: Path, env: dict[str, str], workspace: Pat
     assert row["guidance"] and all(g["caption"] in caps for g in row["guidance"])
 
 
+_DOG, _SPEECH, _RAIN = "/m/0bt9lr", "/m/09x0r", "/m/06mb1"
+LABELLED_ROWS = [("a dog barks", [_DOG]), ("a dog is barking loudly", [_DOG]), ("a man speaks", [_SPEECH]),
+                 ("a man is talking", [_SPEECH]), ("rain falls on a roof", [_RAIN]), ("heavy rain pours down", [_RAIN]),
+                 ("a dog barks as a man speaks", [_DOG, _SPEECH]), ("a man talks in the rain", [_SPEECH, _RAIN])]
+
+
 def labelled_manifest(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     """A tiny caption manifest whose clips carry AudioSet mids, and an env with an (empty)
     AudioSet folder, as `bootstrap` needs to build the label-grounded captioner."""
@@ -197,13 +203,9 @@ def labelled_manifest(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[s
     labels.mkdir()
     (labels / "unbalanced_train_segments.csv").write_text("# YTID, start_seconds, end_seconds, positive_labels\n")
     (labels / "ontology.json").write_text("[]")
-    dog, speech, rain = "/m/0bt9lr", "/m/09x0r", "/m/06mb1"
-    rows = [("a dog barks", [dog]), ("a dog is barking loudly", [dog]), ("a man speaks", [speech]),
-            ("a man is talking", [speech]), ("rain falls on a roof", [rain]), ("heavy rain pours down", [rain]),
-            ("a dog barks as a man speaks", [dog, speech]), ("a man talks in the rain", [speech, rain])]
     manifest = tmp_path / "corpus.jsonl"
     manifest.write_text("".join(json.dumps({"path": f"c{i}.wav", "caption": c, "mids": m}) + "\n"
-                                for i, (c, m) in enumerate(rows)))
+                                for i, (c, m) in enumerate(LABELLED_ROWS)))
     return manifest, {**env, "AUDIOCAP_AUDIOSET_DIR": str(labels)}
 
 
@@ -226,6 +228,13 @@ def test_label_grounded_bootstrap_ensemble(tmp_path: Path, env: dict[str, str], 
     assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
     r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
     assert json.loads(r.stdout)["caption"]
+    # the pool's own caption: at margin 0 this barely trained decoder's hypotheses lose to it, and
+    # the line says the caption is retrieved (a corpus caption); with --pool-margin inf, never
+    clip = str(next((workspace / "audio").glob("test_*.wav")))
+    rows = [json.loads(cli("caption", clip, "-m", str(m), "--max-len", "6", "-q", "--pool-margin", p, env=env).stdout)
+            for p in ("0", "inf")]
+    assert rows[0].get("retrieved") is True and rows[0]["caption"] in {c for c, _ in LABELLED_ROWS}
+    assert "retrieved" not in rows[1] and rows[1]["caption"] not in {c for c, _ in LABELLED_ROWS}
     # the paper's table for a label-grounded model: its retrieval row reads pooled scores as `caption` does
     r = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(m), "--scope", "all", "--beam-size", "1",
             "-q", env=env)

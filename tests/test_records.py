@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import math
@@ -66,6 +67,10 @@ def test_caption_record_json_line_format() -> None:
         ("seconds", {"features": 0.1}),
     ]
     assert CaptionRecord.from_json(json.loads(json.dumps(ok.to_json()))) == ok
+    # a retrieved human caption printed instead of the decoder's says so, last; the decoder's says nothing
+    got = dataclasses.replace(ok, retrieved=True).to_json()
+    assert list(got)[-1] == "retrieved" and got["retrieved"] is True and "retrieved" not in ok.to_json()
+    assert CaptionRecord.from_json(json.loads(json.dumps(got))).retrieved is True
     bad = CaptionRecord.failure("b.wav", "not audio", "InvalidAudioError")
     assert bad.to_json() == {"path": "b.wav", "error": "not audio", "error_type": "InvalidAudioError"}
     assert bad.failed and not ok.failed and CaptionRecord.from_json(bad.to_json()) == bad

@@ -203,10 +203,16 @@ class Captioner:
                  evidence: list[tuple[list[str], list[float]]] | None = None) -> list[str]:
         """Captions of windows from their guidance (``evidence``: see :meth:`retrieval_of`);
         without a decoder, the first guidance caption."""
-        if self.decoder is None:
-            return [g[0] if g else "" for g in guid]
-        from .decoding import DecodingOptions, decode
+        return [d.text for d in self.decode_windows(guid, frames, scores, evidence)]
 
+    def decode_windows(self, guid: list[list[str]], frames: np.ndarray, scores: np.ndarray | None,
+                       evidence: list[tuple[list[str], list[float]]] | None = None) -> list[Any]:
+        """:meth:`generate`'s captions as ``decoding.Decoded``, ``retrieved`` where the caption
+        is a retrieved one (the pool's own, or the first guidance caption without a decoder)."""
+        from .decoding import Decoded, DecodingOptions, decode
+
+        if self.decoder is None:
+            return [Decoded(g[0] if g else "", float("nan"), float("nan"), (), retrieved=bool(g)) for g in guid]
         audio = self.decoder_audio(frames, scores)
         opts = DecodingOptions(beam_size=self.opts.beam_size, max_len=self.opts.max_len,
                                no_repeat_ngram=self.opts.no_repeat_ngram, select=self.opts.select,
@@ -215,7 +221,7 @@ class Captioner:
                                pool_margin=self.opts.pool_margin if self.labels is not None else None)
         # CIDEr-D's idf: of every caption the index holds (about 1 s, once, for 50k captions)
         idf = self.index.ngram_idf() if opts.select != "score" and opts.agreement == "ciderd" else None
-        return [d.text for d in decode(self.decoder, guid, audio, opts, evidence=evidence, idf=idf)]
+        return decode(self.decoder, guid, audio, opts, evidence=evidence, idf=idf)
 
     def decoder_audio(self, frames: np.ndarray, scores: np.ndarray | None) -> Any:
         """What the decoder's audio branch reads: encoder frames ``[W, T, D]``, or for a
@@ -261,7 +267,7 @@ class Captioner:
         # windows mode is 3,600 windows, and stacking them all would copy its features again.
         hits: list[list[Hit]] = []
         guid: list[list[str]] = []
-        captions: list[str] = []
+        captions: list[Any] = []  # decoding.Decoded
         t_ret = t_dec = 0.0
         for c in range(0, len(windows), _WINDOW_CHUNK):
             part = windows[c : c + _WINDOW_CHUNK]
@@ -272,16 +278,17 @@ class Captioner:
             g, ev = self.retrieval_of(h)
             guid += g
             t2 = time.perf_counter()
-            captions += self.generate(g, frames, scores, ev)
+            captions += self.decode_windows(g, frames, scores, ev)
             t_ret, t_dec = t_ret + t2 - t1, t_dec + time.perf_counter() - t2
         per = {"features": t_feat, "retrieval": t_ret, "decoding": t_dec}
         n = len(windows)
         for w, row, g, cap, i in zip(windows, hits, guid, captions, owner):
             dist = self.distances(row)
             out[i].append(CaptionRecord(
-                w.path, round(w.start, 3), round(w.end, 3), cap,
+                w.path, round(w.start, 3), round(w.end, 3), cap.text,
                 guidance=[Guide(c, round(dist[c], 6) if c in dist else None) for c in g],
                 seconds={k: round(v / n, 4) for k, v in per.items()},
+                retrieved=True if cap.retrieved else None,
             ).to_json())
         return out
 

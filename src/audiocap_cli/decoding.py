@@ -119,13 +119,15 @@ class DecodingOptions:
 @dataclass(frozen=True)
 class Decoded:
     """One caption: its text, ranking score, summed log-prob and tokens (EOS stripped), and every
-    finished hypothesis of its clip, best-ranked first (the caption is one of them)."""
+    finished hypothesis of its clip, best-ranked first (the caption is one of them unless
+    ``retrieved``: a retrieved caption printed instead, see :func:`select_mbr`)."""
 
     text: str
     score: float
     logprob: float
     tokens: tuple[int, ...]
     hypotheses: tuple[Decoded, ...] = ()
+    retrieved: bool = False
 
 
 class _Beams:
@@ -385,7 +387,7 @@ def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_
     Clips without evidence, or (``pool_margin`` None) with a single hypothesis, keep their
     best-ranked one. ``pool_margin`` (DecodingOptions.pool_margin): the evidence caption of
     highest leave-one-out agreement replaces the chosen hypothesis when it beats it by more than
-    that; it comes back with no tokens and NaN scores, and the clip's hypotheses."""
+    that; it comes back ``retrieved``, with no tokens and NaN scores, and the clip's hypotheses."""
     from .zeroshot import ciderd_agreement, ciderd_consensus, consensus_scores, words
 
     if agreement not in AGREEMENTS:
@@ -413,7 +415,7 @@ def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_
                            ciderd_consensus([list(caps)], [list(w)], idf, recall_weight)[0], -np.inf)
             j = int(np.argmax(own))
             if own[j] > utility[best] + pool_margin:
-                out.append(Decoded(caps[j], float("nan"), float("nan"), (), d.hypotheses))
+                out.append(Decoded(caps[j], float("nan"), float("nan"), (), d.hypotheses, retrieved=True))
                 continue
         out.append(dataclasses.replace(hyps[best], hypotheses=d.hypotheses) if best else d)
     return out

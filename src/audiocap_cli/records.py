@@ -101,7 +101,9 @@ KEY_FIELDS: tuple[str, ...] = ("path", "id", "file_name", "fname")
 @dataclass
 class CaptionRecord:
     """One line of ``audiocap caption``: the caption of one window of ``path`` (``start``/``end``
-    seconds, ``guidance``, per-stage ``seconds``), or the ``error`` that stopped the whole input.
+    seconds, ``guidance``, per-stage ``seconds``; ``retrieved`` true where the caption is a
+    retrieved human caption rather than the decoder's), or the ``error`` that stopped the whole
+    input.
 
     :meth:`to_json` gives the public line format (fields in this order, unset ones left out);
     :meth:`from_json` reads it back, also from lines keyed ``id``/``file_name``/``fname``.
@@ -115,6 +117,7 @@ class CaptionRecord:
     seconds: dict[str, float] | None = None
     error: str | None = None
     error_type: str | None = None
+    retrieved: bool | None = None  # None (left out of the line): the decoder's own caption
 
     @classmethod
     def failure(cls, path: str, error: str, error_type: str) -> "CaptionRecord":
@@ -146,7 +149,7 @@ class CaptionRecord:
                 key, obj.get("start"), obj.get("end"), obj["caption"],
                 [Guide(g.get("caption"), g.get("distance")) for g in guides if isinstance(g, dict)]
                 if isinstance(guides, list) else None,
-                obj.get("seconds"),
+                obj.get("seconds"), retrieved=True if obj.get("retrieved") is True else None,
             )
         if "error" in obj:
             return cls.failure(key, str(obj["error"]), str(obj.get("error_type", "")) or None)  # type: ignore[arg-type]
