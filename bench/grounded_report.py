@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from audiocap_cli import grounded, labelsim  # noqa: E402
 from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
-from audiocap_cli.decoding import is_content_word  # noqa: E402
+from audiocap_cli.decoding import is_content_word, select_mbr  # noqa: E402
 from audiocap_cli.labelspace import RERANKS  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
@@ -73,14 +73,20 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
     out = {
         "top-1 retrieved": [row[0].captions[0] if row else "" for row in hits],
         "consensus guidance": [g[0] if g else "" for g in guid],
-        "generated": cap.generate(guid, frames, sc, ev),  # what `caption` prints
     }
-    if cap.decoder is None:
-        return out, guid
     opts = cap.opts
-    if opts.pool_margin is not None:  # the decoder's own captions; the ablations switch parts of it off
+    if cap.decoder is None or opts.pool_margin is None or opts.select != "consensus":
+        out["generated"] = cap.generate(guid, frames, sc, ev)  # what `caption` prints
+        if cap.decoder is None:
+            return out, guid
+    else:
+        # One decode serves both rows: the decoder's own choice, then the pool's caption against
+        # it with the same select_mbr that `caption` runs (each Decoded keeps the clip's beam).
         cap.opts = dataclasses.replace(opts, pool_margin=None)
-        out[DECODER_ONLY] = cap.generate(guid, frames, sc, ev)
+        own = cap.decode_windows(guid, frames, sc, ev)
+        idf = cap.index.ngram_idf() if opts.agreement == "ciderd" else None
+        out["generated"] = [d.text for d in select_mbr(own, ev, opts.recall_weight, opts.agreement, idf, opts.pool_margin)]
+        out[DECODER_ONLY] = [d.text for d in own]  # the ablations switch parts of it off
     try:
         if ablations:
             ablate(cap, guid, frames, sc, ev, out)
