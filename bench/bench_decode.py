@@ -14,6 +14,7 @@ same clips as the baseline of the ensemble's cost.
 
 Goals (README): >= 1.5 clips/s, >= 20x decode_naive, peak RSS <= 1.5 GB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,24 @@ from audiocap_cli.lm import load_lm
 
 FRAMES_10S = 20  # YAMNet: 0.96 s windows at 0.48 s hop -> 20 frames in 10 s
 YAMNET_DIM = 1024
-CAPTIONS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "captions" / "audiocaps_val.csv"
+CAPTIONS = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "captions"
+    / "audiocaps_val.csv"
+)
 FALLBACK = [
-    "a dog barks while cars pass by", "rain falls on a metal roof", "a man speaks over loud wind",
-    "birds chirp in the distance", "an engine idles and then revs", "people talk in a crowded room",
-    "water runs from a faucet", "a baby cries and a woman speaks", "thunder rumbles as rain pours",
+    "a dog barks while cars pass by",
+    "rain falls on a metal roof",
+    "a man speaks over loud wind",
+    "birds chirp in the distance",
+    "an engine idles and then revs",
+    "people talk in a crowded room",
+    "water runs from a faucet",
+    "a baby cries and a woman speaks",
+    "thunder rumbles as rain pours",
     "a siren wails and fades away",
 ]
 
@@ -60,7 +74,13 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=30)
     ap.add_argument("--guidance", choices=["concat", "separate"], default="concat")
-    ap.add_argument("--decoder", type=Path, nargs="+", default=None, help="trained decoder folder(s); several: their ensemble")
+    ap.add_argument(
+        "--decoder",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="trained decoder folder(s); several: their ensemble",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()
     if args.threads:
@@ -72,8 +92,12 @@ def main() -> None:
         dec = load_decoders(args.decoder, lm)
     else:
         torch.manual_seed(0)
-        dec = GuidedDecoder(DecoderConfig(lm="smollm2", d_l=lm.dim, d_a=YAMNET_DIM, guidance=args.guidance), lm)
-    print(f"load: {time.perf_counter() - t0:.1f} s, rss {peak_rss_gb():.2f} GB, torch threads {torch.get_num_threads()}")
+        dec = GuidedDecoder(
+            DecoderConfig(lm="smollm2", d_l=lm.dim, d_a=YAMNET_DIM, guidance=args.guidance), lm
+        )
+    print(
+        f"load: {time.perf_counter() - t0:.1f} s, rss {peak_rss_gb():.2f} GB, torch threads {torch.get_num_threads()}"
+    )
 
     rng = np.random.default_rng(0)
     pool = captions()
@@ -93,18 +117,24 @@ def main() -> None:
     same = [a.tokens for a in fast[: args.naive_clips]] == [b.tokens for b in slow]
     fast_cps, slow_cps = args.clips / fast_s, args.naive_clips / slow_s
     steps = np.mean([len(d.tokens) for d in fast])
-    print(f"batched+KV cache: {args.clips} clips in {fast_s:.2f} s = {fast_cps:.2f} clips/s "
-          f"(beam {args.beam}, mean {steps:.1f} tokens, guidance {dec.cfg.guidance})")
+    print(
+        f"batched+KV cache: {args.clips} clips in {fast_s:.2f} s = {fast_cps:.2f} clips/s "
+        f"(beam {args.beam}, mean {steps:.1f} tokens, guidance {dec.cfg.guidance})"
+    )
     print(f"naive:            {args.naive_clips} clips in {slow_s:.2f} s = {slow_cps:.3f} clips/s")
-    print(f"speed-up: {fast_cps / slow_cps:.1f}x (goal >= 20x); clips/s goal >= 1.5: "
-          f"{'met' if fast_cps >= 1.5 else 'NOT met'}; same tokens as naive: {same}")
+    print(
+        f"speed-up: {fast_cps / slow_cps:.1f}x (goal >= 20x); clips/s goal >= 1.5: "
+        f"{'met' if fast_cps >= 1.5 else 'NOT met'}; same tokens as naive: {same}"
+    )
     print(f"peak RSS: {peak_rss_gb():.2f} GB (goal <= 1.5 GB)")
     if hasattr(dec, "members"):
         t = time.perf_counter()
         decode(dec.members[0], guidance[: args.clips], frames[: args.clips], opts)
         one_s = time.perf_counter() - t
-        print(f"ensemble of {len(dec.members)}: {fast_s / one_s:.2f}x the time of its first member alone "
-              f"({args.clips / one_s:.2f} clips/s)")
+        print(
+            f"ensemble of {len(dec.members)}: {fast_s / one_s:.2f}x the time of its first member alone "
+            f"({args.clips / one_s:.2f} clips/s)"
+        )
     print(f"example: {fast[0].text!r}")
 
 

@@ -14,6 +14,7 @@ mapped linearly into 2560 dims plus small isotropic noise, L2-normalised. ``rand
 (isotropic Gaussian) is the worst case for any graph index and is shown for reference only.
 Queries are fresh draws from the same distribution (not indexed clips).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def make_data(n: int, dim: int, kind: str, seed: int) -> np.ndarray:
     else:
         base = np.random.default_rng(12345)  # same clusters / map for index and queries
         centres = base.standard_normal((CLUSTERS, LATENT), dtype=np.float32)
-        w = base.standard_normal((LATENT, dim), dtype=np.float32) / LATENT**0.5  # a Python float keeps float32 (NEP 50)
-        z = centres[rng.integers(0, CLUSTERS, n)] + 0.5 * rng.standard_normal((n, LATENT), dtype=np.float32)
+        w = (
+            base.standard_normal((LATENT, dim), dtype=np.float32) / LATENT**0.5
+        )  # a Python float keeps float32 (NEP 50)
+        z = centres[rng.integers(0, CLUSTERS, n)] + 0.5 * rng.standard_normal(
+            (n, LATENT), dtype=np.float32
+        )
         x = z @ w
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         x += ISO_NOISE * rng.standard_normal((n, dim), dtype=np.float32)
@@ -60,7 +65,9 @@ def exact_knn(data: np.ndarray, sq: np.ndarray, q: np.ndarray, k: int) -> np.nda
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--dim", type=int, default=2560)
     ap.add_argument("--queries", type=int, default=200)
@@ -69,18 +76,27 @@ def main() -> None:
     ap.add_argument("--ef", default="16,24,32,64")
     ap.add_argument("--M", type=int, default=32)
     ap.add_argument("--efc", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=-1, help="hnswlib build/batch threads (-1: all; the library builds with 1, for repeatable graphs)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=-1,
+        help="hnswlib build/batch threads (-1: all; the library builds with 1, for repeatable graphs)",
+    )
     args = ap.parse_args()
 
     t = time.perf_counter()
     data = make_data(args.n, args.dim, args.data, seed=0)
     queries = make_data(args.queries, args.dim, args.data, seed=1)
-    print(f"data: {args.n} x {args.dim} {args.data} float32 ({data.nbytes / 2**20:.0f} MiB), "
-          f"{args.queries} queries, k={args.k}  [{time.perf_counter() - t:.1f} s to generate]")
+    print(
+        f"data: {args.n} x {args.dim} {args.data} float32 ({data.nbytes / 2**20:.0f} MiB), "
+        f"{args.queries} queries, k={args.k}  [{time.perf_counter() - t:.1f} s to generate]"
+    )
 
     ids = [f"clip{i}" for i in range(args.n)]
     caps = [("a caption",)] * args.n
-    cfg = IndexConfig(dim=args.dim, embedder="bench", encoder="bench", M=args.M, ef_construction=args.efc)
+    cfg = IndexConfig(
+        dim=args.dim, embedder="bench", encoder="bench", M=args.M, ef_construction=args.efc
+    )
     t = time.perf_counter()
     index = CaptionIndex.build(data, ids, caps, cfg, threads=args.threads)
     build_s = time.perf_counter() - t
@@ -90,8 +106,10 @@ def main() -> None:
         t = time.perf_counter()
         CaptionIndex.load(out)
         load_s = time.perf_counter() - t
-    print(f"build: {build_s:.1f} s (M={args.M}, ef_construction={args.efc}, {build_s / args.n * 1e3:.2f} ms/clip); "
-          f"on disk: {size / 2**20:.0f} MiB ({size / args.n:.0f} B/clip); load: {load_s:.2f} s")
+    print(
+        f"build: {build_s:.1f} s (M={args.M}, ef_construction={args.efc}, {build_s / args.n * 1e3:.2f} ms/clip); "
+        f"on disk: {size / 2**20:.0f} MiB ({size / args.n:.0f} B/clip); load: {load_s:.2f} s"
+    )
 
     sq = (data * data).sum(1)
     t = time.perf_counter()
@@ -102,10 +120,14 @@ def main() -> None:
     for i in range(n_single):
         exact_knn(data, sq, queries[i : i + 1], args.k)
     exact_single = (time.perf_counter() - t) / n_single
-    print(f"exact numpy: {exact_single * 1e3:.2f} ms/query single, {exact_batch * 1e3:.3f} ms/query batched")
+    print(
+        f"exact numpy: {exact_single * 1e3:.2f} ms/query single, {exact_batch * 1e3:.3f} ms/query batched"
+    )
 
     graph = index._graph  # the bench pins thread counts; the library leaves hnswlib's default
-    print(f"{'ef':>5} {'recall@k':>9} {'single ms':>10} {'batch ms':>9} {'x exact(single)':>16} {'x exact(batch)':>15}")
+    print(
+        f"{'ef':>5} {'recall@k':>9} {'single ms':>10} {'batch ms':>9} {'x exact(single)':>16} {'x exact(batch)':>15}"
+    )
     for ef in (int(e) for e in args.ef.split(",")):
         graph.set_ef(ef)
         graph.set_num_threads(args.threads if args.threads > 0 else graph.num_threads)
@@ -117,16 +139,22 @@ def main() -> None:
         for i in range(args.queries):
             graph.knn_query(queries[i : i + 1], k=args.k)
         single = (time.perf_counter() - t) / args.queries
-        recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(labels.tolist(), truth.tolist())])
-        print(f"{ef:>5} {recall:>9.4f} {single * 1e3:>10.3f} {batch * 1e3:>9.3f} "
-              f"{exact_single / single:>15.1f}x {exact_batch / batch:>14.1f}x")
+        recall = np.mean(
+            [len(set(a) & set(b)) / args.k for a, b in zip(labels.tolist(), truth.tolist())]
+        )
+        print(
+            f"{ef:>5} {recall:>9.4f} {single * 1e3:>10.3f} {batch * 1e3:>9.3f} "
+            f"{exact_single / single:>15.1f}x {exact_batch / batch:>14.1f}x"
+        )
     # The library's own query path (ef = IndexConfig.ef_search, Hit objects, exclude handling):
     graph.set_num_threads(1)
     t = time.perf_counter()
     for i in range(args.queries):
         index.query(queries[i : i + 1], k=args.k, exclude_ids=[ids[i]])
-    print(f"CaptionIndex.query (ef_search={cfg.ef_search}, exclude-self, 1 thread): "
-          f"{(time.perf_counter() - t) / args.queries * 1e3:.3f} ms/query")
+    print(
+        f"CaptionIndex.query (ef_search={cfg.ef_search}, exclude-self, 1 thread): "
+        f"{(time.perf_counter() - t) / args.queries * 1e3:.3f} ms/query"
+    )
 
 
 if __name__ == "__main__":

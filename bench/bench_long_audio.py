@@ -22,6 +22,7 @@ same output shapes, for a 10-hour windows run in minutes instead of an hour of a
 retrieval, records) is real. The network's own activations are bounded by one encode step
 (chunk_patches patches) whatever the file's length; the runs without the stub measure them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,19 +85,31 @@ def run(args: list[str], env: dict[str, str]) -> tuple[int, float, float, str, s
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return proc.returncode, wall, usage.ru_maxrss * 1024.0, out.read().decode(), err.read().decode()
+        return (
+            proc.returncode,
+            wall,
+            usage.ru_maxrss * 1024.0,
+            out.read().decode(),
+            err.read().decode(),
+        )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--hours", default="3,10")
     ap.add_argument("--modes", default="crop,windows")
     ap.add_argument("--rate", type=int, default=8000)
     ap.add_argument("--format", default="wav", choices=["wav", "flac"])
     ap.add_argument("--short", type=int, default=10, help="2 s clips captioned in the same batch")
     ap.add_argument("-m", "--model", type=Path, default=None)
-    ap.add_argument("--work", type=Path, default=None, help="where inputs (sparse) and the tiny model go")
-    ap.add_argument("--stub-yamnet", action="store_true", help="stand-in for YAMNet's network (see above)")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="where inputs (sparse) and the tiny model go"
+    )
+    ap.add_argument(
+        "--stub-yamnet", action="store_true", help="stand-in for YAMNet's network (see above)"
+    )
     a = ap.parse_args()
 
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_long_audio."))
@@ -123,21 +136,46 @@ def main() -> None:
     print(f"{'file':>24} {'mode':>8} {'windows':>8} {'wall s':>8} {'peak RSS':>10}  goal 1.5 GB")
     results = []
     for hours in [float(h) for h in a.hours.split(",")]:
-        long = make_long(work / f"long_{hours:g}h_{a.rate}Hz".replace(".", "_"), hours, a.rate, a.format)
+        long = make_long(
+            work / f"long_{hours:g}h_{a.rate}Hz".replace(".", "_"), hours, a.rate, a.format
+        )
         for mode in a.modes.split(","):
             cache = Path(tempfile.mkdtemp(prefix="cache.", dir=work))  # every run computes
             prog = ["-c", STUB] if a.stub_yamnet else ["-m", "audiocap_cli"]
-            cmd = [sys.executable, *prog, "caption", str(long), *shorts, "-m", str(model),
-                   "--long-audio", mode, "-q"]
+            cmd = [
+                sys.executable,
+                *prog,
+                "caption",
+                str(long),
+                *shorts,
+                "-m",
+                str(model),
+                "--long-audio",
+                mode,
+                "-q",
+            ]
             rc, wall, peak, out, err = run(cmd, {**os.environ, "AUDIOCAP_CACHE": str(cache)})
             rows = [json.loads(line) for line in out.splitlines()]
             windows = sum(1 for r in rows if r.get("path") == str(long) and "caption" in r)
             ok = rc == 0 and windows > 0 and len({r["path"] for r in rows}) == 1 + len(shorts)
-            results.append({"file": long.name, "hours": hours, "mode": mode, "stub_yamnet": a.stub_yamnet,
-                            "exit": rc, "windows": windows,
-                            "wall_s": round(wall, 1), "peak_rss_bytes": int(peak), "ok": ok})
-            print(f"{long.name:>24} {mode:>8} {windows:>8} {wall:>8.1f} {peak / 1e9:>8.2f} GB"
-                  f"  {'ok' if ok and peak <= GOAL_BYTES else 'FAIL'}", flush=True)
+            results.append(
+                {
+                    "file": long.name,
+                    "hours": hours,
+                    "mode": mode,
+                    "stub_yamnet": a.stub_yamnet,
+                    "exit": rc,
+                    "windows": windows,
+                    "wall_s": round(wall, 1),
+                    "peak_rss_bytes": int(peak),
+                    "ok": ok,
+                }
+            )
+            print(
+                f"{long.name:>24} {mode:>8} {windows:>8} {wall:>8.1f} {peak / 1e9:>8.2f} GB"
+                f"  {'ok' if ok and peak <= GOAL_BYTES else 'FAIL'}",
+                flush=True,
+            )
             if not ok:
                 print(err[-2000:], file=sys.stderr)
             shutil.rmtree(cache, ignore_errors=True)

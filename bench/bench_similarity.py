@@ -7,6 +7,7 @@ agreement, and peak RSS. ``--limit N`` uses the first N captions.
 
     python bench/bench_similarity.py --limit 5000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,16 +23,29 @@ import torch
 from audiocap_cli import bertscore as B
 from audiocap_cli import similarity as S
 
-DEFAULT_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "captions" / "audiocaps_train.csv"
+DEFAULT_CSV = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "captions"
+    / "audiocaps_train.csv"
+)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--limit", type=int, default=None, help="use the first N captions")
-    ap.add_argument("--random-pairs", type=int, default=200_000, help="random pairs for label agreement")
-    ap.add_argument("--anchors", type=int, default=100, help="anchors scored exactly against all captions")
-    ap.add_argument("--bert-score-pairs", type=int, default=2000, help="pairs run through bert_score (0: skip)")
+    ap.add_argument(
+        "--random-pairs", type=int, default=200_000, help="random pairs for label agreement"
+    )
+    ap.add_argument(
+        "--anchors", type=int, default=100, help="anchors scored exactly against all captions"
+    )
+    ap.add_argument(
+        "--bert-score-pairs", type=int, default=2000, help="pairs run through bert_score (0: skip)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     if not args.csv.is_file():
@@ -51,23 +65,33 @@ def main() -> int:
 
     def report(step: int) -> None:  # stage timings on stderr, so a cut-off run still informs
         done[0] += step
-        print(f"  [{time.perf_counter() - t0:7.1f} s] {done[0]:3d}% (embedding done before 1%; "
-              f"5% calibration, 30% candidates, 100% exact scoring)", file=sys.stderr, flush=True)
+        print(
+            f"  [{time.perf_counter() - t0:7.1f} s] {done[0]:3d}% (embedding done before 1%; "
+            f"5% calibration, 30% candidates, 100% exact scoring)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     labels, prep = S._labels_and_embedding(captions, cfg, report)
     wall = time.perf_counter() - t0
     assert prep is not None
     st = labels.stats
     print(f"labels: {wall:.1f} s wall = {n_pairs / wall:,.0f} pairs/s equivalent")
-    print(f"  raw min {labels.raw_min:.6f} (sample min {st.get('sample_min', float('nan')):.6f}), "
-          f"raw max {labels.raw_max:.6f}, raw threshold {labels.raw_threshold:.6f}")
-    print(f"  candidate cosine {st['candidate_cos']:.4f} -> {int(st['candidate_pairs']):,} candidate "
-          f"pairs ({st['candidate_pairs'] / max(1, st['unique_captions'] ** 2 / 2):.4%} of distinct pairs); "
-          f"similar caption pairs {int(st['similar_pairs']):,}")
+    print(
+        f"  raw min {labels.raw_min:.6f} (sample min {st.get('sample_min', float('nan')):.6f}), "
+        f"raw max {labels.raw_max:.6f}, raw threshold {labels.raw_threshold:.6f}"
+    )
+    print(
+        f"  candidate cosine {st['candidate_cos']:.4f} -> {int(st['candidate_pairs']):,} candidate "
+        f"pairs ({st['candidate_pairs'] / max(1, st['unique_captions'] ** 2 / 2):.4%} of distinct pairs); "
+        f"similar caption pairs {int(st['similar_pairs']):,}"
+    )
     # F1 >= 0 always (token maxima clamped at 0), so raw_min == 0 is exact; otherwise the
     # true minimum lies in [0, raw_min] and the threshold could drop by threshold' * raw_min
     drift = (1 - cfg.threshold) * labels.raw_min
-    print(f"  global-min uncertainty: true min in [0, {labels.raw_min:.6f}] -> raw threshold could move by <= {drift:.6f}")
+    print(
+        f"  global-min uncertainty: true min in [0, {labels.raw_min:.6f}] -> raw threshold could move by <= {drift:.6f}"
+    )
 
     emb = prep.emb
     inv = torch.tensor([prep.index[c] for c in captions])
@@ -78,7 +102,9 @@ def main() -> int:
         out = np.zeros(len(a), dtype=bool)
         for k, (i, j) in enumerate(zip(a, b)):
             nb = labels.indices[labels.indptr[i] : labels.indptr[i + 1]]
-            out[k] = len(nb) > 0 and np.searchsorted(nb, j) < len(nb) and nb[np.searchsorted(nb, j)] == j
+            out[k] = (
+                len(nb) > 0 and np.searchsorted(nb, j) < len(nb) and nb[np.searchsorted(nb, j)] == j
+            )
         return out
 
     # 1. random pairs
@@ -91,9 +117,11 @@ def main() -> int:
     t_sparse = time.perf_counter() - t1
     exact = f > labels.raw_threshold
     got = labelled(a, b)
-    print(f"random pairs: {len(a):,}, exactly similar {exact.sum()}, agreement {np.mean(exact == got):.6f}, "
-          f"recall {got[exact].mean() if exact.any() else float('nan'):.4f} "
-          f"(exact sparse scoring {len(a) / t_sparse:,.0f} pairs/s)")
+    print(
+        f"random pairs: {len(a):,}, exactly similar {exact.sum()}, agreement {np.mean(exact == got):.6f}, "
+        f"recall {got[exact].mean() if exact.any() else float('nan'):.4f} "
+        f"(exact sparse scoring {len(a) / t_sparse:,.0f} pairs/s)"
+    )
 
     # 2. anchors against ALL captions (dense kernel): recall of truly similar pairs
     anchors = rng.choice(n, min(args.anchors, n), replace=False)
@@ -107,10 +135,16 @@ def main() -> int:
     hit = labelled(anchors[rows], cols)
     near = np.abs(fa - labels.raw_threshold) < 0.05
     nr, nc = np.nonzero(near)
-    near_agree = np.mean((fa[nr, nc] > labels.raw_threshold) == labelled(anchors[nr], nc)) if len(nr) else float("nan")
-    print(f"anchors x all: {len(anchors)} x {n} pairs, exactly similar {len(rows)}, recall "
-          f"{hit.mean() if len(rows) else float('nan'):.5f}; pairs within +-0.05 of the threshold: "
-          f"{len(nr)}, agreement {near_agree:.5f} (dense exact {fa.size / t_dense:,.0f} pairs/s)")
+    near_agree = (
+        np.mean((fa[nr, nc] > labels.raw_threshold) == labelled(anchors[nr], nc))
+        if len(nr)
+        else float("nan")
+    )
+    print(
+        f"anchors x all: {len(anchors)} x {n} pairs, exactly similar {len(rows)}, recall "
+        f"{hit.mean() if len(rows) else float('nan'):.5f}; pairs within +-0.05 of the threshold: "
+        f"{len(nr)}, agreement {near_agree:.5f} (dense exact {fa.size / t_dense:,.0f} pairs/s)"
+    )
 
     # 3. the bert-score package on a sample of pairs
     if args.bert_score_pairs > 0:
@@ -122,14 +156,20 @@ def main() -> int:
         refs = [captions[i] for i in b]
         model_dir = B._resolve_model(cfg.model)
         t1 = time.perf_counter()
-        _, _, bf = bert_score.score(cands, refs, model_type=model_dir, num_layers=cfg.num_layers, idf=cfg.idf)
+        _, _, bf = bert_score.score(
+            cands, refs, model_type=model_dir, num_layers=cfg.num_layers, idf=cfg.idf
+        )
         t_bs = time.perf_counter() - t1
         ours = B.greedy_f1(emb, inv[a], inv[b]).numpy()
         rate_bs = len(a) / t_bs
-        print(f"bert-score: {len(a)} pairs in {t_bs:.1f} s = {rate_bs:,.0f} pairs/s; max |ours - bert_score| "
-              f"{np.abs(ours - bf.numpy()).max():.2e}")
-        print(f"all pairs with bert-score would take {n_pairs / rate_bs / 3600:,.1f} h; "
-              f"speed ratio ours/bert-score = {n_pairs / wall / rate_bs:,.0f}x")
+        print(
+            f"bert-score: {len(a)} pairs in {t_bs:.1f} s = {rate_bs:,.0f} pairs/s; max |ours - bert_score| "
+            f"{np.abs(ours - bf.numpy()).max():.2e}"
+        )
+        print(
+            f"all pairs with bert-score would take {n_pairs / rate_bs / 3600:,.1f} h; "
+            f"speed ratio ours/bert-score = {n_pairs / wall / rate_bs:,.0f}x"
+        )
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 

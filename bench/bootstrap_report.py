@@ -17,6 +17,7 @@ embeddings, so a rerun takes seconds.
 
 Usage: python bench/bootstrap_report.py [--work DIR] [--grid] [--per-source] [--predictions F]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,9 @@ def grid() -> dict[str, zs.ZeroShotConfig]:
     out: dict[str, zs.ZeroShotConfig] = dict(VARIANTS)
     for t in (0.01, 0.02, 0.05, 0.1):
         for pp in (0.0, 0.5):
-            out[f"A T={t} prior^{pp}"] = replace(BASE, variant="profile", temperature=t, prior_power=pp)
+            out[f"A T={t} prior^{pp}"] = replace(
+                BASE, variant="profile", temperature=t, prior_power=pp
+            )
     out["C hybrid alpha=0.25"] = replace(BASE, variant="hybrid", alpha=0.25)
     out["A keep generic"] = replace(BASE, variant="profile", drop_generic=False)
     out["A max-pool"] = replace(BASE, variant="profile", pool="max")
@@ -62,7 +65,9 @@ def grid() -> dict[str, zs.ZeroShotConfig]:
     for k in (1, 3, 5, 10, 0):
         for sp in (1.0, 2.0):
             out[f"B top{k} pow{sp}"] = replace(BASE, variant="sentence", top_k=k, score_power=sp)
-    out["B 'the sound of'"] = replace(BASE, variant="sentence", class_template="the sound of {name}")
+    out["B 'the sound of'"] = replace(
+        BASE, variant="sentence", class_template="the sound of {name}"
+    )
     out["B keep generic"] = replace(BASE, variant="sentence", drop_generic=False)
     for pool in (50, 150, 300):
         out[f"B pool={pool}"] = replace(BASE, rerank_pool=pool)
@@ -124,7 +129,10 @@ def cider_d(systems: dict[str, list[str]], clips: list[dict]) -> dict[str, float
     try:
         from audiocap_cli.metrics import score_batch
 
-        jobs = {name: ({c["id"]: p for c, p in zip(clips, preds)}, refs) for name, preds in systems.items()}
+        jobs = {
+            name: ({c["id"]: p for c, p in zip(clips, preds)}, refs)
+            for name, preds in systems.items()
+        }
         res = score_batch(jobs, metrics=("cider_d",))
         return {name: float(r.corpus["cider_d"]) for name, r in res.items()}
     except ImportError:  # metrics module missing: pycocoevalcap on simply tokenised text
@@ -133,7 +141,9 @@ def cider_d(systems: dict[str, list[str]], clips: list[dict]) -> dict[str, float
         tok = lambda s: " ".join(re.findall(r"[a-z0-9']+", s.lower()))  # noqa: E731
         r = {c["id"]: [tok(x) for x in c["captions"]] for c in clips}
         return {
-            name: float(Cider().compute_score(r, {c["id"]: [tok(p)] for c, p in zip(clips, preds)})[0])
+            name: float(
+                Cider().compute_score(r, {c["id"]: [tok(p)] for c, p in zip(clips, preds)})[0]
+            )
             for name, preds in systems.items()
         }
 
@@ -158,8 +168,10 @@ def index_check(cap: np.ndarray, aud: np.ndarray, exact: np.ndarray, work: Path)
     labels, _ = index.knn_query(aud, k=k)
     recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(labels, exact)])
     top1 = np.mean(labels[:, 0] == exact[:, 0])
-    return (f"hnswlib index of {len(cap)} x {cap.shape[1]} float32: {size / 2**20:.1f} MiB, "
-            f"built in {build:.1f}s (1 thread); recall@{k} vs exact {recall:.3f}, top-1 agreement {top1:.3f}")
+    return (
+        f"hnswlib index of {len(cap)} x {cap.shape[1]} float32: {size / 2**20:.1f} MiB, "
+        f"built in {build:.1f}s (1 thread); recall@{k} vs exact {recall:.3f}, top-1 agreement {top1:.3f}"
+    )
 
 
 def read_predictions(path: Path, clips: list[dict]) -> list[str]:
@@ -188,7 +200,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not args.captions.is_file() or not (SHARED / "sounds").is_dir():
-        raise SystemExit(f"needs {args.captions} and {SHARED / 'sounds'} (../shared/data): not found")
+        raise SystemExit(
+            f"needs {args.captions} and {SHARED / 'sounds'} (../shared/data): not found"
+        )
     t0 = time.perf_counter()
     work: Path = args.work
     clips = load_clips(args.sounds or work / "sounds")
@@ -201,13 +215,17 @@ def main() -> None:
     t1 = time.perf_counter()
     sent = encode_cached(zs._encoder(BASE.text_model), texts, root=work / "text_vectors")
     t_embed = time.perf_counter() - t1
-    print(f"{len(clips)} clips; corpus {len(corpus)} captions, {len(texts)} after dedupe; "
-          f"YAMNet scores {t_scores:.1f}s, caption embeddings {t_embed:.1f}s (cached after the first run)",
-          file=sys.stderr)
+    print(
+        f"{len(clips)} clips; corpus {len(corpus)} captions, {len(texts)} after dedupe; "
+        f"YAMNet scores {t_scores:.1f}s, caption embeddings {t_embed:.1f}s (cached after the first run)",
+        file=sys.stderr,
+    )
 
     keywords = [c["keywords"] for c in clips]
     rng = np.random.default_rng(args.seed)
-    systems: dict[str, list[str]] = {RANDOM: [corpus[i] for i in rng.integers(0, len(corpus), len(clips))]}
+    systems: dict[str, list[str]] = {
+        RANDOM: [corpus[i] for i in rng.integers(0, len(corpus), len(clips))]
+    }
     if args.predictions:
         systems["b generated (--predictions)"] = read_predictions(args.predictions, clips)
     variants = grid() if args.grid else VARIANTS
@@ -245,7 +263,9 @@ def main() -> None:
     floor = names_source(systems[RANDOM], keywords).mean()
     ratio_kw = names_source(systems[best], keywords).mean() / max(floor, 1e-9)
     ratio_cider = cider[best] / max(cider[RANDOM], 1e-9)
-    print(f"\ndefault (re-ranked) vs random corpus caption: keyword share x{ratio_kw:.1f}, CIDEr-D x{ratio_cider:.1f}")
+    print(
+        f"\ndefault (re-ranked) vs random corpus caption: keyword share x{ratio_kw:.1f}, CIDEr-D x{ratio_cider:.1f}"
+    )
     if args.per_source:
         sources = sorted({c["source"] for c in clips})
         src = np.array([c["source"] for c in clips])
@@ -257,8 +277,10 @@ def main() -> None:
         for c, p in list(zip(clips, systems[f"{DEFAULT} | a' rerank"]))[::25]:
             print(f"  {c['label']:<16} -> {p}")
     print(index_line)
-    print(f"\nretrieval+rerank {t_retrieve:.1f}s for {len(variants)} variants; "
-          f"wall {time.perf_counter() - t0:.1f}s; peak RSS {peak_rss_mb():.0f} MB")
+    print(
+        f"\nretrieval+rerank {t_retrieve:.1f}s for {len(variants)} variants; "
+        f"wall {time.perf_counter() - t0:.1f}s; peak RSS {peak_rss_mb():.0f} MB"
+    )
 
 
 if __name__ == "__main__":

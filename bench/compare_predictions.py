@@ -12,6 +12,7 @@ CIDEr-D, so they move METEOR only).
 
 Usage: python bench/compare_predictions.py BASELINE_DIR OTHER_DIR
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ def main() -> None:
     ap.add_argument("baseline", type=Path)
     ap.add_argument("other", type=Path)
     args = ap.parse_args()
-    print("| set | metric | other - baseline (x100, per-clip mean) | 95% interval | P(diff <= 0) | same caption |")
+    print(
+        "| set | metric | other - baseline (x100, per-clip mean) | 95% interval | P(diff <= 0) | same caption |"
+    )
     print("|---|---|---|---|---|---|")
     for path in sorted(args.baseline.glob("*.jsonl")):
         if not (args.other / path.name).is_file():  # e.g. a `grounded_report --sets real` run
@@ -63,7 +66,9 @@ def main() -> None:
                 d = 100 * np.array([b[i][m] - a[i][m] for i in sub])
                 boots = d[draws].mean(axis=1)
                 lo, hi = np.percentile(boots, [2.5, 97.5])
-                print(f"| {name} | {m} | {d.mean():+.2f} | {lo:+.2f} .. {hi:+.2f} | {np.mean(boots <= 0):.3f} | {same}/{len(sub)} |")
+                print(
+                    f"| {name} | {m} | {d.mean():+.2f} | {lo:+.2f} .. {hi:+.2f} | {np.mean(boots <= 0):.3f} | {same}/{len(sub)} |"
+                )
 
 
 if __name__ == "__main__":

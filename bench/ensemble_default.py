@@ -13,6 +13,7 @@ a shipped model holds them: the first as ``decoder/``, the others as ``ensemble/
 
 Needs ../shared/data. Usage: python bench/ensemble_default.py N OUT [--members S,S,...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("n", type=int, help="seeds 0..N-1 (0 is the shipped decoder)")
     ap.add_argument("out", type=Path)
-    ap.add_argument("--members", default=None, help="comma-separated seeds the model holds, the first as decoder/")
+    ap.add_argument(
+        "--members",
+        default=None,
+        help="comma-separated seeds the model holds, the first as decoder/",
+    )
     args = ap.parse_args()
     members = [int(x) for x in args.members.split(",")] if args.members else list(range(args.n))
     if not members or any(not 0 <= s < args.n for s in members):
@@ -55,14 +60,20 @@ def main() -> None:
         lab = grounded.read_labelled(CAPTIONS / "audiocaps_train.csv")
         val = grounded.read_labelled(CAPTIONS / "audiocaps_val.csv")
         p = grounded.plan(lab, ls.LabelSpaceConfig(), 5, None, val)
-        job = grounded.DecoderJob.prepare(p, lab, ls.LabelSpaceConfig(), 5, "smollm2", BATCH, say=say)
+        job = grounded.DecoderJob.prepare(
+            p, lab, ls.LabelSpaceConfig(), 5, "smollm2", BATCH, say=say
+        )
         for seed in range(1, args.n):
-            runs[seed] = job.train(args.out / "runs" / f"seed-{seed}", EPOCHS, seed, keep_state=True)
+            runs[seed] = job.train(
+                args.out / "runs" / f"seed-{seed}", EPOCHS, seed, keep_state=True
+            )
             say(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
     for old in (md.decoder, md.ensemble):
         shutil.rmtree(old, ignore_errors=True)
     for i, seed in enumerate(members):
-        export_float16(runs[seed], md.decoder if i == 0 else md.ensemble / grounded.ensemble_member(seed))
+        export_float16(
+            runs[seed], md.decoder if i == 0 else md.ensemble / grounded.ensemble_member(seed)
+        )
     say(f"{args.out}: decoders {[str(d.relative_to(args.out)) for d in md.decoders()]}")
 
 

@@ -31,6 +31,7 @@ Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] 
        [--score-power P] [--rerank-pool N] [--rerank ciderd|tfidf] [--rerank-recall-weight W]
        [--simulation FIELD=VALUE,...] [--val-draw K]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,25 +49,40 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bootstrap_report import load_clips, names_source  # noqa: E402
+from sounds_dataset import kinds  # noqa: E402
+
 from audiocap_cli import grounded, labelsim  # noqa: E402
-from audiocap_cli.captioner import CaptionOptions, Captioner  # noqa: E402
+from audiocap_cli.captioner import Captioner, CaptionOptions  # noqa: E402
 from audiocap_cli.decoding import is_content_word, select_mbr  # noqa: E402
 from audiocap_cli.labelspace import RERANKS  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
-from bootstrap_report import load_clips, names_source  # noqa: E402
-from sounds_dataset import kinds  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
-COLUMNS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr-D", "cider_d"))
+COLUMNS = (
+    ("BLEU-4", "bleu_4"),
+    ("METEOR", "meteor"),
+    ("ROUGE-L", "rouge_l"),
+    ("CIDEr-D", "cider_d"),
+)
 DECODER_ONLY = "generated, decoder only"  # --pool-margin none: never the pool's own caption
-KIND_ROWS = ("top-1 retrieved", "consensus guidance", "generated", DECODER_ONLY)  # repeated per kind of real clip
+KIND_ROWS = (
+    "top-1 retrieved",
+    "consensus guidance",
+    "generated",
+    DECODER_ONLY,
+)  # repeated per kind of real clip
 _WORD = re.compile(r"[a-z']+")
 
 
-def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[str, list[str]], list[list[str]]]:
+def systems(
+    cap: Captioner, scores: np.ndarray, ablations: bool
+) -> tuple[dict[str, list[str]], list[list[str]]]:
     """Every row's captions for clips with pooled class ``scores [N, C]``."""
-    frames = np.zeros((len(scores), 1, 1), np.float32)  # label retrieval and decoder read scores only
+    frames = np.zeros(
+        (len(scores), 1, 1), np.float32
+    )  # label retrieval and decoder read scores only
     sc = scores[:, None, :]
     hits = cap.retrieve(frames, sc)
     guid, ev = cap.retrieval_of(hits)
@@ -85,7 +101,10 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
         cap.opts = dataclasses.replace(opts, pool_margin=None)
         own = cap.decode_windows(guid, frames, sc, ev)
         idf = cap.index.ngram_idf() if opts.agreement == "ciderd" else None
-        out["generated"] = [d.text for d in select_mbr(own, ev, opts.recall_weight, opts.agreement, idf, opts.pool_margin)]
+        out["generated"] = [
+            d.text
+            for d in select_mbr(own, ev, opts.recall_weight, opts.agreement, idf, opts.pool_margin)
+        ]
         out[DECODER_ONLY] = [d.text for d in own]  # the ablations switch parts of it off
     try:
         if ablations:
@@ -95,17 +114,27 @@ def systems(cap: Captioner, scores: np.ndarray, ablations: bool) -> tuple[dict[s
     return out, guid
 
 
-def ablate(cap: Captioner, guid: list[list[str]], frames: np.ndarray, sc: np.ndarray,
-           ev: list[tuple[list[str], list[float]]], out: dict[str, list[str]]) -> None:
+def ablate(
+    cap: Captioner,
+    guid: list[list[str]],
+    frames: np.ndarray,
+    sc: np.ndarray,
+    ev: list[tuple[list[str], list[float]]],
+    out: dict[str, list[str]],
+) -> None:
     """The generated rows with a part of the decoder switched off at inference time."""
-    decs = list(getattr(cap.decoder, "members", [cap.decoder]))  # an ensemble: switch it off in each member
+    decs = list(
+        getattr(cap.decoder, "members", [cap.decoder])
+    )  # an ensemble: switch it off in each member
     cfgs = [d.cfg for d in decs]
     for d, cfg in zip(decs, cfgs):
         d.cfg = dataclasses.replace(cfg, use_audio=False)
     out["generated, audio off"] = cap.generate(guid, frames, sc, ev)
     for d, cfg in zip(decs, cfgs):
         d.cfg = cfg
-    out["generated, guidance off"] = cap.generate([[] for _ in guid], frames, sc, [([], []) for _ in guid])
+    out["generated, guidance off"] = cap.generate(
+        [[] for _ in guid], frames, sc, [([], []) for _ in guid]
+    )
     if all(getattr(d, "vocab_ids", None) is not None for d in decs):
         saved = [(d.head_b.detach().clone(), d.head_bias.detach().clone()) for d in decs]
         with torch.no_grad():
@@ -119,15 +148,22 @@ def ablate(cap: Captioner, guid: list[list[str]], frames: np.ndarray, sc: np.nda
                 d.head_bias.copy_(bias)
 
 
-def distribution(preds: list[str], guid: list[list[str]], keywords: list[list[str]] | None = None) -> dict[str, float]:
+def distribution(
+    preds: list[str], guid: list[list[str]], keywords: list[list[str]] | None = None
+) -> dict[str, float]:
     """Length, vocabulary, copies and repeats of ``preds``; with ``keywords`` (per clip), the %
     naming the source."""
     words = [_WORD.findall(p.lower()) for p in preds]
     copies = sum(p.strip().lower() in {g.strip().lower() for g in gs} for p, gs in zip(preds, guid))
-    return {"mean_words": float(np.mean([len(w) for w in words])), "distinct_words": len({x for w in words for x in w}),
-            "copy_pct": 100.0 * copies / max(len(preds), 1),
-            "repeat_pct": 100.0 * sum(map(repeats_a_word, words)) / max(len(preds), 1),
-            "names_pct": None if keywords is None else 100.0 * float(names_source(preds, keywords).mean())}
+    return {
+        "mean_words": float(np.mean([len(w) for w in words])),
+        "distinct_words": len({x for w in words for x in w}),
+        "copy_pct": 100.0 * copies / max(len(preds), 1),
+        "repeat_pct": 100.0 * sum(map(repeats_a_word, words)) / max(len(preds), 1),
+        "names_pct": None
+        if keywords is None
+        else 100.0 * float(names_source(preds, keywords).mean()),
+    }
 
 
 def repeats_a_word(words: list[str]) -> bool:
@@ -136,7 +172,9 @@ def repeats_a_word(words: list[str]) -> bool:
     return len(set(content)) < len(content)
 
 
-def val_set(limit: int | None, sim: labelsim.Simulation, draw: int = 0) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+def val_set(
+    limit: int | None, sim: labelsim.Simulation, draw: int = 0
+) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
     train = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
     val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
     scores = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED + draw, sim)
@@ -153,37 +191,85 @@ def real_scores(cap: Captioner, clips: list[dict]) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-m", "--model", default=None, help="model directory or name (default: the shipped default)")
+    ap.add_argument(
+        "-m", "--model", default=None, help="model directory or name (default: the shipped default)"
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N clips of each set")
     ap.add_argument("--sets", default="val,real")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the table here too")
-    ap.add_argument("--predictions", type=Path, default=None,
-                    help="write each generated caption with its clip's METEOR and CIDEr-D here (SET.jsonl), for paired comparisons")
-    ap.add_argument("--select", default=CaptionOptions.select, help="beam hypothesis printed: consensus, guidance or score")
-    ap.add_argument("--agreement", default=CaptionOptions.agreement,
-                    help="how a hypothesis' agreement with the retrieved pool is measured: ciderd or tfidf")
-    ap.add_argument("--recall-weight", type=float, default=CaptionOptions.recall_weight,
-                    help="weight of the unigram F-mean in the hypothesis selection")
-    ap.add_argument("--pool-margin", type=lambda v: None if v.lower() == "none" else float(v), default=...,
-                    help="the pool's own most typical caption is printed when it beats the chosen hypothesis' agreement "
-                         "by this margin; none: never (default: caption's, none with --agreement tfidf)")
-    ap.add_argument("--repeat-penalty", type=float, default=CaptionOptions.repeat_penalty,
-                    help="log-prob off a caption each time it says a content word again (0: off)")
+    ap.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="write each generated caption with its clip's METEOR and CIDEr-D here (SET.jsonl), for paired comparisons",
+    )
+    ap.add_argument(
+        "--select",
+        default=CaptionOptions.select,
+        help="beam hypothesis printed: consensus, guidance or score",
+    )
+    ap.add_argument(
+        "--agreement",
+        default=CaptionOptions.agreement,
+        help="how a hypothesis' agreement with the retrieved pool is measured: ciderd or tfidf",
+    )
+    ap.add_argument(
+        "--recall-weight",
+        type=float,
+        default=CaptionOptions.recall_weight,
+        help="weight of the unigram F-mean in the hypothesis selection",
+    )
+    ap.add_argument(
+        "--pool-margin",
+        type=lambda v: None if v.lower() == "none" else float(v),
+        default=...,
+        help="the pool's own most typical caption is printed when it beats the chosen hypothesis' agreement "
+        "by this margin; none: never (default: caption's, none with --agreement tfidf)",
+    )
+    ap.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=CaptionOptions.repeat_penalty,
+        help="log-prob off a caption each time it says a content word again (0: off)",
+    )
     ap.add_argument("--beam", type=int, default=CaptionOptions.beam_size)
     ap.add_argument("--min-len", type=int, default=1, help="tokens before a caption may end")
-    ap.add_argument("--score-power", type=float, default=None,
-                    help="query calibration power, changed at captioning time only (default: the model's labelspace.json)")
-    ap.add_argument("--rerank-pool", type=int, default=None,
-                    help="captions gathered per query, changed at captioning time only (default: the model's)")
-    ap.add_argument("--rerank", default=None, choices=RERANKS,
-                    help="how guidance is re-ranked from the pool, changed at captioning time only (default: the model's)")
-    ap.add_argument("--rerank-recall-weight", type=float, default=None,
-                    help="F-mean weight of --rerank ciderd, changed at captioning time only (default: the model's)")
-    ap.add_argument("--val-draw", type=int, default=0,
-                    help="another draw of val's simulated input: seed VAL_SIM_SEED + K (0: the one the README's table uses)")
-    ap.add_argument("--simulation", default="",
-                    help="val input simulated with these labelsim.Simulation fields changed, e.g. 'confusable' or 'intruders=7'")
+    ap.add_argument(
+        "--score-power",
+        type=float,
+        default=None,
+        help="query calibration power, changed at captioning time only (default: the model's labelspace.json)",
+    )
+    ap.add_argument(
+        "--rerank-pool",
+        type=int,
+        default=None,
+        help="captions gathered per query, changed at captioning time only (default: the model's)",
+    )
+    ap.add_argument(
+        "--rerank",
+        default=None,
+        choices=RERANKS,
+        help="how guidance is re-ranked from the pool, changed at captioning time only (default: the model's)",
+    )
+    ap.add_argument(
+        "--rerank-recall-weight",
+        type=float,
+        default=None,
+        help="F-mean weight of --rerank ciderd, changed at captioning time only (default: the model's)",
+    )
+    ap.add_argument(
+        "--val-draw",
+        type=int,
+        default=0,
+        help="another draw of val's simulated input: seed VAL_SIM_SEED + K (0: the one the README's table uses)",
+    )
+    ap.add_argument(
+        "--simulation",
+        default="",
+        help="val input simulated with these labelsim.Simulation fields changed, e.g. 'confusable' or 'intruders=7'",
+    )
     args = ap.parse_args()
     try:
         sim = labelsim.parse(args.simulation)
@@ -193,14 +279,32 @@ def main() -> None:
         args.pool_margin = CaptionOptions.pool_margin if args.agreement == "ciderd" else None
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
-    cap = Captioner(resolve(args.model), CaptionOptions(batch_size=64, select=args.select, beam_size=args.beam, min_len=args.min_len,
-                                                          recall_weight=args.recall_weight, repeat_penalty=args.repeat_penalty,
-                                                          agreement=args.agreement, pool_margin=args.pool_margin))
+    cap = Captioner(
+        resolve(args.model),
+        CaptionOptions(
+            batch_size=64,
+            select=args.select,
+            beam_size=args.beam,
+            min_len=args.min_len,
+            recall_weight=args.recall_weight,
+            repeat_penalty=args.repeat_penalty,
+            agreement=args.agreement,
+            pool_margin=args.pool_margin,
+        ),
+    )
     if cap.labels is None:
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
     # query-side settings only: the index (label vectors, class weights) is the model's as built
-    changes = {k: v for k, v in (("score_power", args.score_power), ("rerank_pool", args.rerank_pool), ("rerank", args.rerank),
-                                 ("rerank_recall_weight", args.rerank_recall_weight)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("score_power", args.score_power),
+            ("rerank_pool", args.rerank_pool),
+            ("rerank", args.rerank),
+            ("rerank_recall_weight", args.rerank_recall_weight),
+        )
+        if v is not None
+    }
     cap.labels.cfg = dataclasses.replace(cap.labels.cfg, **changes)
     jobs, dists, timing = {}, {}, {}
     for name in args.sets.split(","):
@@ -219,7 +323,9 @@ def main() -> None:
             jobs[f"{name}\t{row}"] = (dict(zip(ids, preds)), {i: refs[i] for i in ids})
             dists[f"{name}\t{row}"] = distribution(preds, guid, keywords)
         ref_caps = [refs[i][0] for i in ids]
-        dists[f"{name}\treferences (first of each clip)"] = distribution(ref_caps, [[] for _ in ids], keywords)
+        dists[f"{name}\treferences (first of each clip)"] = distribution(
+            ref_caps, [[] for _ in ids], keywords
+        )
         if name == "real":
             at = {cid: j for j, cid in enumerate(ids)}
             for kind, sub in kinds(ids).items():
@@ -228,25 +334,44 @@ def main() -> None:
                 for row in (r for r in KIND_ROWS if r in rows):
                     preds = [rows[row][j] for j in rows_of]
                     jobs[f"real {kind}\t{row}"] = (dict(zip(sub, preds)), {i: refs[i] for i in sub})
-                    dists[f"real {kind}\t{row}"] = distribution(preds, [guid[j] for j in rows_of], kw)
+                    dists[f"real {kind}\t{row}"] = distribution(
+                        preds, [guid[j] for j in rows_of], kw
+                    )
     res = score_batch(jobs, metrics=METRICS)
-    print("| set | system | " + " | ".join(c for c, _ in COLUMNS) + " | mean words | distinct words | % copies of guidance | % repeating a word | % naming the source |")
+    print(
+        "| set | system | "
+        + " | ".join(c for c, _ in COLUMNS)
+        + " | mean words | distinct words | % copies of guidance | % repeating a word | % naming the source |"
+    )
     print("|---|---|" + "---|" * (len(COLUMNS) + 5))
     table = []
     for key, d in dists.items():
         s, row = key.split("\t")
         r = res.get(key)
         names = "" if d["names_pct"] is None else f"{d['names_pct']:.1f}"
-        vals = [f"{100 * r.corpus[k]:.1f}" if r is not None and r.corpus.get(k) is not None else "" for _, k in COLUMNS]
-        print(f"| {s} | {row} | " + " | ".join(vals) + f" | {d['mean_words']:.1f} | {d['distinct_words']} | {d['copy_pct']:.0f} | {d['repeat_pct']:.1f} | {names} |")
-        table.append({"set": s, "system": row, **({k: r.corpus[k] for _, k in COLUMNS} if r else {}), **d})
-    print(f"\nclips: {', '.join(f'{k} {len(v[0])}' for k, v in jobs.items() if k.endswith('generated'))}; "
-          f"seconds: {', '.join(f'{k} {v:.0f}' for k, v in timing.items())}")
+        vals = [
+            f"{100 * r.corpus[k]:.1f}" if r is not None and r.corpus.get(k) is not None else ""
+            for _, k in COLUMNS
+        ]
+        print(
+            f"| {s} | {row} | "
+            + " | ".join(vals)
+            + f" | {d['mean_words']:.1f} | {d['distinct_words']} | {d['copy_pct']:.0f} | {d['repeat_pct']:.1f} | {names} |"
+        )
+        table.append(
+            {"set": s, "system": row, **({k: r.corpus[k] for _, k in COLUMNS} if r else {}), **d}
+        )
+    print(
+        f"\nclips: {', '.join(f'{k} {len(v[0])}' for k, v in jobs.items() if k.endswith('generated'))}; "
+        f"seconds: {', '.join(f'{k} {v:.0f}' for k, v in timing.items())}"
+    )
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
     if args.predictions:
         sets = args.sets.split(",")
-        write_predictions(args.predictions, {k: v for k, v in jobs.items() if k.split("\t")[0] in sets}, res)
+        write_predictions(
+            args.predictions, {k: v for k, v in jobs.items() if k.split("\t")[0] in sets}, res
+        )
 
 
 def write_predictions(folder: Path, jobs: dict, res: dict) -> None:

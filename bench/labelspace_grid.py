@@ -5,6 +5,7 @@ and on the 337 labelled real clips (real YAMNet scores, label-written references
 
 Usage: python bench/labelspace_grid.py
 """
+
 import sys
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from audiocap_cli import grounded, metrics  # noqa: E402
 from audiocap_cli import labelspace as ls  # noqa: E402
 from audiocap_cli.zeroshot import ngram_idf  # noqa: E402
 
-
 trl = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
 val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
 caps = trl.captions
@@ -37,19 +37,27 @@ h = grounded.hierarchy()
 lab = trl.clip_labels > 0
 has_anc = lab & h.ancestors.any(axis=1)[None, :]
 named = has_anc & ((lab.astype(np.float32) @ h.ancestors.T.astype(np.float32)) > 0)
-print(f"AudioCaps train labels that have an ancestor class and name one: {named.sum() / has_anc.sum():.1%}")
+print(
+    f"AudioCaps train labels that have an ancestor class and name one: {named.sum() / has_anc.sum():.1%}"
+)
 
 
 def run(name, cfg):
     """Consensus caption of each query, as the captioner picks guidance[0]."""
     corpus = ls.LabelCorpus.build(grounded.corpus_labels(trl.labels, cfg), caps, cfg)
-    for tag, q, ids, refs in (("val", sim, val.clip_ids, vrefs), ("real", real, [c["id"] for c in clips], rrefs)):
+    for tag, q, ids, refs in (
+        ("val", sim, val.clip_ids, vrefs),
+        ("real", real, [c["id"] for c in clips], rrefs),
+    ):
         best = ls.corpus_guidance(corpus, q, cfg, 1, idf=idf if ls.uses_corpus_idf(cfg) else None)
         jobs[f"{tag}/{name}"] = ({i: b[0] for i, b in zip(ids, best)}, refs)
 
 
 P3 = 3.0  # the grid was run around power 3; the default's power 4 is in its last rows
-CIDER_D = {"rerank": "ciderd", "rerank_recall_weight": 3.0}  # pool re-ranked by the selection's agreement
+CIDER_D = {
+    "rerank": "ciderd",
+    "rerank_recall_weight": 3.0,
+}  # pool re-ranked by the selection's agreement
 
 
 def C(**kw) -> ls.LabelSpaceConfig:
@@ -57,7 +65,9 @@ def C(**kw) -> ls.LabelSpaceConfig:
 
 
 grid = {
-    "old default: p50 pow.5, labels as given": C(rerank_pool=50, per_set=50, score_power=0.5, ancestors=False),
+    "old default: p50 pow.5, labels as given": C(
+        rerank_pool=50, per_set=50, score_power=0.5, ancestors=False
+    ),
     "p50 pow1, labels as given": C(rerank_pool=50, per_set=50, score_power=1.0, ancestors=False),
     "p200 pow1, labels as given": C(rerank_pool=200, per_set=200, score_power=1.0, ancestors=False),
     "p50 pow1": C(rerank_pool=50, per_set=50, score_power=1.0),
@@ -71,11 +81,16 @@ grid = {
     "p100 pow3 idf class weights": C(idf_power=1.0),
     "p100 pow4 (default: captioning)": ls.LabelSpaceConfig(),
     "p100 pow3 CIDEr-D + 3 F-mean re-ranking": C(**CIDER_D),
-    "p100 pow4 CIDEr-D + 2 F-mean re-ranking": ls.LabelSpaceConfig(**CIDER_D | {"rerank_recall_weight": 2.0}),
+    "p100 pow4 CIDEr-D + 2 F-mean re-ranking": ls.LabelSpaceConfig(
+        **CIDER_D | {"rerank_recall_weight": 2.0}
+    ),
     "p100 pow4 CIDEr-D + 3 F-mean re-ranking": ls.LabelSpaceConfig(**CIDER_D),
 }
 for n, cfg in grid.items():
     run(n, cfg)
 res = metrics.score_batch(jobs, metrics=("meteor", "cider_d"))
 for k, r in res.items():
-    print(f"{k:65s} METEOR {r.corpus['meteor']*100:.1f} CIDEr-D {r.corpus['cider_d']*100:.1f}", flush=True)
+    print(
+        f"{k:65s} METEOR {r.corpus['meteor'] * 100:.1f} CIDEr-D {r.corpus['cider_d'] * 100:.1f}",
+        flush=True,
+    )

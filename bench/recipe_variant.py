@@ -26,6 +26,7 @@ the schedule. Then:
 Needs ../shared/data. Usage: python bench/recipe_variant.py OUT [--simulation SPEC] [--lr-max LR] [--period-epochs P] [-k K]
        [--rerank-ciderd W]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,12 +47,21 @@ EPOCHS, BATCH = 8, 64  # the shipped default's command (its model.json)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--simulation", default="", help="labelsim.Simulation fields to change, e.g. confusable,heard_speech=1")
+    ap.add_argument(
+        "--simulation",
+        default="",
+        help="labelsim.Simulation fields to change, e.g. confusable,heard_speech=1",
+    )
     ap.add_argument("--lr-max", type=float, default=DecoderTrainConfig.lr_max)
     ap.add_argument("--period-epochs", type=float, default=DecoderTrainConfig.period_epochs)
     ap.add_argument("-k", type=int, default=ModelConfig.k, help="guidance captions per clip")
-    ap.add_argument("--rerank-ciderd", type=float, default=None, metavar="W",
-                    help="re-rank guidance by expected CIDEr-D + W x F-mean (default: the TF-IDF consensus)")
+    ap.add_argument(
+        "--rerank-ciderd",
+        type=float,
+        default=None,
+        metavar="W",
+        help="re-rank guidance by expected CIDEr-D + W x F-mean (default: the TF-IDF consensus)",
+    )
     args = ap.parse_args()
     try:
         sim = labelsim.parse(args.simulation)
@@ -70,9 +80,21 @@ def main() -> None:
     lab = grounded.read_labelled(CAPTIONS / "audiocaps_train.csv")
     val = grounded.read_labelled(CAPTIONS / "audiocaps_val.csv")
     tcfg = DecoderTrainConfig(lr_max=args.lr_max, period_epochs=args.period_epochs)
-    say(f"simulation: {sim}\nschedule: Adam, cosine {tcfg.lr_max:g} -> {tcfg.lr_min:g} over {tcfg.period_epochs:g} epochs")
-    grounded.train(lab, args.out, ModelConfig(encoder="yamnet", k=args.k), lcfg, val=val, epochs=EPOCHS, batch_size=BATCH,
-                   sim=sim, train_cfg=tcfg, say=say)
+    say(
+        f"simulation: {sim}\nschedule: Adam, cosine {tcfg.lr_max:g} -> {tcfg.lr_min:g} over {tcfg.period_epochs:g} epochs"
+    )
+    grounded.train(
+        lab,
+        args.out,
+        ModelConfig(encoder="yamnet", k=args.k),
+        lcfg,
+        val=val,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        sim=sim,
+        train_cfg=tcfg,
+        say=say,
+    )
     say(f"{args.out}: score it with python bench/grounded_report.py -m {args.out} --no-ablations")
 
 

@@ -8,6 +8,7 @@ retrieves the k nearest train clips and reports precision@1 and @5 of "same labe
   triplet    the trained Embed network
 Usage: python bench/retrieval_quality.py [--epochs 100] [--work runs/retrieval]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ from audiocap_cli.model import ModelConfig, ModelDir  # noqa: E402
 from audiocap_cli.retriever import embed, load_retriever, mean_pool  # noqa: E402
 
 
-def precision(query: np.ndarray, keys: np.ndarray, q_labels: list[str], k_labels: list[str], k: int) -> float:
+def precision(
+    query: np.ndarray, keys: np.ndarray, q_labels: list[str], k_labels: list[str], k: int
+) -> float:
     """Mean share of same-label clips among each query's k nearest keys (squared L2)."""
     d = (query**2).sum(1)[:, None] - 2 * query @ keys.T + (keys**2).sum(1)[None, :]
     nn = np.argsort(d, axis=1)[:, :k]
@@ -38,13 +41,18 @@ def precision(query: np.ndarray, keys: np.ndarray, q_labels: list[str], k_labels
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path("runs/retrieval"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not sounds_dataset.SOUNDS.is_dir():
-        print(f"skipped: {sounds_dataset.SOUNDS} not found (needs ../shared/data/sounds)", file=sys.stderr)
+        print(
+            f"skipped: {sounds_dataset.SOUNDS} not found (needs ../shared/data/sounds)",
+            file=sys.stderr,
+        )
         return 0
     data = args.work / "sounds"
     sounds_dataset.write_dataset(data)
@@ -69,11 +77,18 @@ def main() -> int:
     keep = [i for i, c in enumerate(test) if labels[c.id] in set(tr_lab)]
     te, te_lab = te[keep], [labels[test[i].id] for i in keep]
     net = load_retriever(md.retriever, fingerprint(encoder.config))
-    spaces = {"1NN-raw (mean-pooled YAMNet)": (mean_pool(te), mean_pool(tr)), "triplet retriever": (embed(net, te), embed(net, tr))}
-    print(f"{len(keep)} test clips with a label seen in {len(train)} train clips; retriever trained {args.epochs} epochs in {t_train:.0f} s")
+    spaces = {
+        "1NN-raw (mean-pooled YAMNet)": (mean_pool(te), mean_pool(tr)),
+        "triplet retriever": (embed(net, te), embed(net, tr)),
+    }
+    print(
+        f"{len(keep)} test clips with a label seen in {len(train)} train clips; retriever trained {args.epochs} epochs in {t_train:.0f} s"
+    )
     print(f"{'system':32s} {'P@1':>6s} {'P@5':>6s}")
     for name, (q, k) in spaces.items():
-        print(f"{name:32s} {precision(q, k, te_lab, tr_lab, 1):6.3f} {precision(q, k, te_lab, tr_lab, 5):6.3f}")
+        print(
+            f"{name:32s} {precision(q, k, te_lab, tr_lab, 1):6.3f} {precision(q, k, te_lab, tr_lab, 5):6.3f}"
+        )
     chance = np.mean([np.mean(np.array(tr_lab) == lab) for lab in te_lab])
     print(f"{'chance (label frequency)':32s} {chance:6.3f} {chance:6.3f}")
     return 0

@@ -10,6 +10,7 @@ with a larger N to resume (the SCST state is kept in OUT/decoder). Then:
 
 Needs ../shared/data. Usage: python bench/scst_default.py STEPS OUT
 """
+
 from __future__ import annotations
 
 import shutil
@@ -40,8 +41,16 @@ def main() -> None:
     lab = grounded.read_labelled(CAPTIONS / "audiocaps_train.csv")
     val = grounded.read_labelled(CAPTIONS / "audiocaps_val.csv")
     p = grounded.plan(lab, ls.LabelSpaceConfig(), 5, None, val)
-    grounded.fine_tune(p, lab, models.SHIPPED_ROOT / models.DEFAULT_MODEL / "decoder", out / "decoder",
-                       load_lm("smollm2"), steps, keep_state=True, say=lambda s: print(s, file=sys.stderr))
+    grounded.fine_tune(
+        p,
+        lab,
+        models.SHIPPED_ROOT / models.DEFAULT_MODEL / "decoder",
+        out / "decoder",
+        load_lm("smollm2"),
+        steps,
+        keep_state=True,
+        say=lambda s: print(s, file=sys.stderr),
+    )
     print(f"{out}: {steps} SCST steps, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 

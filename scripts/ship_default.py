@@ -12,6 +12,7 @@ Usage:
          (only the shipped model.json's validation scores, e.g. after a change of decoding
          defaults; the weights and every other file stay as written)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,17 @@ def main() -> None:
     ap.add_argument("model", type=Path, nargs="?")
     ap.add_argument("corpus", type=Path, nargs="?")
     ap.add_argument("--name", default=models.DEFAULT_MODEL)
-    ap.add_argument("--report", type=Path, default=None, help="JSON written by bench/grounded_report.py --json")
+    ap.add_argument(
+        "--report", type=Path, default=None, help="JSON written by bench/grounded_report.py --json"
+    )
     ap.add_argument("--command", default="", help="the command that trained MODEL")
-    ap.add_argument("--revalidate", type=Path, default=None, metavar="REPORT",
-                    help="rewrite only the shipped model.json's validation scores from this report")
+    ap.add_argument(
+        "--revalidate",
+        type=Path,
+        default=None,
+        metavar="REPORT",
+        help="rewrite only the shipped model.json's validation scores from this report",
+    )
     args = ap.parse_args()
     out = models.SHIPPED_ROOT / args.name
     if args.revalidate is not None:
@@ -80,8 +88,10 @@ def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
         shutil.copyfile(sim, out / labelsim.CONFIG_NAME)
     info = {
         "model": to_dict(cfg) | {"dataset": None},
-        "trained_on": (f"{len(lab.captions)} AudioCaps train captions (MIT) with their clips' AudioSet "
-                       f"labels (CC BY 4.0); {lab.coverage.describe()}; label space {lcfg}"),
+        "trained_on": (
+            f"{len(lab.captions)} AudioCaps train captions (MIT) with their clips' AudioSet "
+            f"labels (CC BY 4.0); {lab.coverage.describe()}; label space {lcfg}"
+        ),
         "validation": validation,
         "command": args.command,
         "measured_by": "python bench/grounded_report.py -m " + args.name,

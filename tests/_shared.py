@@ -1,4 +1,5 @@
 """Constants and helpers shared by several test modules (pytest puts tests/ on sys.path)."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,9 @@ from audiocap_cli.decoder import DecoderConfig, GuidedDecoder
 from audiocap_cli.lm import FrozenLM
 
 JAVA = shutil.which("java")
-needs_java = pytest.mark.skipif(JAVA is None, reason="no `java` on PATH (CI installs openjdk-17-jre-headless)")
+needs_java = pytest.mark.skipif(
+    JAVA is None, reason="no `java` on PATH (CI installs openjdk-17-jre-headless)"
+)
 
 # The issue's reference example: two clips with five references each.
 EXAMPLE_REFS = {
@@ -47,7 +50,13 @@ def clotho_validation_rows(n: int) -> list[dict[str, str]]:
     import csv
     from pathlib import Path
 
-    src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "captions" / "clotho_validation.csv"
+    src = (
+        Path(__file__).resolve().parents[1].parent
+        / "shared"
+        / "data"
+        / "captions"
+        / "clotho_validation.csv"
+    )
     if not src.is_file():
         pytest.skip(f"dev data absent ({src})")
     if JAVA is None:
@@ -56,7 +65,9 @@ def clotho_validation_rows(n: int) -> list[dict[str, str]]:
         return list(csv.DictReader(f))[:n]
 
 
-def long_wav(path: "str | os.PathLike[str]", seconds: float, rate: int = 8000, tone_seconds: float = 10.0) -> None:
+def long_wav(
+    path: "str | os.PathLike[str]", seconds: float, rate: int = 8000, tone_seconds: float = 10.0
+) -> None:
     """A 16-bit mono WAV whose header declares ``seconds`` of audio: ``tone_seconds`` of a 440 Hz
     tone, then silence left as a sparse hole by ``truncate``, so that a 10-hour file costs a few
     hundred KB of disk and no time to write (used by test_hostile and bench/bench_long_audio)."""
@@ -66,8 +77,22 @@ def long_wav(path: "str | os.PathLike[str]", seconds: float, rate: int = 8000, t
 
     n = int(seconds * rate)
     data_bytes = 2 * n  # 10 h at 8 kHz: 576 MB, within RIFF's 4 GiB
-    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1,
-                         rate, 2 * rate, 2, 16, b"data", data_bytes)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + data_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        rate,
+        2 * rate,
+        2,
+        16,
+        b"data",
+        data_bytes,
+    )
     t = np.arange(min(n, int(tone_seconds * rate))) / rate
     with open(path, "wb") as f:
         f.write(header)

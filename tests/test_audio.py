@@ -1,4 +1,5 @@
 """audio.py: decoding of every format/bit depth/rate, typed errors for broken input, windows."""
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,9 @@ def _peak_hz(wave: np.ndarray, sr: int) -> float:
         ("MP3", "MPEG_LAYER_III", ".mp3"),
     ],
 )
-def test_formats_and_bit_depths_decode_to_the_same_tone(tmp_path: Path, fmt: str, subtype: str, ext: str) -> None:
+def test_formats_and_bit_depths_decode_to_the_same_tone(
+    tmp_path: Path, fmt: str, subtype: str, ext: str
+) -> None:
     x = _sine(1000.0, SAMPLE_RATE, 1.0)
     p = tmp_path / f"tone{ext}"
     sf.write(p, x, SAMPLE_RATE, format=fmt, subtype=subtype)
@@ -107,7 +110,13 @@ def test_float_wav_above_full_scale_is_not_clipped(tmp_path: Path) -> None:
 
 def test_audio_extensions_cover_what_libsndfile_reads() -> None:
     fmts = sf.available_formats()
-    for name, ext in [("WAV", ".wav"), ("FLAC", ".flac"), ("OGG", ".ogg"), ("MP3", ".mp3"), ("AIFF", ".aiff")]:
+    for name, ext in [
+        ("WAV", ".wav"),
+        ("FLAC", ".flac"),
+        ("OGG", ".ogg"),
+        ("MP3", ".mp3"),
+        ("AIFF", ".aiff"),
+    ]:
         assert name in fmts
         assert ext in audio.AUDIO_EXTENSIONS
     assert all(e.startswith(".") and e == e.lower() for e in audio.AUDIO_EXTENSIONS)
@@ -310,7 +319,9 @@ def test_empty_wave_gives_one_silent_window() -> None:
 
 
 def test_window_sample_count_uses_rounding() -> None:
-    [(_, _, w)] = segments(np.ones(10, np.float32), ClipPolicy(seconds=0.96), sample_rate=SAMPLE_RATE)
+    [(_, _, w)] = segments(
+        np.ones(10, np.float32), ClipPolicy(seconds=0.96), sample_rate=SAMPLE_RATE
+    )
     assert w.shape == (15360,)
     [(_, _, w)] = segments(np.ones(10, np.float32), ClipPolicy(seconds=1 / 3), sample_rate=44100)
     assert w.shape == (14700,)
@@ -318,8 +329,14 @@ def test_window_sample_count_uses_rounding() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(seconds=0.0), dict(seconds=-1.0), dict(seconds=float("nan")), dict(long_audio="loop"),
-     dict(hop_seconds=0.0), dict(min_tail_seconds=-1.0)],
+    [
+        dict(seconds=0.0),
+        dict(seconds=-1.0),
+        dict(seconds=float("nan")),
+        dict(long_audio="loop"),
+        dict(hop_seconds=0.0),
+        dict(min_tail_seconds=-1.0),
+    ],
 )
 def test_invalid_policy_is_a_typed_error(kwargs: dict) -> None:
     with pytest.raises(AudiocapError, match="invalid clip policy"):
@@ -342,7 +359,11 @@ def test_streamed_resampling_is_bit_identical(rate: int) -> None:
     x = np.random.default_rng(rate).uniform(-1, 1, rate * 3 + 17).astype(np.float32)
     whole = audio.resample(x, rate, SAMPLE_RATE)
     for block in (997, 4096, rate, len(x)):
-        pieces = list(audio.resample_stream((x[i : i + block] for i in range(0, len(x), block)), rate, SAMPLE_RATE))
+        pieces = list(
+            audio.resample_stream(
+                (x[i : i + block] for i in range(0, len(x), block)), rate, SAMPLE_RATE
+            )
+        )
         np.testing.assert_array_equal(np.concatenate(pieces), whole)
 
 
@@ -358,10 +379,19 @@ STREAM_POLICIES = [
 
 @pytest.mark.parametrize(
     "rate,seconds,channels,ext",
-    [(44100, 23.3, 2, "flac"), (16000, 3.2, 1, "wav"), (22050, 10.0, 1, "wav"), (8000, 31.7, 1, "ogg"),
-     (48000, 0.5, 2, "wav"), (22254, 12.0, 1, "wav"), (44100, 12.4, 1, "mp3")],
+    [
+        (44100, 23.3, 2, "flac"),
+        (16000, 3.2, 1, "wav"),
+        (22050, 10.0, 1, "wav"),
+        (8000, 31.7, 1, "ogg"),
+        (48000, 0.5, 2, "wav"),
+        (22254, 12.0, 1, "wav"),
+        (44100, 12.4, 1, "mp3"),
+    ],
 )
-def test_segment_stream_matches_segments_of_load(tmp_path: Path, rate: int, seconds: float, channels: int, ext: str) -> None:
+def test_segment_stream_matches_segments_of_load(
+    tmp_path: Path, rate: int, seconds: float, channels: int, ext: str
+) -> None:
     """Windows cut block by block (blocks far smaller than a window, too) are those of the
     whole decoded file; an MP3 decoded in several reads differs from one read by float
     rounding in libsndfile's MPEG decoder (<= 2e-7), whatever audiocap does."""
@@ -381,7 +411,9 @@ def test_segment_stream_matches_segments_of_load(tmp_path: Path, rate: int, seco
                     np.testing.assert_array_equal(w, r)
             assert stream.starts == tuple(s for s, _, _ in ref)
             assert stream.ends == tuple(e for _, e, _ in ref)
-            assert stream.duration == len(full) / SAMPLE_RATE or (ext == "mp3" and policy.long_audio == "crop")
+            assert stream.duration == len(full) / SAMPLE_RATE or (
+                ext == "mp3" and policy.long_audio == "crop"
+            )
 
 
 def test_segment_stream_reports_broken_input_like_load(tmp_path: Path) -> None:
@@ -391,7 +423,9 @@ def test_segment_stream_reports_broken_input_like_load(tmp_path: Path) -> None:
                 list(audio.SegmentStream(path, policy))
 
 
-def test_crop_stops_reading_after_the_first_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crop_stops_reading_after_the_first_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = tmp_path / "long.flac"
     sf.write(p, np.random.default_rng(0).uniform(-0.5, 0.5, 44100 * 120), 44100)
     reads: list[int] = []

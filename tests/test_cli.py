@@ -1,4 +1,5 @@
 """The command line as a user meets it: help, version, one-line errors, exit codes."""
+
 import subprocess
 import sys
 
@@ -9,7 +10,11 @@ SUBCOMMANDS = ("build-index", "train-retriever", "train-decoder", "caption", "ev
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "audiocap_cli", *args], capture_output=True, text=True, input=stdin, timeout=300
+        [sys.executable, "-m", "audiocap_cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
     )
 
 
@@ -67,12 +72,16 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("args", BAD_VALUES, ids=lambda a: " ".join(a))
-def test_bad_option_values_are_one_line_usage_errors(args: tuple[str, ...], tmp_path, monkeypatch) -> None:
+def test_bad_option_values_are_one_line_usage_errors(
+    args: tuple[str, ...], tmp_path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AUDIOCAP_MODEL", raising=False)
     r = run(*args)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("audiocap: error: "), r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("audiocap: error: "), (
+        r.stderr
+    )
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
@@ -95,5 +104,13 @@ def test_caption_defaults_are_the_library_defaults() -> None:
 
     params = {p.name: p.default for p in typer.main.get_command(app).commands["caption"].params}
     lib = CaptionOptions()
-    for name in ("beam_size", "batch_size", "max_len", "no_repeat_ngram", "repeat_penalty", "select", "pool_margin"):
+    for name in (
+        "beam_size",
+        "batch_size",
+        "max_len",
+        "no_repeat_ngram",
+        "repeat_penalty",
+        "select",
+        "pool_margin",
+    ):
         assert params[name] == getattr(lib, name), name

@@ -1,4 +1,5 @@
 """datasets.py: AudioCaps / Clotho / generic manifests, split layout, audio lookup, validation."""
+
 from __future__ import annotations
 
 import csv
@@ -8,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from audiocap_cli.datasets import Clip, find_manifest, load_split, read_captions, read_manifest, validate
+from audiocap_cli.datasets import (
+    Clip,
+    find_manifest,
+    load_split,
+    read_captions,
+    read_manifest,
+    validate,
+)
 from audiocap_cli.errors import AudiocapError, DatasetError
 
 CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "captions"
@@ -41,18 +49,26 @@ def _problems(excinfo: pytest.ExceptionInfo[DatasetError]) -> str:
 @pytest.fixture()
 def audiocaps(tmp_path: Path) -> Path:
     root = tmp_path / "audiocaps"
-    _csv(root / "train.csv", AC_HEADER, [
-        ["1", "aaa", "30", "A dog barks"],
-        ["2", "bbb", "0", "Rain falls, thunder rumbles"],
-        ["3", "c-c_c", "120", " A car passes by "],
-    ])
-    _csv(root / "val.csv", AC_HEADER, [
-        ["11", "vvv", "10", "A man speaks"],
-        ["12", "www", "20", "Birds chirp"],
-        ["13", "vvv", "10", "Someone talks"],
-        ["14", "www", "20", "Chirping"],
-        ["15", "vvv", "10", "A man talks"],
-    ])
+    _csv(
+        root / "train.csv",
+        AC_HEADER,
+        [
+            ["1", "aaa", "30", "A dog barks"],
+            ["2", "bbb", "0", "Rain falls, thunder rumbles"],
+            ["3", "c-c_c", "120", " A car passes by "],
+        ],
+    )
+    _csv(
+        root / "val.csv",
+        AC_HEADER,
+        [
+            ["11", "vvv", "10", "A man speaks"],
+            ["12", "www", "20", "Birds chirp"],
+            ["13", "vvv", "10", "Someone talks"],
+            ["14", "www", "20", "Chirping"],
+            ["15", "vvv", "10", "A man talks"],
+        ],
+    )
     # aac-datasets naming for train, one flac and one wav+flac (wav preferred), one AudioSet style.
     _touch(root / "audio" / "train" / "aaa_30.flac")
     _touch(root / "audio" / "train" / "bbb_0.flac")
@@ -69,7 +85,11 @@ def test_audiocaps_train_one_caption_per_clip(audiocaps: Path) -> None:
     assert [c.id for c in clips] == ["aaa_30", "bbb_0", "c-c_c_120"]
     assert clips[2].captions == ("A car passes by",)  # stripped
     train = audiocaps / "audio" / "train"
-    assert [c.path for c in clips] == [train / "aaa_30.flac", train / "bbb_0.wav", train / "Yc-c_c_120.000_130.000.wav"]
+    assert [c.path for c in clips] == [
+        train / "aaa_30.flac",
+        train / "bbb_0.wav",
+        train / "Yc-c_c_120.000_130.000.wav",
+    ]
 
 
 def test_audiocaps_val_groups_rows_of_one_clip(audiocaps: Path) -> None:
@@ -85,7 +105,9 @@ def test_audiocaps_pattern_override(tmp_path: Path) -> None:
     root = tmp_path / "ac"
     _csv(root / "test.csv", AC_HEADER, [["1", "xyz", "40", "Wind blows"]])
     _touch(tmp_path / "elsewhere" / "clip-xyz-40s.mp3")
-    clips = load_split(root, "test", audio_dir=tmp_path / "elsewhere", pattern="clip-{youtube_id}-{start_time}s")
+    clips = load_split(
+        root, "test", audio_dir=tmp_path / "elsewhere", pattern="clip-{youtube_id}-{start_time}s"
+    )
     assert clips[0].path == tmp_path / "elsewhere" / "clip-xyz-40s.mp3"
     with pytest.raises(DatasetError, match="no audio for 'xyz_40'"):
         load_split(root, "test", audio_dir=tmp_path / "elsewhere", pattern="{audiocap_id}.wav")
@@ -108,11 +130,17 @@ def test_missing_audio_listed_or_none(audiocaps: Path) -> None:
 def clotho(tmp_path: Path) -> Path:
     root = tmp_path / "clotho"
     header = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]
-    _csv(root / "clotho_captions_development.csv", header, [
-        ["Rain, on roof.wav"] + [f"rain {i}" for i in range(5)],
-        ["birds 01.wav"] + [f"birds {i}" for i in range(5)],
-    ])
-    _csv(root / "clotho_captions_evaluation.csv", header, [["x.wav"] + [f"x {i}" for i in range(5)]])
+    _csv(
+        root / "clotho_captions_development.csv",
+        header,
+        [
+            ["Rain, on roof.wav"] + [f"rain {i}" for i in range(5)],
+            ["birds 01.wav"] + [f"birds {i}" for i in range(5)],
+        ],
+    )
+    _csv(
+        root / "clotho_captions_evaluation.csv", header, [["x.wav"] + [f"x {i}" for i in range(5)]]
+    )
     _touch(root / "development" / "Rain, on roof.wav")
     _touch(root / "development" / "birds 01.flac")  # re-encoded by the user: found by stem
     _touch(root / "evaluation" / "x.wav")
@@ -131,12 +159,16 @@ def test_clotho_original_names(clotho: Path) -> None:
 
 def test_clotho_problems_are_all_collected(tmp_path: Path) -> None:
     header = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]
-    m = _csv(tmp_path / "d" / "val.csv", header, [
-        ["a.wav", "one", "", "three", "four", "five"],  # empty caption
-        ["a.wav", "1", "2", "3", "4", "5"],  # duplicate
-        ["b.wav", "1", "2", "3", "4", "5"],  # no audio
-        ["c.wav", "1", "2"],  # short row
-    ])
+    m = _csv(
+        tmp_path / "d" / "val.csv",
+        header,
+        [
+            ["a.wav", "one", "", "three", "four", "five"],  # empty caption
+            ["a.wav", "1", "2", "3", "4", "5"],  # duplicate
+            ["b.wav", "1", "2", "3", "4", "5"],  # no audio
+            ["c.wav", "1", "2"],  # short row
+        ],
+    )
     _touch(tmp_path / "d" / "audio" / "a.wav")
     with pytest.raises(DatasetError) as ei:
         read_manifest(m)
@@ -153,17 +185,23 @@ def test_clotho_problems_are_all_collected(tmp_path: Path) -> None:
 
 def test_generic_csv_long_format_and_relative_paths(tmp_path: Path) -> None:
     root = tmp_path / "mine"
-    _csv(root / "train.csv", ["path", "caption"], [
-        ["sounds/dog.wav", "A dog barks"],
-        ["sounds/dog.wav", "Barking"],
-        ["/abs/missing.wav", "nothing"],
-        [str(_touch(tmp_path / "abs" / "cat.mp3")), "A cat meows"],
-    ])
+    _csv(
+        root / "train.csv",
+        ["path", "caption"],
+        [
+            ["sounds/dog.wav", "A dog barks"],
+            ["sounds/dog.wav", "Barking"],
+            ["/abs/missing.wav", "nothing"],
+            [str(_touch(tmp_path / "abs" / "cat.mp3")), "A cat meows"],
+        ],
+    )
     _touch(root / "sounds" / "dog.wav")
     with pytest.raises(DatasetError, match="no audio for '/abs/missing.wav'"):
         load_split(root, "train")
     clips = load_split(root, "train", require_audio=False)
-    assert clips[0] == Clip("sounds/dog.wav", root / "sounds" / "dog.wav", ("A dog barks", "Barking"))
+    assert clips[0] == Clip(
+        "sounds/dog.wav", root / "sounds" / "dog.wav", ("A dog barks", "Barking")
+    )
     assert clips[1].path is None
     assert clips[2].path == tmp_path / "abs" / "cat.mp3"
 
@@ -201,9 +239,13 @@ def test_generic_problems(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as ei:
         read_manifest(m)
     text = _problems(ei)
-    for expected in ("line 2: invalid JSON", "line 3: duplicate id 'a' with a different path",
-                     "line 4: captions must be a list of strings", "line 5: empty path",
-                     "line 6: expected a JSON object"):
+    for expected in (
+        "line 2: invalid JSON",
+        "line 3: duplicate id 'a' with a different path",
+        "line 4: captions must be a list of strings",
+        "line 5: empty path",
+        "line 6: expected a JSON object",
+    ):
         assert expected in text
 
 
@@ -256,13 +298,20 @@ def test_read_captions_ignores_audio(audiocaps: Path, tmp_path: Path) -> None:
 
 def test_validate_collects_everything(tmp_path: Path) -> None:
     good = _touch(tmp_path / "g.wav")
-    clips = [Clip("a", good, ("x",)), Clip("a", good, ("y",)), Clip("b", None, ()),
-             Clip("c", tmp_path / "gone.wav", ("  ",))]
+    clips = [
+        Clip("a", good, ("x",)),
+        Clip("a", good, ("y",)),
+        Clip("b", None, ()),
+        Clip("c", tmp_path / "gone.wav", ("  ",)),
+    ]
     with pytest.raises(DatasetError) as ei:
         validate(clips, "mine")
     assert ei.value.problems == [
-        "duplicate id 'a'", "clip 'b' has no caption", "clip 'b': audio unknown",
-        "clip 'c' has an empty caption", f"clip 'c': audio {tmp_path / 'gone.wav'} not found",
+        "duplicate id 'a'",
+        "clip 'b' has no caption",
+        "clip 'b': audio unknown",
+        "clip 'c' has an empty caption",
+        f"clip 'c': audio {tmp_path / 'gone.wav'} not found",
     ]
     validate(clips[:1], "mine")
     validate([Clip("b", None, ("x",))], "mine", require_audio=False)
@@ -290,15 +339,24 @@ def test_download_tool_layouts(tmp_path: Path) -> None:
     ac = tmp_path / "AUDIOCAPS"
     _csv(ac / "train.csv", AC_HEADER, [["7", "r1nicOVtvkQ", "130", "Water pours"]])
     _touch(ac / "audio_32000Hz" / "train" / "r1nicOVtvkQ_130.flac")
-    assert load_split(ac, "train")[0].path == ac / "audio_32000Hz" / "train" / "r1nicOVtvkQ_130.flac"
+    assert (
+        load_split(ac, "train")[0].path == ac / "audio_32000Hz" / "train" / "r1nicOVtvkQ_130.flac"
+    )
     # Clotho v2.1 archives: clotho_csv_files/ (captions + metadata) and clotho_audio_files/<split>/
     cl = tmp_path / "CLOTHO_v2.1"
     header = ["file_name"] + [f"caption_{i}" for i in range(1, 6)]
     _csv(cl / "clotho_csv_files" / "clotho_captions_validation.csv", header, [["a.wav", *"abcde"]])
-    _csv(cl / "clotho_csv_files" / "clotho_metadata_validation.csv", ["file_name", "keywords"], [["a.wav", "k"]])
+    _csv(
+        cl / "clotho_csv_files" / "clotho_metadata_validation.csv",
+        ["file_name", "keywords"],
+        [["a.wav", "k"]],
+    )
     _touch(cl / "clotho_audio_files" / "validation" / "a.wav")
     [clip] = load_split(cl, "val")
-    assert clip.path == cl / "clotho_audio_files" / "validation" / "a.wav" and clip.captions == tuple("abcde")
+    assert (
+        clip.path == cl / "clotho_audio_files" / "validation" / "a.wav"
+        and clip.captions == tuple("abcde")
+    )
 
 
 def test_pattern_naming_an_unknown_column_is_reported(audiocaps: Path) -> None:

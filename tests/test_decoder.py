@@ -1,4 +1,5 @@
 """The guided decoder (eqs. 9-13): shapes, masks, guidance layouts, persistence, training."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _shared import D_A, make_decoder
 from safetensors.torch import load_file
 
 from audiocap_cli.decoder import (
     DecoderConfig,
     DecoderTrainConfig,
-    GuidedDecoder,
     average_weights,
     draw_guidance,
     load_decoder,
@@ -23,11 +24,6 @@ from audiocap_cli.decoder import (
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
 from audiocap_cli.lm import FrozenLM, load_lm
 from audiocap_cli.training import RunDir
-
-from _shared import D_A, make_decoder
-
-
-
 
 make = make_decoder
 
@@ -81,7 +77,9 @@ def test_padding_is_masked(lm: FrozenLM) -> None:
     alone = dec(hyp, ref, pad, frames)
     # the same clip batched with a longer one: extra padding in refs and frames
     ref2, pad2 = dec.ref_features([["a dog barks"], ["a much longer caption about rain and wind"]])
-    frames2 = torch.cat([torch.cat([frames, torch.full((1, 4, D_A), 99.0)], 1), torch.randn(1, 9, D_A)])
+    frames2 = torch.cat(
+        [torch.cat([frames, torch.full((1, 4, D_A), 99.0)], 1), torch.randn(1, 9, D_A)]
+    )
     fpad = torch.zeros(2, 9, dtype=torch.bool)
     fpad[0, 5:] = True
     batched = dec(hyp.expand(2, -1, -1), ref2, pad2, frames2, fpad)
@@ -99,7 +97,10 @@ def test_audio_switch(lm: FrozenLM) -> None:
     with pytest.raises(ConfigMismatchError, match="d_a"):
         audio(hyp, ref, pad, torch.randn(1, 3, D_A + 1))
     # the audio path changes the output (eq. 12 is wired in)
-    a, b = audio(hyp, ref, pad, torch.randn(1, 3, D_A)), audio(hyp, ref, pad, torch.randn(1, 3, D_A))
+    a, b = (
+        audio(hyp, ref, pad, torch.randn(1, 3, D_A)),
+        audio(hyp, ref, pad, torch.randn(1, 3, D_A)),
+    )
     assert not torch.allclose(a, b)
 
 
@@ -118,7 +119,9 @@ def test_save_load_round_trip(lm: FrozenLM, tmp_path: Path) -> None:
     fr = torch.randn(1, 3, D_A)
     torch.testing.assert_close(back(hyp, ref, pad, fr), dec(hyp, ref, pad, fr))
     with pytest.raises(ConfigMismatchError, match="d_r"):
-        load_decoder(tmp_path / "m", lm, expected=DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, d_r=32))
+        load_decoder(
+            tmp_path / "m", lm, expected=DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, d_r=32)
+        )
     other = load_lm("tiny-gpt2")
     with torch.no_grad():
         next(other.body.parameters()).mul_(2.0)
@@ -143,10 +146,21 @@ def test_lr_schedule_and_guidance_draws() -> None:
 
 
 def _examples(n: int, seed: int = 0) -> list[tuple[str, list[str], np.ndarray]]:
-    caps = ["a dog barks", "rain falls on a roof", "a man speaks", "birds chirp", "a car passes", "water flows"]
+    caps = [
+        "a dog barks",
+        "rain falls on a roof",
+        "a man speaks",
+        "birds chirp",
+        "a car passes",
+        "water flows",
+    ]
     rng = np.random.default_rng(seed)
     return [
-        (caps[i % 6], [caps[(i + j) % 6] for j in range(1, 4)], rng.standard_normal((4 + i % 3, D_A)).astype(np.float32))
+        (
+            caps[i % 6],
+            [caps[(i + j) % 6] for j in range(1, 4)],
+            rng.standard_normal((4 + i % 3, D_A)).astype(np.float32),
+        )
         for i in range(n)
     ]
 
@@ -155,11 +169,24 @@ def test_training_resumes_exactly(lm: FrozenLM, tmp_path: Path) -> None:
     cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2)  # dropout on: RNG must resume too
     tc = DecoderTrainConfig(batch_size=4, micro_batch=2, lr_max=1e-3)
     ex, val = _examples(6), _examples(2, seed=1)
-    straight = train_decoder(ex, cfg, lm, tmp_path / "a", epochs=3, val_examples=val, train_cfg=tc, keep_state=True)
-    train_decoder(ex, cfg, lm, tmp_path / "b", epochs=2, val_examples=val, train_cfg=tc, keep_state=True)
+    straight = train_decoder(
+        ex, cfg, lm, tmp_path / "a", epochs=3, val_examples=val, train_cfg=tc, keep_state=True
+    )
+    train_decoder(
+        ex, cfg, lm, tmp_path / "b", epochs=2, val_examples=val, train_cfg=tc, keep_state=True
+    )
     seen: list[int] = []
-    resumed = train_decoder(ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc,
-                            progress=seen.append, keep_state=True)
+    resumed = train_decoder(
+        ex,
+        cfg,
+        lm,
+        tmp_path / "b",
+        epochs=3,
+        val_examples=val,
+        train_cfg=tc,
+        progress=seen.append,
+        keep_state=True,
+    )
     assert sum(seen) == len(ex)  # only the third epoch ran
     rows = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -172,28 +199,49 @@ def test_training_resumes_exactly(lm: FrozenLM, tmp_path: Path) -> None:
     assert dec.cfg == cfg
     # the best epoch's weights are written once, as decoder.safetensors (no best.safetensors copy)
     assert sorted(p.name for p in resumed.iterdir()) == [
-        "decoder.json", "decoder.safetensors", "decoder_train.json", "last.safetensors", "metrics.jsonl"]
+        "decoder.json",
+        "decoder.safetensors",
+        "decoder_train.json",
+        "last.safetensors",
+        "metrics.jsonl",
+    ]
     # resuming with another config is refused
     with pytest.raises(ConfigMismatchError, match="k:"):
-        train_decoder(ex, DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=3), lm, tmp_path / "b",
-                      epochs=4, train_cfg=tc)
+        train_decoder(
+            ex,
+            DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=3),
+            lm,
+            tmp_path / "b",
+            epochs=4,
+            train_cfg=tc,
+        )
 
 
 def test_training_rejects_bad_examples(lm: FrozenLM, tmp_path: Path) -> None:
     cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A)
-    bad = [("a dog", ["a cat"], None), ("", ["x"], np.zeros((3, D_A))), ("rain", [], np.zeros((3, 5)))]
+    bad = [
+        ("a dog", ["a cat"], None),
+        ("", ["x"], np.zeros((3, D_A))),
+        ("rain", [], np.zeros((3, 5))),
+    ]
     with pytest.raises(DatasetError, match="3 problem"):
         train_decoder(bad, cfg, lm, tmp_path / "r", epochs=1)
 
 
-def test_checkpoint_averaging_keeps_the_mean_of_the_last_epochs(lm: FrozenLM, tmp_path: Path) -> None:
+def test_checkpoint_averaging_keeps_the_mean_of_the_last_epochs(
+    lm: FrozenLM, tmp_path: Path
+) -> None:
     cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2)
     tc = DecoderTrainConfig(batch_size=4, micro_batch=2, lr_max=1e-3, average_last=2)
     ex, val = _examples(6), _examples(2, seed=1)
-    straight = train_decoder(ex, cfg, lm, tmp_path / "a", epochs=3, val_examples=val, train_cfg=tc, keep_state=True)
+    straight = train_decoder(
+        ex, cfg, lm, tmp_path / "a", epochs=3, val_examples=val, train_cfg=tc, keep_state=True
+    )
     weights, optim, _ = RunDir(straight).resume()
     snaps = optim["snapshots"]
-    assert sorted(snaps) == ["2"]  # only the last two epochs are kept; the last one is the state's weights
+    assert sorted(snaps) == [
+        "2"
+    ]  # only the last two epochs are kept; the last one is the state's weights
     snaps["3"] = weights
     kept = load_file(str(straight / "decoder.safetensors"))
     expected = average_weights([snaps["2"], snaps["3"]])
@@ -205,15 +253,34 @@ def test_checkpoint_averaging_keeps_the_mean_of_the_last_epochs(lm: FrozenLM, tm
     assert [r["epoch"] for r in rows] == [1, 2, 3, 3] and rows[-1]["average_of"] == [2, 3]
     assert rows[-1]["val_nll"] > 0
     # interrupted after two epochs and resumed: the same average, byte for byte
-    train_decoder(ex, cfg, lm, tmp_path / "b", epochs=2, val_examples=val, train_cfg=tc, keep_state=True)
-    resumed = train_decoder(ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc, keep_state=True)
+    train_decoder(
+        ex, cfg, lm, tmp_path / "b", epochs=2, val_examples=val, train_cfg=tc, keep_state=True
+    )
+    resumed = train_decoder(
+        ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc, keep_state=True
+    )
     again = load_file(str(resumed / "decoder.safetensors"))
     for key in kept:
         torch.testing.assert_close(again[key], kept[key], rtol=0, atol=0)
     # its log: epochs 1, 2, the average of 1-2 (that call's end), 3, the average of 2-3; a rerun
     # of the finished run adds nothing
-    train_decoder(ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc, keep_state=True)
-    assert sum("average_of" in json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()) == 2
+    train_decoder(
+        ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc, keep_state=True
+    )
+    assert (
+        sum(
+            "average_of" in json.loads(x)
+            for x in (resumed / "metrics.jsonl").read_text().splitlines()
+        )
+        == 2
+    )
     with pytest.raises(ConfigMismatchError, match="average_last"):  # a run's window is fixed
-        train_decoder(ex, cfg, lm, tmp_path / "b", epochs=4, val_examples=val,
-                      train_cfg=dataclasses.replace(tc, average_last=3))
+        train_decoder(
+            ex,
+            cfg,
+            lm,
+            tmp_path / "b",
+            epochs=4,
+            val_examples=val,
+            train_cfg=dataclasses.replace(tc, average_last=3),
+        )

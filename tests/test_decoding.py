@@ -1,4 +1,5 @@
 """Beam search with KV cache: greedy equivalence, agreement with the naive search, overfitting."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,16 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _shared import D_A, make_decoder
 
 from audiocap_cli.decoder import (
-    DecoderConfig, DecoderEnsemble, DecoderTrainConfig, GuidedDecoder, export_float16, load_decoder, load_decoders,
+    DecoderConfig,
+    DecoderEnsemble,
+    DecoderTrainConfig,
+    GuidedDecoder,
+    export_float16,
+    load_decoder,
+    load_decoders,
     train_decoder,
 )
 from audiocap_cli.decoding import DecodingOptions, _Beams, _word_ends, decode, decode_naive
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError
 from audiocap_cli.lm import FrozenLM, load_lm
-
-from _shared import D_A, make_decoder
 
 GUIDANCE = [
     ["a dog barks", "a cat meows loudly"],
@@ -27,16 +33,19 @@ GUIDANCE = [
 ]
 
 
-
 make = make_decoder
 
 
 def frames(n: int = 4, t: int = 6, seed: int = 0) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(seed).standard_normal((n, t, D_A)).astype(np.float32))
+    return torch.from_numpy(
+        np.random.default_rng(seed).standard_normal((n, t, D_A)).astype(np.float32)
+    )
 
 
 @torch.no_grad()
-def plain_greedy(dec: GuidedDecoder, guidance: list[str], fr: torch.Tensor, max_len: int) -> list[int]:
+def plain_greedy(
+    dec: GuidedDecoder, guidance: list[str], fr: torch.Tensor, max_len: int
+) -> list[int]:
     """Argmax decoding written the obvious way: full recompute, one clip, EOS banned at step 0."""
     lm = dec.lm
     ref, pad = dec.ref_features([guidance])
@@ -57,7 +66,9 @@ def plain_greedy(dec: GuidedDecoder, guidance: list[str], fr: torch.Tensor, max_
 def test_beam_one_is_greedy(lm: FrozenLM, guidance: str) -> None:
     dec = make(lm, guidance=guidance)
     fr = frames()
-    got = decode(dec, GUIDANCE, fr, DecodingOptions(beam_size=1, max_len=7, no_repeat_ngram=0))  # plain argmax
+    got = decode(
+        dec, GUIDANCE, fr, DecodingOptions(beam_size=1, max_len=7, no_repeat_ngram=0)
+    )  # plain argmax
     want = [plain_greedy(dec, g, fr[i], 7) for i, g in enumerate(GUIDANCE)]
     assert [list(d.tokens) for d in got] == want
     assert all(len(d.tokens) <= 7 and lm.eos_id not in d.tokens for d in got)
@@ -66,7 +77,9 @@ def test_beam_one_is_greedy(lm: FrozenLM, guidance: str) -> None:
 
 @pytest.mark.parametrize("guidance", ["concat", "separate"])
 @pytest.mark.parametrize("repeat_penalty", [0.0, 1.5])
-def test_cached_batched_search_equals_naive(lm: FrozenLM, guidance: str, repeat_penalty: float) -> None:
+def test_cached_batched_search_equals_naive(
+    lm: FrozenLM, guidance: str, repeat_penalty: float
+) -> None:
     dec = make(lm, guidance=guidance)
     fr = frames()
     opts = DecodingOptions(beam_size=4, max_len=6, repeat_penalty=repeat_penalty)
@@ -80,7 +93,9 @@ def test_cached_batched_search_equals_naive(lm: FrozenLM, guidance: str, repeat_
 
 
 @pytest.mark.parametrize(("alpha", "winner"), [(None, (5, 6, 7)), (0.0, (5,)), (1.0, (5,))])
-def test_length_penalty_ranks_finished_hypotheses(alpha: float | None, winner: tuple[int, ...]) -> None:
+def test_length_penalty_ranks_finished_hypotheses(
+    alpha: float | None, winner: tuple[int, ...]
+) -> None:
     beams = _Beams(1, 2, DecodingOptions(beam_size=2, length_penalty=alpha), eos=0, suppress=[])
     # sum log p -2 over 2 tokens vs -3 over 4: mean prefers the longer, raw sum and GNMT the shorter
     beams.finished = [[(-2.0, (5, 0)), (-3.0, (5, 6, 7, 0))]]
@@ -93,14 +108,24 @@ def test_length_penalty_ranks_finished_hypotheses(alpha: float | None, winner: t
 def test_select_mbr_picks_the_hypothesis_closest_to_the_evidence(agreement: str) -> None:
     from audiocap_cli.decoding import Decoded, select_mbr
 
-    hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog barks loudly", "rain falls")))
+    hyps = tuple(
+        Decoded(t, -1.0 - i, -3.0 - i, (i,))
+        for i, t in enumerate(("a man speaks", "a dog barks loudly", "rain falls"))
+    )
     d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
     guid = ["a dog barks", "dogs bark loudly nearby", "a dog barks and growls"]
     ev = (guid, [1.0] * 3)
     single = Decoded("x", 0.0, 0.0, (4,))
-    got = select_mbr([d, d, dataclasses.replace(single, hypotheses=(single,))], [ev, ([], []), ev], agreement=agreement)
+    got = select_mbr(
+        [d, d, dataclasses.replace(single, hypotheses=(single,))],
+        [ev, ([], []), ev],
+        agreement=agreement,
+    )
     assert got[0].text == "a dog barks loudly" and got[0].hypotheses == hyps
-    assert (got[0].score, got[0].tokens) == (-2.0, (1,))  # the chosen hypothesis's own score and tokens
+    assert (got[0].score, got[0].tokens) == (
+        -2.0,
+        (1,),
+    )  # the chosen hypothesis's own score and tokens
     assert got[1] is d and got[2].text == "x"  # no evidence, or a single hypothesis: unchanged
     # evidence weights decide: the rain caption weighs 10x the dog ones
     rain = (["rain falls", "a dog barks", "a dog barks loudly"], [10.0, 1.0, 1.0])
@@ -123,13 +148,25 @@ def test_select_mbr_recall_weight_favours_covering_the_evidence() -> None:
     texts = ("dog barking", "a dog barks and a man talks nearby")
     hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(texts))
     d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
-    ev = (["dog barking loudly", "a dog barking", "dog barking and a man talking", "a man talks as a dog barks"], [1.0] * 4)
+    ev = (
+        [
+            "dog barking loudly",
+            "a dog barking",
+            "dog barking and a man talking",
+            "a man talks as a dog barks",
+        ],
+        [1.0] * 4,
+    )
     assert select_mbr([d], [ev], 0.0, "tfidf")[0].text == "dog barking"
     assert select_mbr([d], [ev], 0.3, "tfidf")[0].text == texts[1]
     # METEOR's F-mean, alpha 0.85: 2 matches, P 1, R 2/3 -> (2/3) / (0.85 + 0.15 * 2/3)
-    assert unigram_fmean([["a", "dog"]], [["a", "dog", "barks"], ["cat"]])[0] == pytest.approx([(2 / 3) / 0.95, 0.0])
+    assert unigram_fmean([["a", "dog"]], [["a", "dog", "barks"], ["cat"]])[0] == pytest.approx(
+        [(2 / 3) / 0.95, 0.0]
+    )
     # a word no reference has still counts in the hypothesis length: P = R = 2/3
-    assert unigram_fmean([["a", "dog", "howls"]], [["a", "dog", "barks"]])[0, 0] == pytest.approx(2 / 3)
+    assert unigram_fmean([["a", "dog", "howls"]], [["a", "dog", "barks"]])[0, 0] == pytest.approx(
+        2 / 3
+    )
 
 
 def test_pool_margin_prints_the_pools_own_caption_only_when_it_agrees_more_by_the_margin() -> None:
@@ -138,22 +175,31 @@ def test_pool_margin_prints_the_pools_own_caption_only_when_it_agrees_more_by_th
     from audiocap_cli.decoding import Decoded, select_mbr, unigram_fmean
     from audiocap_cli.zeroshot import ciderd_agreement, ciderd_consensus, words
 
-    hyps = tuple(Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog growls")))
+    hyps = tuple(
+        Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog growls"))
+    )
     d = Decoded(hyps[0].text, -1.0, -3.0, (0,), hyps)
     pool = ["a dog barks", "a dog barks", "a dog barks loudly", "a man speaks", "wind blows"]
     w = [1.0, 1.0, 1.0, 1.0, 0.0]  # a zero-weight caption is never printed
     rw = 3.0
     hyp_u = ciderd_agreement([h.text for h in hyps], pool, w, None) + rw * np.average(
-        unigram_fmean([words(h.text) for h in hyps], [words(p) for p in pool]), axis=1, weights=w)
+        unigram_fmean([words(h.text) for h in hyps], [words(p) for p in pool]), axis=1, weights=w
+    )
     own = ciderd_consensus([pool], [w], None, rw)[0]
     gap = own[:4].max() - hyp_u.max()
     assert gap > 0 and pool[int(np.argmax(own[:4]))] == "a dog barks"
     chosen = hyps[int(np.argmax(hyp_u))]
-    for margin, text in ((gap - 1e-6, "a dog barks"), (gap + 1e-6, chosen.text), (None, chosen.text)):
+    for margin, text in (
+        (gap - 1e-6, "a dog barks"),
+        (gap + 1e-6, chosen.text),
+        (None, chosen.text),
+    ):
         (got,) = select_mbr([d], [(pool, w)], rw, "ciderd", None, margin)
         assert got.text == text and got.hypotheses == hyps
     (got,) = select_mbr([d], [(pool, w)], rw, "ciderd", None, 0.0)
-    assert got.retrieved and got.tokens == () and np.isnan(got.score)  # not a hypothesis of the decoder
+    assert (
+        got.retrieved and got.tokens == () and np.isnan(got.score)
+    )  # not a hypothesis of the decoder
     assert not select_mbr([d], [(pool, w)], rw, "ciderd", None, 100.0)[0].retrieved
     single = Decoded("a man speaks", -1.0, -3.0, (0,))  # one hypothesis: compared all the same
     assert select_mbr([single], [(pool, w)], rw, "ciderd", None, 0.0)[0].text == "a dog barks"
@@ -179,12 +225,16 @@ def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:
     got = decode(dec, GUIDANCE[:2], fr, opts, evidence=ev)
     assert [g.text for g in got] == [p.hypotheses[-1].text for p in plain]
     got = decode(dec, GUIDANCE[:2], fr, opts)
-    want = select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight, opts.agreement)
+    want = select_mbr(
+        plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight, opts.agreement
+    )
     assert [g.text for g in got] == [g.text for g in want]
     # a corpus idf given to decode reaches the CIDEr-D agreement
     idf = {"1\x00" + w: 1.0 for g in GUIDANCE[:2] for c in g for w in c.lower().split()}
     got = decode(dec, GUIDANCE[:2], fr, opts, idf=idf)
-    want = select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight, "ciderd", idf)
+    want = select_mbr(
+        plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight, "ciderd", idf
+    )
     assert [g.text for g in got] == [g.text for g in want]
     # pool_margin reaches the selection against an evidence pool: a pool of one caption said
     # twice and another said once prints the repeated one over hypotheses that say neither;
@@ -192,8 +242,10 @@ def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:
     pool = [(["a dog barks"] * 2 + ["rain falls"], [1.0] * 3) for _ in plain]
     pm = dataclasses.replace(opts, pool_margin=0.0)
     assert [g.text for g in decode(dec, GUIDANCE[:2], fr, pm, evidence=pool)] == ["a dog barks"] * 2
-    assert [g.text for g in decode(dec, GUIDANCE[:2], fr, pm)] == [g.text for g in select_mbr(
-        plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight)]
+    assert [g.text for g in decode(dec, GUIDANCE[:2], fr, pm)] == [
+        g.text
+        for g in select_mbr(plain, [(g, [1.0] * len(g)) for g in GUIDANCE[:2]], opts.recall_weight)
+    ]
 
 
 def test_ragged_frames_and_errors(lm: FrozenLM) -> None:
@@ -211,7 +263,12 @@ def test_ragged_frames_and_errors(lm: FrozenLM) -> None:
 
 
 def test_overfit_decoder_reproduces_its_captions(lm: FrozenLM, tmp_path: Path) -> None:
-    caps = ["a dog barks twice", "rain falls on a tin roof", "a man speaks while birds chirp", "people clap and cheer"]
+    caps = [
+        "a dog barks twice",
+        "rain falls on a tin roof",
+        "a man speaks while birds chirp",
+        "people clap and cheer",
+    ]
     rng = np.random.default_rng(0)
     ex = [(c, [c], rng.standard_normal((5, D_A)).astype(np.float32)) for c in caps]
     cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=1, dropout=0.0, label_smoothing=0.0)
@@ -239,25 +296,59 @@ def test_no_repeat_ngram_blocks_exactly_the_repeating_tokens() -> None:
 
 
 def test_repeat_penalty_hits_a_content_word_said_again_when_it_ends() -> None:
-    texts = ["", "A", " man", " speaks", " and", " a", " wo", "man", ",", " dog", "s", "D", "ucks", " ducks"]
-    lm = type("LM", (), {"token_texts": lambda self, ids: dict(enumerate(texts)), "eos_id": 0, "vocab_size": len(texts)})()
+    texts = [
+        "",
+        "A",
+        " man",
+        " speaks",
+        " and",
+        " a",
+        " wo",
+        "man",
+        ",",
+        " dog",
+        "s",
+        "D",
+        "ucks",
+        " ducks",
+    ]
+    lm = type(
+        "LM",
+        (),
+        {
+            "token_texts": lambda self, ids: dict(enumerate(texts)),
+            "eos_id": 0,
+            "vocab_size": len(texts),
+        },
+    )()
     fake = type("Decoder", (), {"lm": lm, "vocab_ids": None})()
     opts = DecodingOptions(beam_size=4, repeat_penalty=2.0)
     beams = _Beams(1, 4, opts, eos=0, suppress=[], words=_word_ends(fake, opts))
     ends = [0, 2, 3, 4, 5, 6, 8, 9, 13]  # tokens that close the word before them (EOS included)
     assert sorted(beams.words[1].tolist()) == ends
-    beams.seqs = torch.tensor([
-        [1, 2, 3, 4, 5, 2],  # "A man speaks and a man": "man" again
-        [1, 2, 3, 4, 5, 6],  # "A man speaks and a wo": not a word said before (yet)
-        [1, 2, 4, 5, 9, 4],  # "A man and a dog and": a function word may repeat
-        [11, 12, 4, 5, 8, 13],  # "Ducks and a, ducks": split differently, the same word, case-blind
-    ])
+    beams.seqs = torch.tensor(
+        [
+            [1, 2, 3, 4, 5, 2],  # "A man speaks and a man": "man" again
+            [1, 2, 3, 4, 5, 6],  # "A man speaks and a wo": not a word said before (yet)
+            [1, 2, 4, 5, 9, 4],  # "A man and a dog and": a function word may repeat
+            [
+                11,
+                12,
+                4,
+                5,
+                8,
+                13,
+            ],  # "Ducks and a, ducks": split differently, the same word, case-blind
+        ]
+    )
     logp = torch.zeros(4, len(texts))
     beams._penalize_words(logp)
     for row in (0, 3):
         assert logp[row, ends].eq(-2.0).all() and logp[row].eq(0).sum() == len(texts) - len(ends)
     assert logp[1].eq(0).all() and logp[2].eq(0).all()  # "wo" + "man" = "woman" goes free
-    off = _Beams(1, 4, DecodingOptions(beam_size=4), eos=0, suppress=[], words=_word_ends(fake, opts))
+    off = _Beams(
+        1, 4, DecodingOptions(beam_size=4), eos=0, suppress=[], words=_word_ends(fake, opts)
+    )
     off.seqs = beams.seqs.clone()
     logp = torch.zeros(4, len(texts))
     off._penalize_words(logp)
@@ -275,7 +366,9 @@ def test_token_texts_are_each_token_decoded_alone(lm: FrozenLM) -> None:
 def two_decoders(lm: FrozenLM, head: str = "full") -> list[GuidedDecoder]:
     vocab = list(range(0, 2000, 3)) if head == "lowrank" else None
     torch.manual_seed(0)
-    first = GuidedDecoder(DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, guidance="separate", head=head), lm, vocab).eval()
+    first = GuidedDecoder(
+        DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, guidance="separate", head=head), lm, vocab
+    ).eval()
     torch.manual_seed(1)
     second = GuidedDecoder(first.cfg, lm, vocab).eval()
     with torch.no_grad():  # a trained-looking head, so the two members really disagree
@@ -350,6 +443,10 @@ def test_export_float16_halves_the_weights_and_loads_back(lm: FrozenLM, tmp_path
     w = load_file(str(out / "decoder.safetensors"))
     assert all(v.dtype == torch.float16 for v in w.values() if v.is_floating_point())
     back = load_decoder(out, lm)
-    assert all(torch.equal(back.state_dict()[k], v.half().float()) for k, v in dec.state_dict().items())
+    assert all(
+        torch.equal(back.state_dict()[k], v.half().float()) for k, v in dec.state_dict().items()
+    )
     assert export_float16(out, tmp_path / "again")  # an exported folder exports to the same bytes
-    assert (tmp_path / "again" / "decoder.safetensors").read_bytes() == (out / "decoder.safetensors").read_bytes()
+    assert (tmp_path / "again" / "decoder.safetensors").read_bytes() == (
+        out / "decoder.safetensors"
+    ).read_bytes()

@@ -1,5 +1,6 @@
 """torchrun data parallelism: 2 CPU processes (gloo) train the tiny retriever and decoder of
 tests/ddp_script.py to the loss curves of one process with the same global batch, and resume."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,19 @@ pytestmark = pytest.mark.slow
 
 
 def _run(out: Path, epochs: int, procs: int) -> None:
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 else [sys.executable]
+    launch = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+        if procs > 1
+        else [sys.executable]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*launch, SCRIPT, str(out), str(epochs)], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [*launch, SCRIPT, str(out), str(epochs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -29,8 +40,14 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     _run(tmp_path / "one", 3, 1)
     _run(tmp_path / "two", 2, 2)
     _run(tmp_path / "two", 3, 2)  # resumed under torchrun
-    for stage, keys in (("retriever", ("train_loss", "val_loss", "val_p_at_1")), ("decoder", ("train_loss", "val_nll", "lr"))):
-        one, two = _rows(tmp_path / "one" / stage / "metrics.jsonl"), _rows(tmp_path / "two" / stage / "metrics.jsonl")
+    for stage, keys in (
+        ("retriever", ("train_loss", "val_loss", "val_p_at_1")),
+        ("decoder", ("train_loss", "val_nll", "lr")),
+    ):
+        one, two = (
+            _rows(tmp_path / "one" / stage / "metrics.jsonl"),
+            _rows(tmp_path / "two" / stage / "metrics.jsonl"),
+        )
         assert [r["epoch"] for r in two] == [1, 2, 3]  # rank 0 alone logs, each epoch once
         for a, b in zip(one, two):
             for k in keys:

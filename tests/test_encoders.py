@@ -1,4 +1,5 @@
 """Tests of audiocap_cli.encoders: YAMNet port vs the original TF model, VGGish shapes/loading."""
+
 from __future__ import annotations
 
 import copy
@@ -103,10 +104,20 @@ def test_mel_matrix_matches_tf_signal(reference: dict) -> None:
         np.testing.assert_allclose(ours[int(row)], values, atol=1e-5)
 
 
-@pytest.mark.parametrize(("seconds", "yamnet_t", "vggish_t"), [
-    (10.0, 20, 10), (0.0, 1, 1), (0.5, 1, 1), (0.975, 1, 1), (0.976, 2, 1),
-    (1.455, 2, 1), (1.456, 3, 1), (1.935, 3, 2), (3.0, 6, 3),
-])
+@pytest.mark.parametrize(
+    ("seconds", "yamnet_t", "vggish_t"),
+    [
+        (10.0, 20, 10),
+        (0.0, 1, 1),
+        (0.5, 1, 1),
+        (0.975, 1, 1),
+        (0.976, 2, 1),
+        (1.455, 2, 1),
+        (1.456, 3, 1),
+        (1.935, 3, 2),
+        (3.0, 6, 3),
+    ],
+)
 def test_num_frames(seconds: float, yamnet_t: int, vggish_t: int) -> None:
     assert AudioEncoder(YAMNET_CONFIG).num_frames(seconds) == yamnet_t
     assert AudioEncoder(VGGISH_CONFIG).num_frames(seconds) == vggish_t
@@ -183,7 +194,9 @@ def test_vggish_state_dict_layout(vggish: VGGish) -> None:
     assert torch.equal(vggish.encode(waves).frames, dst.encode(waves).frames)
     del state["module.embeddings.4.weight"]
     state["module.features.0.bias"] = torch.zeros(3)
-    with pytest.raises(ModelNotFoundError, match="missing: embeddings.4.weight; wrong shape: features.0.bias"):
+    with pytest.raises(
+        ModelNotFoundError, match="missing: embeddings.4.weight; wrong shape: features.0.bias"
+    ):
         dst.load_torchvggish(state, "test")
 
 
@@ -192,7 +205,9 @@ def test_load_vggish_from_file(vggish: VGGish, tmp_path: Path) -> None:
     # (stride 0) to its full shape, and torch.save stores only the row.
     gen = torch.Generator().manual_seed(1)
     state = {
-        k: (torch.randn(v.shape[0], *([1] * (v.ndim - 1)), generator=gen) / math.sqrt(v[0].numel())).expand_as(v)
+        k: (
+            torch.randn(v.shape[0], *([1] * (v.ndim - 1)), generator=gen) / math.sqrt(v[0].numel())
+        ).expand_as(v)
         for k, v in vggish.state_dict().items()
     }
     path = tmp_path / "vggish-tiny.pth"
@@ -239,7 +254,9 @@ def test_unknown_encoder_and_bad_yamnet_dir(tmp_path: Path) -> None:
 def test_truncated_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
     src = shipped("yamnet")
     (tmp_path / "variables").mkdir()
-    (tmp_path / "variables" / "variables.index").write_bytes((src / "variables" / "variables.index").read_bytes())
+    (tmp_path / "variables" / "variables.index").write_bytes(
+        (src / "variables" / "variables.index").read_bytes()
+    )
     data = (src / "variables" / "variables.data-00000-of-00001").read_bytes()
     (tmp_path / "variables" / "variables.data-00000-of-00001").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelNotFoundError, match="corrupt TensorFlow checkpoint"):
@@ -275,7 +292,9 @@ def test_yamnet_interface(yamnet: YAMNet, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_fused_channels_last_equals_plain(yamnet: YAMNet) -> None:
     plain = load_yamnet(shipped("yamnet"), fused=False, channels_last=False)
-    waves = torch.from_numpy(make_input({"kind": "noise", "seconds": 2.0, "seed": 3, "amp": 0.1}))[None]
+    waves = torch.from_numpy(make_input({"kind": "noise", "seconds": 2.0, "seed": 3, "amp": 0.1}))[
+        None
+    ]
     a, b = yamnet.encode(waves), plain.encode(waves)
     assert torch.allclose(a.frames, b.frames, atol=1e-4)
     assert a.scores is not None and b.scores is not None
@@ -309,8 +328,12 @@ def test_matches_original_tensorflow_yamnet(yamnet: YAMNet, reference: dict) -> 
         assert log_mel.mean() == pytest.approx(case["log_mel_mean"], abs=1e-4)
         emb, scores = out.frames[0].numpy(), out.scores[0].numpy()
         emb_atol = 5e-4 if tonal else 1e-4
-        np.testing.assert_allclose(emb[:, : reference["emb_dims_kept"]], case["emb_head"], atol=emb_atol)
-        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), case["emb_norm"], atol=10 * emb_atol)
+        np.testing.assert_allclose(
+            emb[:, : reference["emb_dims_kept"]], case["emb_head"], atol=emb_atol
+        )
+        np.testing.assert_allclose(
+            np.linalg.norm(emb, axis=1), case["emb_norm"], atol=10 * emb_atol
+        )
         np.testing.assert_allclose(scores[0], case["scores_frame0"], atol=1e-4)
         top = np.argsort(-scores.mean(0))[: len(case["top_classes"])]
         assert top.tolist() == case["top_classes"], case["name"]
@@ -328,11 +351,14 @@ def _load(path: Path) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SOUNDS.is_dir(), reason="../shared/data/sounds (dev data) not present")
-@pytest.mark.parametrize(("rel", "expected", "k"), [
-    ("animals_cc0/dog.mp3", "Dog", 3),
-    ("animals_cc0/rooster.mp3", "Chicken, rooster", 5),
-    ("tau_scenes_1s/audio/street_traffic-barcelona-161-4902-9-a.wav", "Vehicle", 1),
-])
+@pytest.mark.parametrize(
+    ("rel", "expected", "k"),
+    [
+        ("animals_cc0/dog.mp3", "Dog", 3),
+        ("animals_cc0/rooster.mp3", "Chicken, rooster", 5),
+        ("tau_scenes_1s/audio/street_traffic-barcelona-161-4902-9-a.wav", "Vehicle", 1),
+    ],
+)
 def test_real_clips_get_sensible_classes(yamnet: YAMNet, rel: str, expected: str, k: int) -> None:
     out = yamnet.encode(_load(SOUNDS / rel))
     assert out.scores is not None

@@ -1,4 +1,5 @@
 """The paper's evaluation scopes: Human leave-one-out, oracles, 1NN, the table."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import EXAMPLE_REFS, clotho_validation_rows, needs_java
 
 from audiocap_cli import evaluate as E
 from audiocap_cli import metrics as M
 from audiocap_cli.config import load_config
 from audiocap_cli.errors import MetricsError
-
-from _shared import EXAMPLE_REFS, clotho_validation_rows, needs_java
 
 CHEAP = ("bleu", "rouge_l", "cider_d")
 
@@ -27,7 +27,11 @@ REFS = {
         "a car accelerates away",
     ],
 }
-OURS = {"a": "a dog barks loudly while a man talks", "b": "water is running from a faucet", "c": "a car engine revs"}
+OURS = {
+    "a": "a dog barks loudly while a man talks",
+    "b": "water is running from a faucet",
+    "c": "a car engine revs",
+}
 
 
 def test_human_rounds_leave_one_out() -> None:
@@ -48,17 +52,25 @@ def test_human_is_mean_of_per_round_corpus_scores() -> None:
     human = E.human_scores(REFS, metrics=CHEAP)
     rounds = [M.score(c, r, metrics=CHEAP) for c, r in E.human_rounds(REFS)]
     for key in ("bleu_1", "bleu_4", "cider_d", "rouge_l"):
-        assert human.corpus[key] == pytest.approx(np.mean([r.corpus[key] for r in rounds]), abs=1e-15)
-    assert human.per_clip["b"]["cider_d"] == pytest.approx(np.mean([r.per_clip["b"]["cider_d"] for r in rounds]))
+        assert human.corpus[key] == pytest.approx(
+            np.mean([r.corpus[key] for r in rounds]), abs=1e-15
+        )
+    assert human.per_clip["b"]["cider_d"] == pytest.approx(
+        np.mean([r.per_clip["b"]["cider_d"] for r in rounds])
+    )
     assert human.n == 3
     # Pooling every round into one corpus would give other BLEU numbers: check we did not.
     pooled_c = {f"{cid}#{j}": c[cid] for j, (c, _) in enumerate(E.human_rounds(REFS)) for cid in c}
     pooled_r = {f"{cid}#{j}": r[cid] for j, (_, r) in enumerate(E.human_rounds(REFS)) for cid in r}
-    assert M.score(pooled_c, pooled_r, metrics=CHEAP).corpus["bleu_4"] != pytest.approx(human.corpus["bleu_4"])
+    assert M.score(pooled_c, pooled_r, metrics=CHEAP).corpus["bleu_4"] != pytest.approx(
+        human.corpus["bleu_4"]
+    )
 
 
 @needs_java
-def test_evaluate_scopes_one_batch_matches_reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_evaluate_scopes_one_batch_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """All rows with METEOR in one JVM; the "Ours" row of the first two clips is the
     pycocoevalcap 1.2 reference example."""
     monkeypatch.delenv(M.SPICE_DIR_ENV, raising=False)
@@ -83,9 +95,13 @@ def test_evaluate_scopes_one_batch_matches_reference(monkeypatch: pytest.MonkeyP
 
 def test_scope_checks() -> None:
     with pytest.raises(MetricsError, match="no prediction for 1 of 3 test clips"):
-        E.evaluate_scopes({E.OURS: {"a": "x", "b": "y"}}, REFS, E.EvalConfig(metrics=CHEAP, human=False))
+        E.evaluate_scopes(
+            {E.OURS: {"a": "x", "b": "y"}}, REFS, E.EvalConfig(metrics=CHEAP, human=False)
+        )
     with pytest.raises(MetricsError, match="outside the test set"):
-        E.evaluate_scopes({E.OURS: {**OURS, "zz": "x"}}, REFS, E.EvalConfig(metrics=CHEAP, human=False))
+        E.evaluate_scopes(
+            {E.OURS: {**OURS, "zz": "x"}}, REFS, E.EvalConfig(metrics=CHEAP, human=False)
+        )
     with pytest.raises(MetricsError, match="unique"):
         E.evaluate_scopes({E.HUMAN: OURS}, REFS, E.EvalConfig(metrics=CHEAP))
 
@@ -94,7 +110,9 @@ def _rows() -> dict[str, M.MetricsResult]:
     keys = M.metric_keys(M.DEFAULT_METRICS)
     why = "SPICE needs Stanford CoreNLP 3.6.0"
     ours = M.MetricsResult(
-        corpus={k: (None if k in ("spice", "spider") else 0.1 * (i + 1)) for i, k in enumerate(keys)},
+        corpus={
+            k: (None if k in ("spice", "spider") else 0.1 * (i + 1)) for i, k in enumerate(keys)
+        },
         per_clip={"a": {"bleu_1": 0.5}},
         unavailable={"spice": why, "spider": "needs SPICE"},
         n=3,
@@ -136,7 +154,9 @@ def test_save_results(tmp_path: Path) -> None:
     table = json.loads((tmp_path / "out" / "table.json").read_text())
     assert table["rows"][1]["SPICE"] is None  # NaN is not JSON
     assert table["unavailable"][E.OURS]["spice"].startswith("SPICE needs")
-    lines = [json.loads(ln) for ln in (tmp_path / "out" / "per_clip.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(ln) for ln in (tmp_path / "out" / "per_clip.jsonl").read_text().splitlines()
+    ]
     assert lines == [{"system": "Ours", "clip": "a", "bleu_1": 0.5},
                      {"system": "Human", "clip": "a", "bleu_1": 0.25, "spice": None}]  # fmt: skip
     assert load_config(E.EvalConfig, tmp_path / "out" / "eval_config.json") == cfg
@@ -153,7 +173,9 @@ def test_nearest_captions_excludes_own_clip() -> None:
     queries = np.stack([keys[0] * 3.0, keys[2] + 0.01 * rng.normal(size=8)])  # q1 is itself a key
     out = E.nearest_captions(queries, ["q1", "q2"], keys, key_ids, caps, k=1)
     assert out["q2"] == ["two"]
-    sims = (keys[1:] / np.linalg.norm(keys[1:], axis=1, keepdims=True)) @ (keys[0] / np.linalg.norm(keys[0]))
+    sims = (keys[1:] / np.linalg.norm(keys[1:], axis=1, keepdims=True)) @ (
+        keys[0] / np.linalg.norm(keys[0])
+    )
     assert out["q1"] == caps[1 + int(np.argmax(sims))][:1]  # nearest other clip, never its own
     out3 = E.nearest_captions(queries, ["q1", "q2"], keys, key_ids, caps, k=3, chunk=1)
     assert out3["q2"][0] == "two" and len(out3["q2"]) == 3 and "own caption" not in out3["q1"]

@@ -1,4 +1,5 @@
 """features.py: content-keyed cache, batching across files, per-file errors, invalidation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -108,7 +109,11 @@ def test_second_call_is_served_from_disk(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first.frames, second.frames)
     assert second.frames.flags.writeable  # torch.from_numpy needs writable arrays
     np.testing.assert_array_equal(first.scores, second.scores)
-    assert (first.starts, first.ends, first.duration) == (second.starts, second.ends, second.duration)
+    assert (first.starts, first.ends, first.duration) == (
+        second.starts,
+        second.ends,
+        second.duration,
+    )
     # Key is the content, not the name: a copy elsewhere is a hit too.
     (tmp_path / "copy.wav").write_bytes((tmp_path / "a.wav").read_bytes())
     FeatureCache().get(tmp_path / "copy.wav", enc, POLICY)
@@ -121,7 +126,9 @@ def test_batches_span_files_and_match_one_by_one(tmp_path: Path) -> None:
     paths = [tmp_path / f"{i}.wav" for i in range(len(lengths))]
     enc = FakeEncoder()
     ticks: list[int] = []
-    out = FeatureCache(tmp_path / "c1").get_many(paths, enc, POLICY, batch_size=4, progress=ticks.append)
+    out = FeatureCache(tmp_path / "c1").get_many(
+        paths, enc, POLICY, batch_size=4, progress=ticks.append
+    )
     # windows: 1 + 3 + 1 + 3 (3.2 s: its 0.2 s tail < 0.25 s is dropped) + 1 = 9 -> batches 4, 4, 1
     assert enc.batches == [4, 4, 1]
     assert sum(ticks) == len(paths)
@@ -141,11 +148,20 @@ def test_errors_are_returned_in_place(tmp_path: Path) -> None:
     (tmp_path / "text.wav").write_text("not audio")
     sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), SR)
     (tmp_path / "dir.wav").mkdir()
-    paths = [tmp_path / n for n in ("good.wav", "missing.wav", "text.wav", "empty.wav", "dir.wav", "good.wav")]
+    paths = [
+        tmp_path / n
+        for n in ("good.wav", "missing.wav", "text.wav", "empty.wav", "dir.wav", "good.wav")
+    ]
     ticks: list[int] = []
     out = FeatureCache().get_many(paths, FakeEncoder(), POLICY, progress=ticks.append)
-    assert [type(r) for r in out] == [ClipFeatures, AudioNotFoundError, UnsupportedAudioError,
-                                      EmptyAudioError, AudioNotFoundError, ClipFeatures]
+    assert [type(r) for r in out] == [
+        ClipFeatures,
+        AudioNotFoundError,
+        UnsupportedAudioError,
+        EmptyAudioError,
+        AudioNotFoundError,
+        ClipFeatures,
+    ]
     assert out[0] is out[5]  # same content encoded once
     assert sum(ticks) == len(paths)
     with pytest.raises(UnsupportedAudioError):
@@ -166,8 +182,11 @@ def test_changed_file_is_recomputed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [dict(cfg=FakeConfig(gain=2.0)), dict(policy=ClipPolicy(seconds=1.0, long_audio="crop")),
-     dict(policy=ClipPolicy(seconds=0.5, long_audio="windows"))],
+    [
+        dict(cfg=FakeConfig(gain=2.0)),
+        dict(policy=ClipPolicy(seconds=1.0, long_audio="crop")),
+        dict(policy=ClipPolicy(seconds=0.5, long_audio="windows")),
+    ],
 )
 def test_changed_config_or_policy_is_recomputed(tmp_path: Path, change: dict) -> None:
     x = _wav(tmp_path / "a.wav", 2.0, 0)
@@ -185,7 +204,9 @@ def test_configs_saved_beside_entries_and_checked(tmp_path: Path) -> None:
     enc = FakeEncoder()
     cache.get(tmp_path / "a.wav", enc, POLICY)
     d = cache.directory(enc, POLICY)
-    assert json.loads((d / "encoder.json").read_text())["config"] == dataclasses.asdict(FakeConfig())
+    assert json.loads((d / "encoder.json").read_text())["config"] == dataclasses.asdict(
+        FakeConfig()
+    )
     assert json.loads((d / "policy.json").read_text())["kind"] == "ClipPolicy"
     assert len(list(d.glob("*/*.feat"))) == 1
     # A tampered config beside the entries is refused, not silently trusted.
@@ -196,7 +217,9 @@ def test_configs_saved_beside_entries_and_checked(tmp_path: Path) -> None:
         FeatureCache().get(tmp_path / "a.wav", enc, POLICY)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flipped_byte", "bad_header", "wrong_dim"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "garbage", "empty", "flipped_byte", "bad_header", "wrong_dim"]
+)
 def test_corrupt_entry_is_recomputed(tmp_path: Path, damage: str) -> None:
     p = tmp_path / "a.wav"
     x = _wav(p, 1.5, 0)

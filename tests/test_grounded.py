@@ -1,9 +1,9 @@
 """Label-grounded captioning: AudioSet labels, label-space retrieval, the low-rank decoder head,
 the persistent LM feature store and shipped-model resolution (all offline, tiny fixtures)."""
+
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 
@@ -14,7 +14,13 @@ from _shared import D_A
 
 from audiocap_cli import audioset, grounded
 from audiocap_cli import labelspace as ls
-from audiocap_cli.decoder import DecoderConfig, DecoderTrainConfig, GuidedDecoder, load_decoder, train_decoder
+from audiocap_cli.decoder import (
+    DecoderConfig,
+    DecoderTrainConfig,
+    GuidedDecoder,
+    load_decoder,
+    train_decoder,
+)
 from audiocap_cli.decoding import DecodingOptions, decode
 from audiocap_cli.errors import ModelNotFoundError
 from audiocap_cli.lm import FrozenLM
@@ -35,9 +41,14 @@ ddd, 5.000, 15.000, "{DOG},{MALE}"
 # A slice of AudioSet's ontology: Animal > Domestic animals, pets > Dog > Bark, and Dog's
 # sibling Cat; "/m/0xxx" is a node YAMNet lacks between Animal and Domestic animals.
 ANIMAL, PETS, CAT, BARK, GAP = "/m/0jbk", "/m/068hy", "/m/01yrx", "/m/05tny_", "/m/0xxx"
-ONTOLOGY = [{"id": ANIMAL, "child_ids": [GAP]}, {"id": GAP, "child_ids": [PETS]},
-            {"id": PETS, "child_ids": [DOG, CAT]}, {"id": DOG, "child_ids": [BARK]},
-            {"id": CAT, "child_ids": []}, {"id": BARK, "child_ids": []}]
+ONTOLOGY = [
+    {"id": ANIMAL, "child_ids": [GAP]},
+    {"id": GAP, "child_ids": [PETS]},
+    {"id": PETS, "child_ids": [DOG, CAT]},
+    {"id": DOG, "child_ids": [BARK]},
+    {"id": CAT, "child_ids": []},
+    {"id": BARK, "child_ids": []},
+]
 
 
 @pytest.fixture()
@@ -51,17 +62,27 @@ def segs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("few", [True, False])
-def test_labels_attach_by_segment_and_report_coverage(segs: Path, monkeypatch: pytest.MonkeyPatch, few: bool) -> None:
+def test_labels_attach_by_segment_and_report_coverage(
+    segs: Path, monkeypatch: pytest.MonkeyPatch, few: bool
+) -> None:
     monkeypatch.setattr(audioset, "FEW_KEYS", 1000 if few else 0)  # byte search vs full parse
     ids = ["aaa_30", "b_b_0", "ccc_10", "ddd_5", "zzz_0", "aaa_31"]
     labels, cov = audioset.label_matrix(ids)
     mids = audioset.class_mids()
     assert labels.shape == (6, 521) and mids[0] == SPEECH
-    assert labels[0, [mids.index(SPEECH), mids.index(DOG)]].tolist() == [1, 1] and labels[0].sum() == 2
+    assert (
+        labels[0, [mids.index(SPEECH), mids.index(DOG)]].tolist() == [1, 1] and labels[0].sum() == 2
+    )
     assert labels[1, mids.index(RAIN)] == 1  # a youtube id with "_" in it
     assert labels[2].sum() == 0 and labels[3].sum() == 1  # Male speech has no YAMNet class
     assert labels[4].sum() == 0 and labels[5].sum() == 0  # unknown clip, other start time
-    assert (cov.clips, cov.labelled, cov.labels, cov.dropped, cov.dropped_mids) == (6, 3, 6, 2, (MALE,))
+    assert (cov.clips, cov.labelled, cov.labels, cov.dropped, cov.dropped_mids) == (
+        6,
+        3,
+        6,
+        2,
+        (MALE,),
+    )
     assert "3 of 6 clips labelled" in cov.describe()
 
 
@@ -83,11 +104,20 @@ def test_generic_manifest_labels_column(tmp_path: Path, monkeypatch: pytest.Monk
     lab = grounded.read_labelled(manifest)
     mids = audioset.class_mids()
     want = {"a.wav": {DOG, SPEECH}, "b.wav": {RAIN}, "c.wav": {DOG, RAIN}, "d.wav": set()}
-    got = {cid: {mids[j] for j in np.flatnonzero(row)} for cid, row in zip(lab.clip_ids, lab.clip_labels)}
+    got = {
+        cid: {mids[j] for j in np.flatnonzero(row)}
+        for cid, row in zip(lab.clip_ids, lab.clip_labels)
+    }
     assert got == want
     assert lab.labels.shape == (5, 521)  # one row per caption, its clip's labels
     cov = lab.coverage
-    assert (cov.clips, cov.labelled, cov.labels, cov.dropped, cov.dropped_mids) == (4, 3, 6, 1, (MALE,))
+    assert (cov.clips, cov.labelled, cov.labels, cov.dropped, cov.dropped_mids) == (
+        4,
+        3,
+        6,
+        1,
+        (MALE,),
+    )
 
 
 def test_generic_manifest_bad_labels_cell_is_reported(tmp_path: Path) -> None:
@@ -106,14 +136,26 @@ def test_missing_labels_are_a_clear_error(tmp_path: Path) -> None:
 
 
 def _corpus(cfg: ls.LabelSpaceConfig = ls.LabelSpaceConfig(num_classes=4)):
-    labels = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], np.float32)
-    caps = ["a dog barks", "a dog barks loudly", "dogs bark", "rain falls", "rain and thunder", "unlabelled"]
+    labels = np.array(
+        [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]],
+        np.float32,
+    )
+    caps = [
+        "a dog barks",
+        "a dog barks loudly",
+        "dogs bark",
+        "rain falls",
+        "rain and thunder",
+        "unlabelled",
+    ]
     return labels, caps, ls.LabelCorpus.build(labels, caps, cfg)
 
 
 def test_label_corpus_groups_sets_and_retrieves_by_cosine() -> None:
     labels, caps, corpus = _corpus()
-    assert len(corpus.captions) == 3  # three distinct non-empty label sets; the unlabelled clip is left out
+    assert (
+        len(corpus.captions) == 3
+    )  # three distinct non-empty label sets; the unlabelled clip is left out
     assert sorted(len(c) for c in corpus.captions) == [1, 1, 3]
     cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=10, per_set=2, set_power=2.0)
     q = ls.query_vectors(np.array([[0.9, 0.1, 0.0, 0.0]]), corpus.weights, cfg)
@@ -121,7 +163,9 @@ def test_label_corpus_groups_sets_and_retrieves_by_cosine() -> None:
     ranked, cos = ranked[0], cos[0]
     assert set(corpus.captions[ranked[0]]) == set(caps[:3])
     assert np.allclose(cos, corpus.vectors[ranked] @ q[0]) and cos[0] > cos[1] >= cos[2]
-    pool, w = ls.gather_pool(((corpus.captions[u], corpus.caption_ids[u], c) for u, c in zip(ranked, cos)), cfg)
+    pool, w = ls.gather_pool(
+        ((corpus.captions[u], corpus.caption_ids[u], c) for u, c in zip(ranked, cos)), cfg
+    )
     assert len(pool) == 4 and set(pool[:2]) <= set(caps[:3])  # per_set caps the first set at 2
     assert np.allclose(w, [cos[0] ** 2] * 2 + [max(cos[1], 1e-6) ** 2] + [max(cos[2], 1e-6) ** 2])
     # leave-one-out: a clip never gets its own caption back
@@ -155,7 +199,9 @@ def test_simulated_scores_follow_the_ontology_and_add_intruders(segs: Path) -> N
     sim = labelsim.Simulation(prior_floor=0.0)
     s = labelsim.simulate(labels, np.random.default_rng(0), prior, grounded.hierarchy(), sim)
     assert s.shape == labels.shape and s.min() >= 0 and s.max() <= 1
-    assert 0.7 < s[:, d].mean() < 0.9 and (s[:, a] >= 0.85 * s[:, d]).all()  # ancestors lifted (>= 0.95/1.1)
+    assert (
+        0.7 < s[:, d].mean() < 0.9 and (s[:, a] >= 0.85 * s[:, d]).all()
+    )  # ancestors lifted (>= 0.95/1.1)
     assert 0.3 < (s[:, b] > 0).mean() < 0.8 and 0.3 < (s[:, c] > 0).mean() < 0.7  # child, sibling
     intruders = (s > 0).sum(0)
     assert intruders[mids.index(RAIN)] > 350  # Poisson(5.5) draws from the prior
@@ -174,28 +220,51 @@ def test_confusable_intruders_come_from_the_class_similarity() -> None:
     prior[other] = 1.0
     similarity = np.zeros((c, c))
     similarity[dog, rain] = 1.0  # the encoder confuses dog with rain, and nothing else
-    sim = labelsim.Simulation(prior_floor=0.0, confusable_share=0.8, confusion_temperature=0.04, intruders=7.0)
+    sim = labelsim.Simulation(
+        prior_floor=0.0, confusable_share=0.8, confusion_temperature=0.04, intruders=7.0
+    )
     s = labelsim.simulate(labels, np.random.default_rng(0), prior, None, sim, similarity)
     fired = (s > 0).mean(0)
     assert fired[rain] > 0.95 and 0.7 < fired[other] < 0.9  # 1 - exp(-7 x 0.2) = 0.75
     assert s[0, rain] == 0 and s[0, other] > 0
     assert ((s > 0).sum(1) <= 3).all()  # dog, rain, the prior's class: nothing else intrudes
-    base = labelsim.simulate(labels, np.random.default_rng(0), prior, None, dataclasses.replace(sim, confusable_share=0.0), similarity)
-    legacy = labelsim.simulate(labels, np.random.default_rng(0), prior, None, dataclasses.replace(sim, confusable_share=0.0))
-    assert np.array_equal(base, legacy) and (base[:, rain] == 0).all()  # share 0: the draws are as before
+    base = labelsim.simulate(
+        labels,
+        np.random.default_rng(0),
+        prior,
+        None,
+        dataclasses.replace(sim, confusable_share=0.0),
+        similarity,
+    )
+    legacy = labelsim.simulate(
+        labels,
+        np.random.default_rng(0),
+        prior,
+        None,
+        dataclasses.replace(sim, confusable_share=0.0),
+    )
+    assert (
+        np.array_equal(base, legacy) and (base[:, rain] == 0).all()
+    )  # share 0: the draws are as before
     assert labelsim.parse("") == labelsim.Simulation()
-    assert labelsim.parse("confusable,heard_speech=1") == dataclasses.replace(labelsim.CONFUSABLE, heard_speech=True)
+    assert labelsim.parse("confusable,heard_speech=1") == dataclasses.replace(
+        labelsim.CONFUSABLE, heard_speech=True
+    )
     assert labelsim.parse("intruders=3").intruders == 3.0
     for bad in ("hit_beta=1", "nope=1", "intruders"):
         with pytest.raises(ValueError):
             labelsim.parse(bad)
     cdf = labelsim.confusion_cdf(similarity, 0.04)
-    assert cdf.shape == (c, c) and np.allclose(cdf[:, -1], 1.0) and cdf[dog, dog] == cdf[dog, dog - 1]  # never itself
+    assert (
+        cdf.shape == (c, c) and np.allclose(cdf[:, -1], 1.0) and cdf[dog, dog] == cdf[dog, dog - 1]
+    )  # never itself
 
 
 @pytest.mark.parametrize("rerank", ls.RERANKS)
 def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path, rerank: str) -> None:
-    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=4, per_set=3, rerank=rerank, rerank_recall_weight=3.0)
+    cfg = ls.LabelSpaceConfig(
+        num_classes=4, rerank_pool=4, per_set=3, rerank=rerank, rerank_recall_weight=3.0
+    )
     labels, caps, corpus = _corpus(cfg)
     index = ls.build_index(corpus, cfg, "enc")
     index.save(tmp_path / "index", extra=lambda f: ls.save_extras(f, cfg, corpus.weights))
@@ -203,11 +272,17 @@ def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path, rerank:
 
     r = ls.LabelRetriever(CaptionIndex.load(tmp_path / "index"), tmp_path / "index")
     assert r.embedder == index.config.embedder
-    scores = np.array([[[0.8, 0.0, 0.1, 0.0], [0.2, 0.3, 0.0, 0.0]], [[0.0, 0.6, 0.5, 0.0]] * 2], np.float32)
+    scores = np.array(
+        [[[0.8, 0.0, 0.1, 0.0], [0.2, 0.3, 0.0, 0.0]], [[0.0, 0.6, 0.5, 0.0]] * 2], np.float32
+    )
     vec = r.vectors(scores)
     hits = r.index.query(vec, k=r.sets_per_query)
-    assert r.guidance(hits, 2) == ls.corpus_guidance(corpus, scores.max(axis=1), cfg, 2, idf=r.idf())
-    assert r.idf() == (index.ngram_idf() if rerank == "ciderd" else None)  # CIDEr-D reads the corpus idf
+    assert r.guidance(hits, 2) == ls.corpus_guidance(
+        corpus, scores.max(axis=1), cfg, 2, idf=r.idf()
+    )
+    assert r.idf() == (
+        index.ngram_idf() if rerank == "ciderd" else None
+    )  # CIDEr-D reads the corpus idf
 
 
 def test_rerank_agreements_and_configs_saved_before_them(tmp_path: Path) -> None:
@@ -241,8 +316,18 @@ def test_rerank_agreements_and_configs_saved_before_them(tmp_path: Path) -> None
     weights = np.ones(cfg.num_classes, np.float32)
     assert ls.embedder_id(cfg, weights) == ls.embedder_id(cider, weights)
     before = {k: v for k, v in to_dict(cfg).items() if k not in ls.RERANK_FIELDS}
-    assert set(before) == {"audio_encoder", "num_classes", "pool", "score_power", "idf_power", "rerank_pool",
-                           "per_set", "corpus_idf", "ancestors", "set_power"}  # the fields of configs saved before
+    assert set(before) == {
+        "audio_encoder",
+        "num_classes",
+        "pool",
+        "score_power",
+        "idf_power",
+        "rerank_pool",
+        "per_set",
+        "corpus_idf",
+        "ancestors",
+        "set_power",
+    }  # the fields of configs saved before
 
 
 def test_lowrank_head_predicts_only_its_vocabulary(lm: FrozenLM, tmp_path: Path) -> None:
@@ -253,7 +338,10 @@ def test_lowrank_head_predicts_only_its_vocabulary(lm: FrozenLM, tmp_path: Path)
     dec = GuidedDecoder(cfg, lm, vocab).eval()
     trained = {k for k, _ in dec.named_parameters()}
     assert {"head_a", "head_b", "head_bias"} <= trained and "head" not in trained
-    assert sum(p.numel() for n, p in dec.named_parameters() if n.startswith("head")) < 64 * 4 + len(vocab) * 5 + 1
+    assert (
+        sum(p.numel() for n, p in dec.named_parameters() if n.startswith("head"))
+        < 64 * 4 + len(vocab) * 5 + 1
+    )
     hyp = lm.features(torch.tensor([[lm.bos_id, 32]]))
     ref, pad = dec.ref_features([["a dog"]])
     fr = torch.randn(1, 2, D_A)
@@ -284,17 +372,39 @@ def test_lowrank_training_with_a_feature_store(lm: FrozenLM, tmp_path: Path) -> 
     again = LMFeatureStore(lm, 30, root=tmp_path / "feat")  # persisted: read back, not recomputed
     assert len(again) == 4
     ids = torch.tensor([[lm.bos_id] + lm.tokenize(["rain falls on a roof"])[0]])
-    torch.testing.assert_close(again.get("rain falls on a roof").float(), lm.features(ids)[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(
+        again.get("rain falls on a roof").float(), lm.features(ids)[0], atol=2e-3, rtol=2e-3
+    )
     assert again.get("not stored") is None
-    ex = [(caps[i % 4], [caps[(i + 1) % 4], caps[(i + 2) % 4]], np.ones((1, D_A), np.float32) * i) for i in range(8)]
-    cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2, head="lowrank", head_rank=4, guidance="separate", residual=True)
+    ex = [
+        (caps[i % 4], [caps[(i + 1) % 4], caps[(i + 2) % 4]], np.ones((1, D_A), np.float32) * i)
+        for i in range(8)
+    ]
+    cfg = DecoderConfig(
+        lm="tiny-gpt2",
+        d_l=64,
+        d_a=D_A,
+        k=2,
+        head="lowrank",
+        head_rank=4,
+        guidance="separate",
+        residual=True,
+    )
     tc = DecoderTrainConfig(batch_size=4, micro_batch=4, lr_max=3e-3)
     calls = []
     orig = lm.features_of
     lm.features_of = lambda seqs, **kw: calls.append(len(seqs)) or orig(seqs, **kw)  # type: ignore[method-assign]
     try:
-        run = train_decoder(ex, cfg, lm, tmp_path / "run", epochs=4, train_cfg=tc,
-                            vocab_ids=grounded.vocabulary(lm, caps, 30), features=again)
+        run = train_decoder(
+            ex,
+            cfg,
+            lm,
+            tmp_path / "run",
+            epochs=4,
+            train_cfg=tc,
+            vocab_ids=grounded.vocabulary(lm, caps, 30),
+            features=again,
+        )
     finally:
         lm.features_of = orig  # type: ignore[method-assign]
     assert calls == []  # every caption came from the store
@@ -308,17 +418,50 @@ def test_decoder_job_trains_with_the_schedule_it_is_given(lm: FrozenLM, tmp_path
     schedule (recorded in the run's decoder_train.json) and its own batch size and seed;
     without one, with the paper's schedule, exactly the config train_decoder uses by default."""
     caps = ["a dog barks", "rain falls on a roof", "a man speaks", "birds chirp"]
-    ex = [(caps[i % 4], [caps[(i + 1) % 4], caps[(i + 2) % 4]], np.ones((1, D_A), np.float32)) for i in range(4)]
-    cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2, head="lowrank", head_rank=4, guidance="separate", residual=True)
+    ex = [
+        (caps[i % 4], [caps[(i + 1) % 4], caps[(i + 2) % 4]], np.ones((1, D_A), np.float32))
+        for i in range(4)
+    ]
+    cfg = DecoderConfig(
+        lm="tiny-gpt2",
+        d_l=64,
+        d_a=D_A,
+        k=2,
+        head="lowrank",
+        head_rank=4,
+        guidance="separate",
+        residual=True,
+    )
     p = grounded.Plan(corpus=None, train=ex, val=[], val_clips=[], scst=[])  # type: ignore[arg-type]
-    job = grounded.DecoderJob(p, lm, cfg, None, grounded.vocabulary(lm, caps, 30), 2, 0, lambda name, total: (lambda n: None))
+    job = grounded.DecoderJob(
+        p,
+        lm,
+        cfg,
+        None,
+        grounded.vocabulary(lm, caps, 30),
+        2,
+        0,
+        lambda name, total: lambda n: None,
+    )
     recorded = []
-    for name, tcfg in (("paper", None), ("annealed", DecoderTrainConfig(lr_max=5e-4, period_epochs=1.0, seed=9))):
-        run = dataclasses.replace(job, train_cfg=tcfg).train(tmp_path / name, 1, seed=3, keep_state=False)
+    for name, tcfg in (
+        ("paper", None),
+        ("annealed", DecoderTrainConfig(lr_max=5e-4, period_epochs=1.0, seed=9)),
+    ):
+        run = dataclasses.replace(job, train_cfg=tcfg).train(
+            tmp_path / name, 1, seed=3, keep_state=False
+        )
         recorded.append(json.loads((run / "decoder_train.json").read_text())["config"])
     paper, annealed = recorded
-    assert paper == json.loads(json.dumps(dataclasses.asdict(DecoderTrainConfig(batch_size=2, seed=3))))
-    assert (annealed["lr_max"], annealed["period_epochs"], annealed["batch_size"], annealed["seed"]) == (5e-4, 1.0, 2, 3)
+    assert paper == json.loads(
+        json.dumps(dataclasses.asdict(DecoderTrainConfig(batch_size=2, seed=3)))
+    )
+    assert (
+        annealed["lr_max"],
+        annealed["period_epochs"],
+        annealed["batch_size"],
+        annealed["seed"],
+    ) == (5e-4, 1.0, 2, 3)
 
 
 def test_model_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -326,10 +469,18 @@ def test_model_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     shipped = tmp_path / "shipped"
     (shipped / "tiny").mkdir(parents=True)
-    (shipped / "tiny" / models.MODEL_INFO).write_text(json.dumps({"model": {}, "trained_on": "x", "validation": {"meteor": 0.2}}))
+    (shipped / "tiny" / models.MODEL_INFO).write_text(
+        json.dumps({"model": {}, "trained_on": "x", "validation": {"meteor": 0.2}})
+    )
     monkeypatch.setattr(models, "SHIPPED_ROOT", shipped)
     built: list[str] = []
-    monkeypatch.setattr(models, "materialise", lambda folder, say=None, progress=None: built.append(folder.name) or tmp_path / f"built-{folder.name}")
+    monkeypatch.setattr(
+        models,
+        "materialise",
+        lambda folder, say=None, progress=None: (
+            built.append(folder.name) or tmp_path / f"built-{folder.name}"
+        ),
+    )
     mdir = tmp_path / "mine"
     mdir.mkdir()
     assert models.resolve(str(mdir), env={}) == mdir  # -m path
@@ -366,7 +517,9 @@ def _shipped_default():
 
     found = {m.name: m for m in models.shipped_models()}
     if models.DEFAULT_MODEL not in found:
-        pytest.fail(f"the default model {models.DEFAULT_MODEL!r} is not shipped in {models.SHIPPED_ROOT}")
+        pytest.fail(
+            f"the default model {models.DEFAULT_MODEL!r} is not shipped in {models.SHIPPED_ROOT}"
+        )
     return found[models.DEFAULT_MODEL]
 
 
@@ -392,7 +545,9 @@ def test_shipped_default_matches_the_code() -> None:
 
 
 @pytest.mark.slow
-def test_shipped_default_captions_real_audio_without_m(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_default_captions_real_audio_without_m(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`audiocap caption FILE` with no -m: the default is materialised and its weights load."""
     import subprocess
     import sys
@@ -403,18 +558,33 @@ def test_shipped_default_captions_real_audio_without_m(tmp_path: Path, monkeypat
     long_wav(tmp_path / "tone.wav", 3.0)
     env = {k: v for k, v in __import__("os").environ.items() if k != "AUDIOCAP_MODEL"}
     env["AUDIOCAP_CACHE"] = str(tmp_path / "cache")
-    run = subprocess.run([sys.executable, "-m", "audiocap_cli", "caption", str(tmp_path / "tone.wav"), "-q"],
-                         capture_output=True, text=True, env=env, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "audiocap_cli", "caption", str(tmp_path / "tone.wav"), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr
     rec = json.loads(run.stdout.splitlines()[0])
     assert rec["caption"] and len(rec["guidance"]) == 5
-    assert rec["caption"] in {g["caption"] for g in rec["guidance"]} or (m.path / "decoder").is_dir()
+    assert (
+        rec["caption"] in {g["caption"] for g in rec["guidance"]} or (m.path / "decoder").is_dir()
+    )
     from audiocap_cli.model import ModelDir
 
-    built = next((tmp_path / "cache" / "models").glob(f"{m.name}-*"))  # links to every shipped decoder
-    assert ([d.relative_to(built) for d in ModelDir(built).decoders()]
-            == [d.relative_to(m.path) for d in ModelDir(m.path).decoders()])
-    listed = subprocess.run([sys.executable, "-m", "audiocap_cli", "models", "--json"], capture_output=True, text=True, env=env)
+    built = next(
+        (tmp_path / "cache" / "models").glob(f"{m.name}-*")
+    )  # links to every shipped decoder
+    assert [d.relative_to(built) for d in ModelDir(built).decoders()] == [
+        d.relative_to(m.path) for d in ModelDir(m.path).decoders()
+    ]
+    listed = subprocess.run(
+        [sys.executable, "-m", "audiocap_cli", "models", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     rows = [json.loads(x) for x in listed.stdout.splitlines()]
     assert any(r["default"] and r["validation"] for r in rows)
 
@@ -435,10 +605,14 @@ def test_scst_clips_borrow_references_from_clips_of_the_same_label_set() -> None
     refs = [r for _, _, r in out]
     assert refs[3] == ["rain falls"]
     for i in range(3):
-        assert refs[i][0] == caps[i] and sorted(refs[i][1:]) == sorted(c for j, c in enumerate(caps[:3]) if j != i)
+        assert refs[i][0] == caps[i] and sorted(refs[i][1:]) == sorted(
+            c for j, c in enumerate(caps[:3]) if j != i
+        )
 
 
-def test_decoder_guidance_is_retrieved_at_the_training_power(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decoder_guidance_is_retrieved_at_the_training_power(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Captioning queries at the index's power (4 by default); the decoder's training and
     validation guidance stay at GUIDANCE_SCORE_POWER, so changing the index's power does not
     change what the decoder learns from."""
@@ -450,19 +624,33 @@ def test_decoder_guidance_is_retrieved_at_the_training_power(monkeypatch: pytest
     monkeypatch.setattr(grounded, "simulated", lambda lb, prior, seed, sim=None: noisy[: len(lb)])
     powers: list[float] = []
     real = ls.corpus_guidance
-    monkeypatch.setattr(ls, "corpus_guidance", lambda corpus, s, cfg, *a, **kw: powers.append(cfg.score_power)
-                        or real(corpus, s, cfg, *a, **kw))
+    monkeypatch.setattr(
+        ls,
+        "corpus_guidance",
+        lambda corpus, s, cfg, *a, **kw: (
+            powers.append(cfg.score_power) or real(corpus, s, cfg, *a, **kw)
+        ),
+    )
     assert ls.LabelSpaceConfig().score_power != grounded.GUIDANCE_SCORE_POWER
-    plans = [grounded.plan(lab, ls.LabelSpaceConfig(num_classes=4, ancestors=False, score_power=p), 2, None, val)
-             for p in (1.0, 4.0)]
+    plans = [
+        grounded.plan(
+            lab, ls.LabelSpaceConfig(num_classes=4, ancestors=False, score_power=p), 2, None, val
+        )
+        for p in (1.0, 4.0)
+    ]
     assert powers and set(powers) == {grounded.GUIDANCE_SCORE_POWER}
     assert [e[1] for e in plans[0].train] == [e[1] for e in plans[1].train]
     assert [c[1] for c in plans[0].val_clips] == [c[1] for c in plans[1].val_clips]
 
 
 def test_training_input_hears_the_speech_its_caption_mentions() -> None:
-    caps = ["A man speaks as a dog barks", "A dog barks", "People talking and a car passes", "Music from a loudspeaker",
-            "A woman's voice and rain"]
+    caps = [
+        "A man speaks as a dog barks",
+        "A dog barks",
+        "People talking and a car passes",
+        "Music from a loudspeaker",
+        "A woman's voice and rain",
+    ]
     mids = audioset.class_mids()
     speech, dog = mids.index(grounded.SPEECH_MID), mids.index(DOG)
     labels = np.zeros((5, 521), np.float32)
@@ -473,7 +661,9 @@ def test_training_input_hears_the_speech_its_caption_mentions() -> None:
     assert np.array_equal(np.delete(heard, speech, axis=1), np.delete(labels, speech, axis=1))
 
 
-def test_plan_simulates_training_from_heard_labels_and_validation_from_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_simulates_training_from_heard_labels_and_validation_from_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """With Simulation.heard_speech only the training input reads its captions (heard_labels);
     validation's input is simulated from the labels alone, never from its references."""
     from audiocap_cli import labelsim
@@ -482,7 +672,9 @@ def test_plan_simulates_training_from_heard_labels_and_validation_from_labels(mo
     lab = grounded.LabelledCaptions(caps, labels, np.arange(6), [f"c{i}" for i in range(6)], None)  # type: ignore[arg-type]
     val = grounded.LabelledCaptions(caps[:2], labels[:2], np.arange(2), ["v0", "v1"], None)  # type: ignore[arg-type]
     seen: dict[int, np.ndarray] = {}
-    monkeypatch.setattr(grounded, "heard_labels", lambda lb, encoder="yamnet": np.clip(lb.labels + 0.5, 0, 1))
+    monkeypatch.setattr(
+        grounded, "heard_labels", lambda lb, encoder="yamnet": np.clip(lb.labels + 0.5, 0, 1)
+    )
 
     def fake(lb: np.ndarray, prior: np.ndarray, seed: int, sim: object = None) -> np.ndarray:
         seen[seed] = lb.copy()
@@ -521,9 +713,15 @@ def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
     got = Captioner.window_scores(me, f, 0)  # type: ignore[arg-type]
     assert got is not None and got.shape == (1, 521)
     with torch.inference_mode():
-        alone = enc.encode(torch.from_numpy(audio.load(tmp_path / "tone.wav", enc.sample_rate))[None]).scores[0].numpy()
+        alone = (
+            enc.encode(torch.from_numpy(audio.load(tmp_path / "tone.wav", enc.sample_rate))[None])
+            .scores[0]
+            .numpy()
+        )
     assert alone.shape[0] == enc.num_frames(3.0) == 6
     np.testing.assert_allclose(got[0], alone.max(axis=0), atol=1e-4)
     assert got[0, silence] < 0.5
-    paper = SimpleNamespace(labels=None, zcfg=None, encoder=enc)  # frame retrievers: scores as cached
+    paper = SimpleNamespace(
+        labels=None, zcfg=None, encoder=enc
+    )  # frame retrievers: scores as cached
     assert Captioner.window_scores(paper, f, 0).shape == (20, 521)  # type: ignore[arg-type,union-attr]

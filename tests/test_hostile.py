@@ -4,6 +4,7 @@ recordings that would exhaust memory, generated here (never checked in).
 Library-level tests are fast; the end-to-end run of `audiocap caption` over the whole corpus
 uses the tiny model of test_pipeline (real shipped YAMNet) and is marked slow.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-
 from _shared import long_wav
 from test_pipeline import cli, env, model, workspace  # noqa: F401  (fixtures: the tiny model)
+
 from audiocap_cli.audio import ClipPolicy, SegmentStream, load, open_regular, segments
 from audiocap_cli.errors import AudioError, AudioNotFoundError
 from audiocap_cli.features import FeatureCache, file_digest
@@ -57,10 +58,17 @@ def special_files(d: Path) -> dict[str, Path]:
     s.bind(str(d / "socket.wav"))  # the socket file outlives the closed socket
     s.close()
     (d / "dir.wav").mkdir()
-    return {"named pipe": d / "fifo.wav", "socket": d / "socket.wav", "directory": d / "dir.wav", "character device": DEV_ZERO}
+    return {
+        "named pipe": d / "fifo.wav",
+        "socket": d / "socket.wav",
+        "directory": d / "dir.wav",
+        "character device": DEV_ZERO,
+    }
 
 
-needs_posix = pytest.mark.skipif(not hasattr(os, "mkfifo") or not DEV_ZERO.exists(), reason="POSIX special files")
+needs_posix = pytest.mark.skipif(
+    not hasattr(os, "mkfifo") or not DEV_ZERO.exists(), reason="POSIX special files"
+)
 
 
 @needs_posix
@@ -80,7 +88,9 @@ def test_feature_cache_gives_each_special_file_its_error(tmp_path: Path) -> None
     sf.write(good, np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32), 8000)
     special = special_files(tmp_path / "in")
     paths = [*special.values(), good]
-    out = quickly(lambda: FeatureCache(tmp_path / "cache").get_many(paths, FakeEncoder(), ClipPolicy()))
+    out = quickly(
+        lambda: FeatureCache(tmp_path / "cache").get_many(paths, FakeEncoder(), ClipPolicy())
+    )
     assert [type(r).__name__ for r in out] == ["AudioNotFoundError"] * 4 + ["ClipFeatures"]
 
 
@@ -163,16 +173,22 @@ f = cache.get({str(tmp_path / "1h.wav")!r}, enc, policy)
 print(f.frames.shape[0], base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       f.frames.nbytes + f.scores.nbytes)
 """
-    r = quickly(lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True), 300)
+    r = quickly(
+        lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True), 300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     windows, base, peak, held = map(int, r.stdout.split())
     assert windows == 360 and held > 140e6
-    assert peak - base < 1.25 * held + 40e6, f"grew {(peak - base) / 1e6:.0f} MB for {held / 1e6:.0f} MB of features"
+    assert peak - base < 1.25 * held + 40e6, (
+        f"grew {(peak - base) / 1e6:.0f} MB for {held / 1e6:.0f} MB of features"
+    )
 
 
 @needs_posix
 @pytest.mark.slow
-def test_caption_hostile_corpus(tmp_path: Path, model: Path, env: dict[str, str], workspace: Path) -> None:
+def test_caption_hostile_corpus(
+    tmp_path: Path, model: Path, env: dict[str, str], workspace: Path
+) -> None:
     """Every bad entry is one error line, quickly; every good file is captioned; exit 1."""
     from test_audio import _broken_corpus
 
@@ -190,7 +206,9 @@ def test_caption_hostile_corpus(tmp_path: Path, model: Path, env: dict[str, str]
     bad[str(missing)] = "AudioNotFoundError"
     expanded = expand_inputs(args)
     good = [p for p in expanded if p not in bad]
-    assert set(bad) <= set(expanded) and len(good) == 8  # 2 clips, 2 long, _src.wav, _full.{flac,mp3,ogg}
+    assert (
+        set(bad) <= set(expanded) and len(good) == 8
+    )  # 2 clips, 2 long, _src.wav, _full.{flac,mp3,ogg}
     r = quickly(lambda: cli("caption", *args, "-m", str(model), "-q", env=env, check=False), 600)
     assert r.returncode == 1, r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -218,7 +236,9 @@ def test_a_broken_long_file_fails_alone(tmp_path: Path) -> None:
         for w in stream:
             got.append(w)
     assert len(got) >= 30
-    out = FeatureCache(tmp_path / "cache").get_many([ok, p, ok], FakeEncoder(), ClipPolicy(seconds=1.0, long_audio="windows"), batch_size=4)
+    out = FeatureCache(tmp_path / "cache").get_many(
+        [ok, p, ok], FakeEncoder(), ClipPolicy(seconds=1.0, long_audio="windows"), batch_size=4
+    )
     assert [type(r).__name__ for r in out] == ["ClipFeatures", "InvalidAudioError", "ClipFeatures"]
 
 
@@ -229,7 +249,10 @@ def test_cache_entry_filled_in_place_round_trips(tmp_path: Path, capacity: int) 
     from audiocap_cli.features import _Entry
 
     rng = np.random.default_rng(capacity)
-    frames, scores = rng.standard_normal((5, 4, 3)).astype(np.float32), rng.random((5, 4, 2)).astype(np.float32)
+    frames, scores = (
+        rng.standard_normal((5, 4, 3)).astype(np.float32),
+        rng.random((5, 4, 2)).astype(np.float32),
+    )
     entry = _Entry("ab" * 32, (4, 3), (4, 2), capacity, tmp_path / "x.wav")
     for f, s in zip(frames, scores):
         entry.add(f, s)
@@ -239,6 +262,8 @@ def test_cache_entry_filled_in_place_round_trips(tmp_path: Path, capacity: int) 
     np.testing.assert_array_equal(entry.frames, frames)
     np.testing.assert_array_equal(entry.scores, scores)
     back = FeatureCache(tmp_path)._read(path, "ab" * 32, 3)
-    assert back is not None and back.starts == starts and back.ends == ends and back.duration == 5 / 3
+    assert (
+        back is not None and back.starts == starts and back.ends == ends and back.duration == 5 / 3
+    )
     np.testing.assert_array_equal(back.frames, frames)
     np.testing.assert_array_equal(back.scores, scores)

@@ -1,4 +1,5 @@
 """CaptionIndex: build, query, exclude-self, incremental add, disk round trip, config checks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,7 +66,9 @@ def test_exclude_self_drops_only_own_entry() -> None:
 def test_identical_captions_of_other_clips_are_not_excluded() -> None:
     vecs = _unit(3, 3)
     vecs[1] = vecs[0]
-    index = CaptionIndex.build(vecs, ["a", "b", "c"], [("dog barks",), ("dog barks",), ("rain",)], _cfg())
+    index = CaptionIndex.build(
+        vecs, ["a", "b", "c"], [("dog barks",), ("dog barks",), ("rain",)], _cfg()
+    )
     row = index.query(vecs[:1], k=2, exclude_ids=["a"])[0]
     assert row[0].id == "b" and row[0].captions == ("dog barks",)
 
@@ -92,7 +95,9 @@ def test_round_trip_through_disk(tmp_path: Path) -> None:
     CaptionIndex.build(vecs[:10], ids[:10], caps[:10], _cfg()).save(out)
     assert len(CaptionIndex.load(out)) == 10
     # idx is a symlink to its one current version: no temp dirs or old versions left behind.
-    assert out.is_symlink() and [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["idx"]
+    assert out.is_symlink() and [
+        p.name for p in tmp_path.iterdir() if not p.name.startswith(".")
+    ] == ["idx"]
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == [out.resolve()]
 
 
@@ -134,7 +139,9 @@ def test_config_mismatch_and_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(ConfigMismatchError, match="embedder"):
         CaptionIndex.load(out, expected=other)
     with pytest.raises(ConfigMismatchError, match="dim"):
-        CaptionIndex.load(out, expected=IndexConfig(dim=8, embedder="retriever:abc", encoder="yamnet:123"))
+        CaptionIndex.load(
+            out, expected=IndexConfig(dim=8, embedder="retriever:abc", encoder="yamnet:123")
+        )
     # Search-only knobs may differ; the one in use wins.
     assert CaptionIndex.load(out, expected=_cfg(ef_search=128, M=8)).config.ef_search == 128
     with pytest.raises(ModelNotFoundError):
@@ -158,7 +165,9 @@ def test_incremental_add_grows_and_matches_full_build() -> None:
     assert len(index) == 150
     full = CaptionIndex.build(vecs, ids, caps, _cfg())
     q = _unit(10, 10)
-    assert [[h.id for h in r] for r in index.query(q, k=5)] == [[h.id for h in r] for r in full.query(q, k=5)]
+    assert [[h.id for h in r] for r in index.query(q, k=5)] == [
+        [h.id for h in r] for r in full.query(q, k=5)
+    ]
 
 
 def test_add_duplicate_id_refused_or_replaced() -> None:
@@ -199,7 +208,9 @@ def test_ngram_idf_covers_every_caption_and_follows_adds() -> None:
     ids, caps = _entries(6)
     index = CaptionIndex.build(_unit(6, 13), ids, caps, _cfg())
     idf = index.ngram_idf()
-    assert idf == ngram_idf([c for row in caps for c in row]) and index.ngram_idf() is idf  # computed once
+    assert (
+        idf == ngram_idf([c for row in caps for c in row]) and index.ngram_idf() is idf
+    )  # computed once
     index.add(_unit(1, 14), ["clip9"], [("a dog barks",)])
     assert "1\x00dog" in index.ngram_idf() and "1\x00dog" not in idf
 
@@ -226,14 +237,20 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     cap.opts = CaptionOptions()
     assert cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None) == ["x"]
     assert seen["idf"] is cap.index.ngram_idf()
-    assert (seen["opts"].select, seen["opts"].agreement, seen["opts"].recall_weight) == ("consensus", "ciderd", 3.0)
+    assert (seen["opts"].select, seen["opts"].agreement, seen["opts"].recall_weight) == (
+        "consensus",
+        "ciderd",
+        3.0,
+    )
     assert seen["opts"].pool_margin is None  # the pool's own caption: label-space pools only
     cap.labels = object()  # type: ignore[assignment]
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
     assert seen["opts"].pool_margin == CaptionOptions.pool_margin == 0.1
     cap.labels = None
     cap.decoder = None  # a retrieval-only model prints its first guidance caption, retrieved
-    got = cap.decode_windows([["caption of clip0", "caption of clip1"], []], np.zeros((2, 1, 1), np.float32), None)
+    got = cap.decode_windows(
+        [["caption of clip0", "caption of clip1"], []], np.zeros((2, 1, 1), np.float32), None
+    )
     assert [(d.text, d.retrieved) for d in got] == [("caption of clip0", True), ("", False)]
     cap.decoder = object()  # type: ignore[assignment]
     cap.opts = CaptionOptions(select="score")

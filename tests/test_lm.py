@@ -1,4 +1,5 @@
 """Frozen LM loading: tiny GPT-2 (offline, fast) and the shipped SmolLM2 GGUF (slow)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,4 +1,5 @@
 """Caption metrics against pycocoevalcap 1.2 reference values (Java 17), and their failure modes."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import EXAMPLE_REFS, JAVA, clotho_validation_rows, needs_java
 
 from audiocap_cli import metrics as M
 from audiocap_cli.errors import MetricsError
-
-from _shared import EXAMPLE_REFS, JAVA, clotho_validation_rows, needs_java
 
 CANDS = {"a": "a dog barks loudly while a man talks", "b": "water is running from a faucet"}
 REFS = EXAMPLE_REFS
@@ -61,7 +61,10 @@ def test_reference_values_per_clip(reference_result: M.MetricsResult) -> None:
     for cid, want in REF_PER_CLIP.items():
         for key, value in want.items():
             tol = 1e-9 if key == "meteor" else 1e-12
-            assert reference_result.per_clip[cid][key] == pytest.approx(value, abs=tol, rel=0), (cid, key)
+            assert reference_result.per_clip[cid][key] == pytest.approx(value, abs=tol, rel=0), (
+                cid,
+                key,
+            )
     # METEOR's corpus score aggregates statistics; it is not the mean of the per-clip scores.
     per = [reference_result.per_clip[c]["meteor"] for c in CANDS]
     assert abs(np.mean(per) - reference_result.corpus["meteor"]) > 1e-3
@@ -100,7 +103,9 @@ def test_subset_and_line_breaks_and_empty_caption() -> None:
     res = M.score(crlf, REFS, metrics=CHEAP)
     assert res.corpus["cider_d"] == REF_CORPUS["cider_d"]
     # Punctuation and case are normalised by the PTB tokenizer.
-    res = M.score({"a": "A dog barks, loudly; while a man talks!", "b": CANDS["b"]}, REFS, metrics=CHEAP)
+    res = M.score(
+        {"a": "A dog barks, loudly; while a man talks!", "b": CANDS["b"]}, REFS, metrics=CHEAP
+    )
     assert res.corpus["bleu_1"] == REF_CORPUS["bleu_1"]
     empty = M.score({"a": "", "b": "..."}, REFS, metrics=CHEAP)
     assert empty.corpus["cider_d"] == 0.0 and empty.per_clip["b"]["rouge_l"] == 0.0
@@ -259,7 +264,12 @@ def test_bertscore_column_through_bertscore_contract(monkeypatch: pytest.MonkeyP
 
     def multi_ref_bertscore(cands: list[str], refs: list[list[str]], cfg: object) -> np.ndarray:
         calls.append((cands, refs, cfg))
-        return np.array([max(len(set(c.split()) & set(r.split())) / 10 for r in rs) for c, rs in zip(cands, refs)])
+        return np.array(
+            [
+                max(len(set(c.split()) & set(r.split())) / 10 for r in rs)
+                for c, rs in zip(cands, refs)
+            ]
+        )
 
     fake = types.ModuleType("audiocap_cli.bertscore")
     fake.multi_ref_bertscore = multi_ref_bertscore  # type: ignore[attr-defined]
@@ -271,7 +281,9 @@ def test_bertscore_column_through_bertscore_contract(monkeypatch: pytest.MonkeyP
     assert len(calls) == 1 and calls[0][2] == "default-cfg"  # one batched call, raw text
     assert calls[0][0] == [CANDS["a"], CANDS["b"], "dog"]
     assert out["x"].per_clip["a"]["bertscore"] == pytest.approx(0.5)  # max over references
-    assert out["x"].corpus["bertscore"] == pytest.approx(np.mean([0.5, out["x"].per_clip["b"]["bertscore"]]))
+    assert out["x"].corpus["bertscore"] == pytest.approx(
+        np.mean([0.5, out["x"].per_clip["b"]["bertscore"]])
+    )
     assert out["y"].corpus["bertscore"] == pytest.approx(0.1)  # "a dog barks in the distance"
 
     del fake.multi_ref_bertscore  # type: ignore[attr-defined]

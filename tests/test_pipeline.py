@@ -1,6 +1,7 @@
 """End to end through the CLI as a user runs it: train-retriever -> build-index ->
 (train-decoder) -> caption -> eval, on a small synthetic dataset with the real shipped YAMNet,
 plus the SIGKILL-and-resume guarantee of `caption -o --resume`."""
+
 from __future__ import annotations
 
 import json
@@ -58,10 +59,21 @@ def make_workspace(root: Path) -> Path:
     return root
 
 
-def cli(*args: str, env: dict[str, str], check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "audiocap_cli", *args], capture_output=True, text=True, env=env, input=stdin, timeout=900)
+def cli(
+    *args: str, env: dict[str, str], check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "audiocap_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=900,
+    )
     if check and r.returncode != 0:
-        raise AssertionError(f"audiocap {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        raise AssertionError(
+            f"audiocap {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+        )
     return r
 
 
@@ -78,12 +90,25 @@ def model(workspace: Path, env: dict[str, str]) -> Path:
 def make_model(workspace: Path, env: dict[str, str]) -> Path:
     """A tiny triplet-retriever model of ``workspace`` in ``workspace/model`` (~1 min)."""
     m = workspace / "model"
-    cli("train-retriever", str(workspace), "-m", str(m), "--epochs", "3", "--batch-size", "16", "-q", env=env)
+    cli(
+        "train-retriever",
+        str(workspace),
+        "-m",
+        str(m),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "-q",
+        env=env,
+    )
     cli("build-index", str(workspace), "-m", str(m), "-q", env=env)
     return m
 
 
-def test_caption_jsonl_errors_and_exit_status(workspace: Path, model: Path, env: dict[str, str]) -> None:
+def test_caption_jsonl_errors_and_exit_status(
+    workspace: Path, model: Path, env: dict[str, str]
+) -> None:
     bad = workspace / "notaudio.wav"
     bad.write_text("hello")
     test_files = sorted(str(p) for p in (workspace / "audio").glob("test_*.wav"))
@@ -99,15 +124,36 @@ def test_caption_jsonl_errors_and_exit_status(workspace: Path, model: Path, env:
 
 def test_index_refuses_other_retriever(workspace: Path, model: Path, env: dict[str, str]) -> None:
     other = workspace / "other"
-    cli("train-retriever", str(workspace), "-m", str(other), "--epochs", "1", "--batch-size", "16", "-q", env=env)
+    cli(
+        "train-retriever",
+        str(workspace),
+        "-m",
+        str(other),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "-q",
+        env=env,
+    )
     import shutil
 
     shutil.copytree(model / "index", other / "index")
-    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(other), "-q", env=env, check=False)
+    r = cli(
+        "caption",
+        str(next((workspace / "audio").glob("test_*.wav"))),
+        "-m",
+        str(other),
+        "-q",
+        env=env,
+        check=False,
+    )
     assert r.returncode != 0 and "rebuild" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_build_index_add_without_rebuild(workspace: Path, model: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_build_index_add_without_rebuild(
+    workspace: Path, model: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     import shutil
 
     m = tmp_path / "grow"
@@ -116,7 +162,9 @@ def test_build_index_add_without_rebuild(workspace: Path, model: Path, env: dict
     assert "added 6 new clips" in r.stderr
     r = cli("build-index", str(workspace), "-m", str(m), "--split", "val", "--add", env=env)
     assert "added 0 new clips (6 already indexed)" in r.stderr
-    ids = [json.loads(line)["id"] for line in (m / "index" / "entries.jsonl").read_text().splitlines()]
+    ids = [
+        json.loads(line)["id"] for line in (m / "index" / "entries.jsonl").read_text().splitlines()
+    ]
     assert len(ids) == 24 and len(set(ids)) == 24  # 18 train + 6 val
 
 
@@ -124,15 +172,29 @@ def test_eval_on_predictions_and_split(workspace: Path, model: Path, env: dict[s
     out = workspace / "preds.jsonl"
     test_files = sorted(str(p) for p in (workspace / "audio").glob("test_*.wav"))
     cli("caption", *test_files, "-m", str(model), "-o", str(out), "-q", env=env)
-    r = cli("eval", "--dataset", str(workspace), "--split", "test", "--predictions", str(out), "-q", env=env)
+    r = cli(
+        "eval",
+        "--dataset",
+        str(workspace),
+        "--split",
+        "test",
+        "--predictions",
+        str(out),
+        "-q",
+        env=env,
+    )
     table = json.loads(r.stdout)
     assert table[0]["n"] == 6 if "n" in table[0] else True
     names = [row.get("system") or row.get("name") for row in table]
     assert "Human" in names[-1]
-    r2 = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(model), "-q", env=env)
+    r2 = cli(
+        "eval", "--dataset", str(workspace), "--split", "test", "-m", str(model), "-q", env=env
+    )
     assert json.loads(r2.stdout)[0]["CIDEr-D"] == pytest.approx(table[0]["CIDEr-D"])
     # The model records the dataset it was trained on: `eval --split test -m MODEL` needs no --dataset.
-    assert json.loads((model / "config.json").read_text())["config"]["dataset"] == str(workspace.resolve())
+    assert json.loads((model / "config.json").read_text())["config"]["dataset"] == str(
+        workspace.resolve()
+    )
     r3 = cli("eval", "--split", "test", "-m", str(model), "-q", env=env)
     assert f"dataset {workspace.resolve()}" in r3.stderr and r3.stdout == r2.stdout
 
@@ -140,10 +202,26 @@ def test_eval_on_predictions_and_split(workspace: Path, model: Path, env: dict[s
 def test_caption_resume_after_sigkill(workspace: Path, model: Path, env: dict[str, str]) -> None:
     files = sorted(str(p) for p in (workspace / "audio").glob("*.wav"))  # 30 clips
     out = workspace / "resume.jsonl"
-    args = [sys.executable, "-m", "audiocap_cli", "caption", *files, "-m", str(model), "-o", str(out), "--resume", "--batch-size", "1", "-q"]
+    args = [
+        sys.executable,
+        "-m",
+        "audiocap_cli",
+        "caption",
+        *files,
+        "-m",
+        str(model),
+        "-o",
+        str(out),
+        "--resume",
+        "--batch-size",
+        "1",
+        "-q",
+    ]
     # The test hook in records.py SIGKILLs the run right after its 3rd flushed record: a kill
     # mid-run on any machine, fast or slow (a timed poll was too late on fast ones).
-    proc = subprocess.run(args, env={**env, "AUDIOCAP_TEST_KILL_AFTER": "3"}, capture_output=True, timeout=900)
+    proc = subprocess.run(
+        args, env={**env, "AUDIOCAP_TEST_KILL_AFTER": "3"}, capture_output=True, timeout=900
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert out.read_text().count("\n") == 3  # one line per clip, each flushed before the kill
     with open(out, "a") as f:
@@ -153,47 +231,125 @@ def test_caption_resume_after_sigkill(workspace: Path, model: Path, env: dict[st
     assert sorted(paths) == files  # every clip exactly once
 
 
-def test_decoder_end_to_end(workspace: Path, model: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_decoder_end_to_end(
+    workspace: Path, model: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     import shutil
 
     m = tmp_path / "with_decoder"
     shutil.copytree(model, m)
-    cli("train-decoder", str(workspace), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "2", "--batch-size", "8", "-q", env=env)
-    assert (m / "decoder" / "decoder.json").is_file() and (m / "decoder" / "decoder.safetensors").is_file()
+    cli(
+        "train-decoder",
+        str(workspace),
+        "-m",
+        str(m),
+        "--lm",
+        "tiny-gpt2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "-q",
+        env=env,
+    )
+    assert (m / "decoder" / "decoder.json").is_file() and (
+        m / "decoder" / "decoder.safetensors"
+    ).is_file()
     test_files = sorted(str(p) for p in (workspace / "audio").glob("test_*.wav"))
-    r1 = cli("caption", *test_files, "-m", str(m), "--beam-size", "2", "--max-len", "8", "-q", env=env)
-    r2 = cli("caption", *test_files, "-m", str(m), "--beam-size", "2", "--max-len", "8", "-q", env=env)
+    r1 = cli(
+        "caption", *test_files, "-m", str(m), "--beam-size", "2", "--max-len", "8", "-q", env=env
+    )
+    r2 = cli(
+        "caption", *test_files, "-m", str(m), "--beam-size", "2", "--max-len", "8", "-q", env=env
+    )
     caps = [json.loads(line)["caption"] for line in r1.stdout.splitlines()]
     assert len(caps) == len(test_files) and all(isinstance(c, str) for c in caps)
     assert caps == [json.loads(line)["caption"] for line in r2.stdout.splitlines()]  # deterministic
-    r = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(m), "--scope", "all", "--beam-size", "1", "-q", env=env)
+    r = cli(
+        "eval",
+        "--dataset",
+        str(workspace),
+        "--split",
+        "test",
+        "-m",
+        str(m),
+        "--scope",
+        "all",
+        "--beam-size",
+        "1",
+        "-q",
+        env=env,
+    )
     names = [row.get("system") or row.get("name") for row in json.loads(r.stdout)]
-    for expected in ("Ours", "1NN-yamnet", "Triplet-Retrieval", "Top1-BERTScore", "Ours (GT)", "Human"):
+    for expected in (
+        "Ours",
+        "1NN-yamnet",
+        "Triplet-Retrieval",
+        "Top1-BERTScore",
+        "Ours (GT)",
+        "Human",
+    ):
         assert expected in names
 
 
 def test_text_only_bootstrap(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
     corpus = tmp_path / "corpus.csv"
     lines = ["audiocap_id,youtube_id,start_time,caption"]
-    caps = [c for cs in CLASSES.values() for c in cs] + ["A dog barks.", "A dog is barking loudly.", "Dogs bark in the distance.",
-            "A man speaks.", "A man is talking.", "Rain falls on a roof.", "Heavy rain pours down."]
-    lines += [f"{i},yt{i},0,\"{c}\"" for i, c in enumerate(caps)]
+    caps = [c for cs in CLASSES.values() for c in cs] + [
+        "A dog barks.",
+        "A dog is barking loudly.",
+        "Dogs bark in the distance.",
+        "A man speaks.",
+        "A man is talking.",
+        "Rain falls on a roof.",
+        "Heavy rain pours down.",
+    ]
+    lines += [f'{i},yt{i},0,"{c}"' for i, c in enumerate(caps)]
     corpus.write_text("\n".join(lines) + "\n")
     m = tmp_path / "boot"
-    cli("bootstrap", str(corpus), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4", "-q", env=env)
+    cli(
+        "bootstrap",
+        str(corpus),
+        "-m",
+        str(m),
+        "--lm",
+        "tiny-gpt2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "-q",
+        env=env,
+    )
     cfg = json.loads((m / "config.json").read_text())["config"]
     assert cfg["retrieval"] == "zeroshot"
     dec = json.loads((m / "decoder" / "decoder.json").read_text())["config"]
     assert dec["use_audio"] and dec["d_a"] == 384  # pseudo-audio: the tag-space vector
-    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
+    r = cli(
+        "caption",
+        str(next((workspace / "audio").glob("test_*.wav"))),
+        "-m",
+        str(m),
+        "--max-len",
+        "6",
+        "-q",
+        env=env,
+    )
     row = json.loads(r.stdout)
     assert row["guidance"] and all(g["caption"] in caps for g in row["guidance"])
 
 
 _DOG, _SPEECH, _RAIN = "/m/0bt9lr", "/m/09x0r", "/m/06mb1"
-LABELLED_ROWS = [("a dog barks", [_DOG]), ("a dog is barking loudly", [_DOG]), ("a man speaks", [_SPEECH]),
-                 ("a man is talking", [_SPEECH]), ("rain falls on a roof", [_RAIN]), ("heavy rain pours down", [_RAIN]),
-                 ("a dog barks as a man speaks", [_DOG, _SPEECH]), ("a man talks in the rain", [_SPEECH, _RAIN])]
+LABELLED_ROWS = [
+    ("a dog barks", [_DOG]),
+    ("a dog is barking loudly", [_DOG]),
+    ("a man speaks", [_SPEECH]),
+    ("a man is talking", [_SPEECH]),
+    ("rain falls on a roof", [_RAIN]),
+    ("heavy rain pours down", [_RAIN]),
+    ("a dog barks as a man speaks", [_DOG, _SPEECH]),
+    ("a man talks in the rain", [_SPEECH, _RAIN]),
+]
 
 
 def labelled_manifest(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
@@ -201,15 +357,23 @@ def labelled_manifest(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[s
     AudioSet folder, as `bootstrap` needs to build the label-grounded captioner."""
     labels = tmp_path / "audioset"
     labels.mkdir()
-    (labels / "unbalanced_train_segments.csv").write_text("# YTID, start_seconds, end_seconds, positive_labels\n")
+    (labels / "unbalanced_train_segments.csv").write_text(
+        "# YTID, start_seconds, end_seconds, positive_labels\n"
+    )
     (labels / "ontology.json").write_text("[]")
     manifest = tmp_path / "corpus.jsonl"
-    manifest.write_text("".join(json.dumps({"path": f"c{i}.wav", "caption": c, "mids": m}) + "\n"
-                                for i, (c, m) in enumerate(LABELLED_ROWS)))
+    manifest.write_text(
+        "".join(
+            json.dumps({"path": f"c{i}.wav", "caption": c, "mids": m}) + "\n"
+            for i, (c, m) in enumerate(LABELLED_ROWS)
+        )
+    )
     return manifest, {**env, "AUDIOCAP_AUDIOSET_DIR": str(labels)}
 
 
-def test_label_grounded_bootstrap_ensemble(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
+def test_label_grounded_bootstrap_ensemble(
+    tmp_path: Path, env: dict[str, str], workspace: Path
+) -> None:
     """`bootstrap --ensemble 2`: seed 0 in decoder/, seed 1 in ensemble/seed-1/, `caption` decodes
     with both, a rerun skips the finished decoders; a rebuild with fewer decoders drops the extra
     member; misuse exits 2."""
@@ -220,31 +384,86 @@ def test_label_grounded_bootstrap_ensemble(tmp_path: Path, env: dict[str, str], 
 
     manifest, env = labelled_manifest(tmp_path, env)
     m = tmp_path / "boot"
-    args = ("bootstrap", str(manifest), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4", "-q")
+    args = (
+        "bootstrap",
+        str(manifest),
+        "-m",
+        str(m),
+        "--lm",
+        "tiny-gpt2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "-q",
+    )
     cli(*args, "--ensemble", "2", env=env)
-    sim = json.loads((m / "simulation.json").read_text())  # the simulated input its decoders trained on
-    assert sim["kind"] == "Simulation" and sim["config"]["confusable_share"] == 0 and not sim["config"]["heard_speech"]
-    first, second = (load_file(str(d / "decoder.safetensors")) for d in (m / "decoder", m / "ensemble" / "seed-1"))
-    assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
-    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
+    sim = json.loads(
+        (m / "simulation.json").read_text()
+    )  # the simulated input its decoders trained on
+    assert (
+        sim["kind"] == "Simulation"
+        and sim["config"]["confusable_share"] == 0
+        and not sim["config"]["heard_speech"]
+    )
+    first, second = (
+        load_file(str(d / "decoder.safetensors"))
+        for d in (m / "decoder", m / "ensemble" / "seed-1")
+    )
+    assert first.keys() == second.keys() and any(
+        not torch.equal(first[k], second[k]) for k in first
+    )
+    r = cli(
+        "caption",
+        str(next((workspace / "audio").glob("test_*.wav"))),
+        "-m",
+        str(m),
+        "--max-len",
+        "6",
+        "-q",
+        env=env,
+    )
     assert json.loads(r.stdout)["caption"]
     # the pool's own caption: at margin 0 this barely trained decoder's hypotheses lose to it, and
     # the line says the caption is retrieved (a corpus caption); with --pool-margin inf, never
     clip = str(next((workspace / "audio").glob("test_*.wav")))
-    rows = [json.loads(cli("caption", clip, "-m", str(m), "--max-len", "6", "-q", "--pool-margin", p, env=env).stdout)
-            for p in ("0", "inf")]
+    rows = [
+        json.loads(
+            cli(
+                "caption", clip, "-m", str(m), "--max-len", "6", "-q", "--pool-margin", p, env=env
+            ).stdout
+        )
+        for p in ("0", "inf")
+    ]
     assert rows[0].get("retrieved") is True and rows[0]["caption"] in {c for c, _ in LABELLED_ROWS}
     assert "retrieved" not in rows[1] and rows[1]["caption"] not in {c for c, _ in LABELLED_ROWS}
     # the paper's table for a label-grounded model: its retrieval row reads pooled scores as `caption` does
-    r = cli("eval", "--dataset", str(workspace), "--split", "test", "-m", str(m), "--scope", "all", "--beam-size", "1",
-            "-q", env=env)
+    r = cli(
+        "eval",
+        "--dataset",
+        str(workspace),
+        "--split",
+        "test",
+        "-m",
+        str(m),
+        "--scope",
+        "all",
+        "--beam-size",
+        "1",
+        "-q",
+        env=env,
+    )
     names = [row.get("system") or row.get("name") for row in json.loads(r.stdout)]
     assert "Label-Retrieval" in names and "Ours (GT)" in names
     dec = Captioner(m).decoder
     assert isinstance(dec, DecoderEnsemble) and len(dec.members) == 2
     logs = [(d / "metrics.jsonl").read_text() for d in (m / "decoder", m / "ensemble" / "seed-1")]
-    cli(*args, "--ensemble", "2", env=env)  # states kept: a rerun (as after an interruption) trains nothing again
-    assert [(d / "metrics.jsonl").read_text() for d in (m / "decoder", m / "ensemble" / "seed-1")] == logs
+    cli(
+        *args, "--ensemble", "2", env=env
+    )  # states kept: a rerun (as after an interruption) trains nothing again
+    assert [
+        (d / "metrics.jsonl").read_text() for d in (m / "decoder", m / "ensemble" / "seed-1")
+    ] == logs
     r = cli(*args, env=env)
     assert not (m / "ensemble" / "seed-1").exists()
     assert not isinstance(Captioner(m).decoder, DecoderEnsemble)
@@ -252,7 +471,9 @@ def test_label_grounded_bootstrap_ensemble(tmp_path: Path, env: dict[str, str], 
     assert r.returncode == 2 and "not with --epochs 0 or --scst-steps" in r.stderr
 
 
-def test_label_grounded_bootstrap_with_scst(tmp_path: Path, env: dict[str, str], workspace: Path) -> None:
+def test_label_grounded_bootstrap_with_scst(
+    tmp_path: Path, env: dict[str, str], workspace: Path
+) -> None:
     """`bootstrap --scst-steps` on a manifest with a mids column: the teacher-forced decoder
     lands in decoder-xe/, SCST fine-tunes it into decoder/, the model captions, and a rerun
     skips the finished teacher forcing and rebuilds the same fine-tuned weights."""
@@ -260,23 +481,71 @@ def test_label_grounded_bootstrap_with_scst(tmp_path: Path, env: dict[str, str],
 
     manifest, env = labelled_manifest(tmp_path, env)
     m = tmp_path / "boot"
-    args = ("bootstrap", str(manifest), "-m", str(m), "--lm", "tiny-gpt2", "--epochs", "1", "--batch-size", "4",
-            "--scst-steps", "2", "-q")
+    args = (
+        "bootstrap",
+        str(manifest),
+        "-m",
+        str(m),
+        "--lm",
+        "tiny-gpt2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--scst-steps",
+        "2",
+        "-q",
+    )
     cli(*args, env=env)
-    xe, tuned = load_file(str(m / "decoder-xe" / "decoder.safetensors")), load_file(str(m / "decoder" / "decoder.safetensors"))
+    xe, tuned = (
+        load_file(str(m / "decoder-xe" / "decoder.safetensors")),
+        load_file(str(m / "decoder" / "decoder.safetensors")),
+    )
     assert xe.keys() == tuned.keys() and any(not torch.equal(xe[k], tuned[k]) for k in xe)
-    steps = [json.loads(x)["step"] for x in (m / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"] for x in (m / "decoder" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2]
     xe_rows = (m / "decoder-xe" / "metrics.jsonl").read_text()
-    r = cli("caption", str(next((workspace / "audio").glob("test_*.wav"))), "-m", str(m), "--max-len", "6", "-q", env=env)
+    r = cli(
+        "caption",
+        str(next((workspace / "audio").glob("test_*.wav"))),
+        "-m",
+        str(m),
+        "--max-len",
+        "6",
+        "-q",
+        env=env,
+    )
     assert json.loads(r.stdout)["caption"]
     cli(*args, env=env)
     assert (m / "decoder-xe" / "metrics.jsonl").read_text() == xe_rows  # teacher forcing not rerun
     again = load_file(str(m / "decoder" / "decoder.safetensors"))
     assert all(torch.equal(again[k], tuned[k]) for k in tuned)
-    r = cli("bootstrap", str(manifest), "-m", str(tmp_path / "tb"), "--text-bridge", "--scst-steps", "2", "-q",
-            env=env, check=False)
+    r = cli(
+        "bootstrap",
+        str(manifest),
+        "-m",
+        str(tmp_path / "tb"),
+        "--text-bridge",
+        "--scst-steps",
+        "2",
+        "-q",
+        env=env,
+        check=False,
+    )
     assert r.returncode == 2 and "--scst-steps needs the label-grounded captioner" in r.stderr
-    r = cli("bootstrap", str(manifest), "-m", str(tmp_path / "e0"), "--epochs", "0", "--scst-steps", "2", "-q",
-            env=env, check=False)
+    r = cli(
+        "bootstrap",
+        str(manifest),
+        "-m",
+        str(tmp_path / "e0"),
+        "--epochs",
+        "0",
+        "--scst-steps",
+        "2",
+        "-q",
+        env=env,
+        check=False,
+    )
     assert r.returncode == 2 and "--epochs 0 builds none" in r.stderr

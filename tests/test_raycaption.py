@@ -1,5 +1,6 @@
 """The Ray actor's batch logic, without Ray: a failing batch is retried file by file, and a file
 that still fails becomes the same error record `audiocap caption` writes."""
+
 from __future__ import annotations
 
 import json
@@ -24,5 +25,9 @@ def test_failing_batch_is_retried_per_file_and_failures_are_error_records() -> N
     out = actor({"path": np.array(["a.wav", "bad.wav", "c.wav"], dtype=object)})
     assert list(out["failed"]) == [False, True, False]
     bad = CaptionRecord.from_json(json.loads(out["jsonl"][1]))
-    assert bad.failed and bad.error == "ValueError: cannot decode bad.wav" and bad.error_type == "ValueError"
+    assert (
+        bad.failed
+        and bad.error == "ValueError: cannot decode bad.wav"
+        and bad.error_type == "ValueError"
+    )
     assert '"caption": "A dog barks"' in out["jsonl"][0]

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from audiocap_cli.errors import MetricsError
-from audiocap_cli.records import CaptionRecord, Guide, RecordWriter, expand_inputs, match_predictions, read_predictions
+from audiocap_cli.records import (
+    CaptionRecord,
+    Guide,
+    RecordWriter,
+    expand_inputs,
+    match_predictions,
+    read_predictions,
+)
 
 
 def _touch(p: Path) -> str:
@@ -24,7 +31,9 @@ def test_expand_dirs_globs_stdin_and_missing(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.wav")
     nomatch = str(tmp_path / "zz*.ogg")
     stdin = io.StringIO(f"{c}\n\n{a}\n")
-    got = expand_inputs([str(tmp_path / "d"), str(tmp_path / "e" / "*.flac"), "-", missing, nomatch], stdin)
+    got = expand_inputs(
+        [str(tmp_path / "d"), str(tmp_path / "e" / "*.flac"), "-", missing, nomatch], stdin
+    )
     assert got == [a, b, c, missing, nomatch]  # sorted dir walk, no txt, deduplicated, order kept
 
 
@@ -33,7 +42,12 @@ def test_resume_drops_errors_and_partial_line(tmp_path: Path) -> None:
     with RecordWriter(str(out)) as w:
         w.write([{"path": "a.wav", "caption": "a dog barks"}])
         w.write([{"path": "b.wav", "error": "not audio"}])
-        w.write([{"path": "c.wav", "caption": "rain", "start": 0.0}, {"path": "c.wav", "caption": "wind", "start": 10.0}])
+        w.write(
+            [
+                {"path": "c.wav", "caption": "rain", "start": 0.0},
+                {"path": "c.wav", "caption": "wind", "start": 10.0},
+            ]
+        )
     with open(out, "a") as f:
         f.write('{"path": "d.wav", "capt')  # a kill mid-write
     w = RecordWriter(str(out), resume=True)
@@ -59,23 +73,49 @@ def test_csv_format_header_once(tmp_path: Path) -> None:
 
 
 def test_caption_record_json_line_format() -> None:
-    ok = CaptionRecord("a.wav", 0.0, 10.0, "a dog barks", [Guide("dogs bark", 0.25), Guide("a cat", None)],
-                       {"features": 0.1})
+    ok = CaptionRecord(
+        "a.wav",
+        0.0,
+        10.0,
+        "a dog barks",
+        [Guide("dogs bark", 0.25), Guide("a cat", None)],
+        {"features": 0.1},
+    )
     assert list(ok.to_json().items()) == [
-        ("path", "a.wav"), ("start", 0.0), ("end", 10.0), ("caption", "a dog barks"),
-        ("guidance", [{"caption": "dogs bark", "distance": 0.25}, {"caption": "a cat", "distance": None}]),
+        ("path", "a.wav"),
+        ("start", 0.0),
+        ("end", 10.0),
+        ("caption", "a dog barks"),
+        (
+            "guidance",
+            [{"caption": "dogs bark", "distance": 0.25}, {"caption": "a cat", "distance": None}],
+        ),
         ("seconds", {"features": 0.1}),
     ]
     assert CaptionRecord.from_json(json.loads(json.dumps(ok.to_json()))) == ok
     # a retrieved human caption printed instead of the decoder's says so, last; the decoder's says nothing
     got = dataclasses.replace(ok, retrieved=True).to_json()
-    assert list(got)[-1] == "retrieved" and got["retrieved"] is True and "retrieved" not in ok.to_json()
+    assert (
+        list(got)[-1] == "retrieved"
+        and got["retrieved"] is True
+        and "retrieved" not in ok.to_json()
+    )
     assert CaptionRecord.from_json(json.loads(json.dumps(got))).retrieved is True
     bad = CaptionRecord.failure("b.wav", "not audio", "InvalidAudioError")
-    assert bad.to_json() == {"path": "b.wav", "error": "not audio", "error_type": "InvalidAudioError"}
+    assert bad.to_json() == {
+        "path": "b.wav",
+        "error": "not audio",
+        "error_type": "InvalidAudioError",
+    }
     assert bad.failed and not ok.failed and CaptionRecord.from_json(bad.to_json()) == bad
-    assert CaptionRecord.from_json({"file_name": "c.wav", "caption": "x"}) == CaptionRecord("c.wav", caption="x")
-    for obj, why in (([1], "not a JSON object"), ({"caption": "x"}, 'no "path"'), ({"path": "a"}, 'no "caption"')):
+    assert CaptionRecord.from_json({"file_name": "c.wav", "caption": "x"}) == CaptionRecord(
+        "c.wav", caption="x"
+    )
+    for obj, why in (
+        ([1], "not a JSON object"),
+        ({"caption": "x"}, 'no "path"'),
+        ({"path": "a"}, 'no "caption"'),
+    ):
         with pytest.raises(ValueError, match=why):
             CaptionRecord.from_json(obj)
 
@@ -84,12 +124,25 @@ def test_per_clip_scores_one_writer(tmp_path: Path) -> None:
     from audiocap_cli.evaluate import write_per_clip
     from audiocap_cli.metrics import MetricsResult
 
-    rows = {"Ours": MetricsResult(corpus={}, per_clip={"a": {"bleu_1": 0.5, "spice": math.nan}}, unavailable={}, n=1)}
+    rows = {
+        "Ours": MetricsResult(
+            corpus={}, per_clip={"a": {"bleu_1": 0.5, "spice": math.nan}}, unavailable={}, n=1
+        )
+    }
     write_per_clip(tmp_path / "per_clip.jsonl", rows)
     text = (tmp_path / "per_clip.jsonl").read_text()
-    assert "NaN" not in text and json.loads(text) == {"system": "Ours", "clip": "a", "bleu_1": 0.5, "spice": None}
+    assert "NaN" not in text and json.loads(text) == {
+        "system": "Ours",
+        "clip": "a",
+        "bleu_1": 0.5,
+        "spice": None,
+    }
     write_per_clip(tmp_path / "only.jsonl", rows, keys=("bleu_1",))
-    assert json.loads((tmp_path / "only.jsonl").read_text()) == {"system": "Ours", "clip": "a", "bleu_1": 0.5}
+    assert json.loads((tmp_path / "only.jsonl").read_text()) == {
+        "system": "Ours",
+        "clip": "a",
+        "bleu_1": 0.5,
+    }
 
 
 # ---- prediction files and key matching --------------------------------------------------------
@@ -110,7 +163,9 @@ def test_read_jsonl_predictions(tmp_path: Path) -> None:
     assert preds.errors == {"/d/b.wav": "cannot decode"}
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"path": "a", "caption": "x"}\nnot json\n{"caption": "no path"}\n[1]\n{"path": "b"}\n')
+    bad.write_text(
+        '{"path": "a", "caption": "x"}\nnot json\n{"caption": "no path"}\n[1]\n{"path": "b"}\n'
+    )
     with pytest.raises(MetricsError, match=r"4 malformed line\(s\): line 2: not JSON; line 3: no \"path\"; "
                                            r"line 4: not a JSON object; line 5"):  # fmt: skip
         read_predictions(bad)
@@ -121,9 +176,9 @@ def test_read_jsonl_predictions(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "file_name,caption_predicted\nx.wav,a dog barks\ny.wav,\"water, running\"\n",  # DCASE / aac-metrics
-        "fname,caption\nx.wav,a dog barks\ny.wav,\"water, running\"\n",
-        "\ufeffpath,caption\r\nx.wav,a dog barks\r\ny.wav,\"water, running\"\r\n",  # BOM, CRLF
+        'file_name,caption_predicted\nx.wav,a dog barks\ny.wav,"water, running"\n',  # DCASE / aac-metrics
+        'fname,caption\nx.wav,a dog barks\ny.wav,"water, running"\n',
+        '\ufeffpath,caption\r\nx.wav,a dog barks\r\ny.wav,"water, running"\r\n',  # BOM, CRLF
     ],
 )
 def test_read_csv_predictions(tmp_path: Path, text: str) -> None:

@@ -1,4 +1,5 @@
 """Retriever: EmbedNet shapes/norms, triplet mining, a tiny training run, resume, load checks."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ from audiocap_cli.retriever import (
 # projection can do much better).
 T, D, CLASSES, SIG = 4, 64, 8, 8
 TINY = RetrieverConfig(
-    encoder="test", encoder_fingerprint="fp0", d_a=D, frames=T, d_proj=16, heads=2, ff_dim=32,
-    batch_size=64, dropout=0.1,
+    encoder="test",
+    encoder_fingerprint="fp0",
+    d_a=D,
+    frames=T,
+    d_proj=16,
+    heads=2,
+    ff_dim=32,
+    batch_size=64,
+    dropout=0.1,
 )
 
 
@@ -58,7 +66,10 @@ def test_embednet_shapes_and_unit_norm() -> None:
     assert isinstance(small.proj, torch.nn.Identity)
     # init: weight matrices N(0, 0.02), biases 0, LayerNorm 1/0
     w = net.layer.linear1.weight
-    assert abs(float(w.detach().std()) - 0.02) < 0.002 and float(net.layer.linear1.bias.detach().abs().max()) == 0.0
+    assert (
+        abs(float(w.detach().std()) - 0.02) < 0.002
+        and float(net.layer.linear1.bias.detach().abs().max()) == 0.0
+    )
     assert float(net.layer.norm1.weight.detach().min()) == 1.0
 
 
@@ -85,7 +96,9 @@ def test_triplet_loss_zero_when_separated_positive_when_collapsed() -> None:
     # Two tight, far-apart pairs: every negative is beyond D(a,p) + margin.
     emb = torch.tensor([[1.0, 0.0], [0.99, 0.141], [-1.0, 0.0], [-0.99, -0.141]])
     emb = emb / emb.norm(dim=1, keepdim=True)
-    similar = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    similar = torch.tensor(
+        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool
+    )
     loss, stats = triplet_loss(emb, similar, margin=0.3)
     assert float(loss) == 0.0 and stats.anchors == 4 and stats.active == 0.0
     collapsed = torch.ones(4, 2) / 2**0.5
@@ -119,7 +132,9 @@ def test_semi_hard_selection_hand_made() -> None:
 
 
 def test_triplet_loss_random_positive_follows_generator() -> None:
-    emb = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    emb = torch.nn.functional.normalize(
+        torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1
+    )
     similar = torch.ones(8, 8, dtype=torch.bool)
     similar[:, 6:] = similar[6:, :] = False
     similar[6:, 6:] = True
@@ -149,7 +164,9 @@ def test_tiny_training_beats_mean_pool_and_saves(tmp_path: Path) -> None:
     train, train_sim = _clips(160, 1)
     val, val_sim = _clips(64, 2)
     calls: list[int] = []
-    run = train_retriever(train, train_sim, val, val_sim, TINY, tmp_path / "run", epochs=30, progress=calls.append)
+    run = train_retriever(
+        train, train_sim, val, val_sim, TINY, tmp_path / "run", epochs=30, progress=calls.append
+    )
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == list(range(1, 31)) and calls == [1] * 30
     assert min(r["val_loss"] for r in rows[-5:]) < 0.6 * rows[0]["val_loss"]
@@ -159,7 +176,10 @@ def test_tiny_training_beats_mean_pool_and_saves(tmp_path: Path) -> None:
     p1_mean = precision_at_1(mean_pool(val), val_sim)
     assert p1_trained > 0.8 and p1_trained > p1_mean + 0.3
     assert load_config(RetrieverConfig, run / "retriever.json") == TINY
-    assert retriever_id(run).startswith("retriever:") and len(retriever_id(run)) == len("retriever:") + 16
+    assert (
+        retriever_id(run).startswith("retriever:")
+        and len(retriever_id(run)) == len("retriever:") + 16
+    )
     # best.safetensors is the best validation epoch's weights
     best = min(rows, key=lambda r: r["val_loss"])
     assert [r["epoch"] for r in rows if r["best"]][-1] == best["epoch"]
@@ -171,7 +191,9 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     keys = ("epoch", "train_loss", "val_loss", "val_p_at_1", "best")
     whole = train_retriever(train, train_sim, val, val_sim, TINY, tmp_path / "whole", epochs=4)
     part = tmp_path / "part"
-    train_retriever(train, train_sim, val, val_sim, TINY, part, epochs=2, keep_state=True)  # as if killed
+    train_retriever(
+        train, train_sim, val, val_sim, TINY, part, epochs=2, keep_state=True
+    )  # as if killed
     assert (part / "last.safetensors").is_file() and not (whole / "last.safetensors").exists()
     # A run killed after logging epoch 3 but before its checkpoint: the stray row is dropped.
     with open(part / "metrics.jsonl", "a") as f:
@@ -194,7 +216,9 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
 def test_resume_with_other_config_or_data_refused(tmp_path: Path) -> None:
     train, train_sim = _clips(32, 5)
     val, val_sim = _clips(16, 6)
-    run = train_retriever(train, train_sim, val, val_sim, TINY, tmp_path / "run", epochs=1, keep_state=True)
+    run = train_retriever(
+        train, train_sim, val, val_sim, TINY, tmp_path / "run", epochs=1, keep_state=True
+    )
     other = RetrieverConfig(**{**TINY.__dict__, "margin": 0.5})
     with pytest.raises(ConfigMismatchError, match="margin"):
         train_retriever(train, train_sim, val, val_sim, other, run, epochs=2)

@@ -1,5 +1,6 @@
 """scripts/setup.sh fails when an install fails (and filters only pip's harmless warnings):
 run against a fake ``.venv/bin/python`` whose pip fails on demand, so no network is needed."""
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,13 @@ def _setup(tmp_path: Path, fail: str = "") -> tuple[subprocess.CompletedProcess[
     py.chmod(0o755)
     log = tmp_path / "calls.log"
     env = {**os.environ, "FAKE_LOG": str(log), "FAKE_FAIL": fail or "-no-failure-"}
-    r = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     return r, log.read_text().splitlines() if log.is_file() else []
 
 

@@ -1,4 +1,5 @@
 """`caption --shard I/N` partitions and `audiocap merge` (no model needed)."""
+
 from __future__ import annotations
 
 import io
@@ -41,8 +42,17 @@ def _write(path: Path, rows: list[dict], tail: str = "") -> str:
 
 
 def test_merge_checks_duplicates_partial_and_missing(tmp_path: Path) -> None:
-    a = _write(tmp_path / "a.jsonl", [{"path": "x.wav", "start": 0.0, "caption": "c"}, {"path": "x.wav", "start": 10.0, "caption": "d"}])
-    b = _write(tmp_path / "b.jsonl", [{"path": "y.wav", "error": "not audio", "error_type": "UnsupportedAudioError"}])
+    a = _write(
+        tmp_path / "a.jsonl",
+        [
+            {"path": "x.wav", "start": 0.0, "caption": "c"},
+            {"path": "x.wav", "start": 10.0, "caption": "d"},
+        ],
+    )
+    b = _write(
+        tmp_path / "b.jsonl",
+        [{"path": "y.wav", "error": "not audio", "error_type": "UnsupportedAudioError"}],
+    )
     out = io.StringIO()
     rep = merge([a, b], out, expected=["x.wav", "y.wav"])
     assert rep.ok and rep.records == 3 and rep.files == 2 and rep.errors == 1
@@ -61,7 +71,12 @@ def test_merge_cli(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     a = _write(tmp_path / "s1.jsonl", [{"path": str(tmp_path / "x.wav"), "caption": "c"}])
     b = _write(tmp_path / "s2.jsonl", [{"path": str(tmp_path / "y.wav"), "caption": "d"}])
-    run = lambda *args: subprocess.run([sys.executable, "-m", "audiocap_cli", "merge", *args], capture_output=True, text=True)
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "audiocap_cli", "merge", *args], capture_output=True, text=True
+        )
+
     r = run(a, b, "--expect", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert [json.loads(line)["caption"] for line in r.stdout.splitlines()] == ["c", "d"]

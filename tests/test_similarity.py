@@ -4,6 +4,7 @@ persistence, clip level.
 Reference values come from the bert_score package itself (run on the same tiny random model
 or the shipped MiniLM). Tolerance 1e-5 on F1 (float32 sums; observed <= 3e-7).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,8 +20,10 @@ from audiocap_cli import similarity as S
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError, ModelNotFoundError
 
 TOL = 1e-5
-WORDS = ("a dog barks man speaks woman talks car passes engine idles birds chirp wind blows rain "
-         "falls loudly softly while and then water runs door slams people cheer").split()
+WORDS = (
+    "a dog barks man speaks woman talks car passes engine idles birds chirp wind blows rain "
+    "falls loudly softly while and then water runs door slams people cheer"
+).split()
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "captions"
 
 
@@ -30,11 +33,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     from transformers import BertConfig, BertModel, BertTokenizer
 
     d = tmp_path_factory.mktemp("tinybert")
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    (d / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n"
+    )
     BertTokenizer(vocab_file=str(d / "vocab.txt"), model_max_length=64).save_pretrained(d)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=5 + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(cfg).eval().save_pretrained(d)
     return str(d)
 
@@ -52,7 +63,9 @@ def _brute(cfg: S.SimilarityConfig, caps: list[str]) -> np.ndarray:
     return B.pairwise_bertscore([caps[i] for i in a], [caps[i] for i in b], cfg).reshape(n, n)
 
 
-def _bert_score_f1(model: str, layers: int, cands: list[str], refs: list, idf: bool = False) -> np.ndarray:
+def _bert_score_f1(
+    model: str, layers: int, cands: list[str], refs: list, idf: bool = False
+) -> np.ndarray:
     bert_score = pytest.importorskip("bert_score")
     return bert_score.score(cands, refs, model_type=model, num_layers=layers, idf=idf)[2].numpy()
 
@@ -80,8 +93,11 @@ def test_pairwise_matches_bert_score_package(tiny_model: str, idf: bool) -> None
 
 def test_pairwise_properties(tiny_model: str) -> None:
     cfg = S.SimilarityConfig(model=tiny_model, num_layers=2)
-    f = B.pairwise_bertscore(["a dog barks", "birds chirp", "", "a dog barks"],
-                             ["birds chirp", "a dog barks", "a dog", "a dog barks"], cfg)
+    f = B.pairwise_bertscore(
+        ["a dog barks", "birds chirp", "", "a dog barks"],
+        ["birds chirp", "a dog barks", "a dog", "a dog barks"],
+        cfg,
+    )
     assert abs(f[0] - f[1]) < 1e-6  # F1 is symmetric
     assert f[2] == 0.0  # empty caption scores 0, as bert_score
     assert abs(f[3] - 1.0) < 1e-5
@@ -108,7 +124,9 @@ def test_multi_ref_and_top_bertscore(tiny_model: str) -> None:
     cfg = S.SimilarityConfig(model=tiny_model, num_layers=2)
     corpus = _captions(40, seed=4, dup=3)
     queries = [tuple(_captions(3, seed=10 + q)) for q in range(5)]
-    full = np.stack([B.pairwise_bertscore([c] * len(corpus), corpus, cfg) for q in queries for c in q])
+    full = np.stack(
+        [B.pairwise_bertscore([c] * len(corpus), corpus, cfg) for q in queries for c in q]
+    )
     per_q = full.reshape(5, 3, -1).max(1)  # [Q, corpus]
     exclude = [[int(np.argmax(per_q[0]))], [], [], [], []]
     idx, sc = B.top_bertscore(queries, corpus, 4, cfg, exclude=exclude)
@@ -163,7 +181,9 @@ def test_labels_pruned_are_exact_subset(tiny_model: str) -> None:
     assert sum(progress) == 100
 
 
-def test_save_load_and_cache(tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_load_and_cache(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUDIOCAP_CACHE", str(tmp_path / "cache"))
     caps = _captions(40, seed=7, dup=2)
     cfg = S.SimilarityConfig(model=tiny_model, num_layers=2, threshold=0.6)
@@ -192,7 +212,9 @@ def test_save_load_and_cache(tiny_model: str, tmp_path: Path, monkeypatch: pytes
     assert calls == []  # reused
     S.cached_similarity_labels(caps + ["rain falls"], cfg, tmp_path / "lab")
     assert calls == [1]  # captions changed: recomputed
-    S.cached_similarity_labels(caps + ["rain falls"], dataclasses_replace(cfg, threshold=0.65), tmp_path / "lab")
+    S.cached_similarity_labels(
+        caps + ["rain falls"], dataclasses_replace(cfg, threshold=0.65), tmp_path / "lab"
+    )
     assert calls == [1, 1]  # config changed: recomputed
     assert S.SimilarityLabels.load(tmp_path / "lab").cfg.threshold == 0.65
 
@@ -225,8 +247,10 @@ def test_clip_similarity_rules(tiny_model: str) -> None:
     clips = [tuple(_captions(3, seed=20 + i)) for i in range(25)] + [tuple(_captions(3, seed=20))]
     flat = [c for cl in clips for c in cl]
     lab = S.similarity_labels(flat, cfg)
-    res = {r: S.clip_similarity(clips, dataclasses_replace(cfg, clip_rule=r), labels=lab)
-           for r in ("mean", "match", "max")}
+    res = {
+        r: S.clip_similarity(clips, dataclasses_replace(cfg, clip_rule=r), labels=lab)
+        for r in ("mean", "match", "max")
+    }
     for i in range(len(clips)):
         assert i not in res["max"][i]
         assert set(res["mean"][i]) <= set(res["match"][i]) | set(res["max"][i])
@@ -242,10 +266,20 @@ def test_clip_similarity_rules(tiny_model: str) -> None:
 
 @pytest.mark.slow
 def test_minilm_matches_bert_score_package() -> None:
-    cands = ["A dog barks loudly", "a man speaks", "Birds chirp while a car passes by",
-             "wind blows hard into a microphone", "An engine idles and revs up"]
-    refs = ["A dog is barking", "A woman talks over a crowd", "birds are singing and a vehicle passes",
-            "wind", "a car engine running"]
+    cands = [
+        "A dog barks loudly",
+        "a man speaks",
+        "Birds chirp while a car passes by",
+        "wind blows hard into a microphone",
+        "An engine idles and revs up",
+    ]
+    refs = [
+        "A dog is barking",
+        "A woman talks over a crowd",
+        "birds are singing and a vehicle passes",
+        "wind",
+        "a car engine running",
+    ]
     cfg = S.SimilarityConfig()
     ours = B.pairwise_bertscore(cands, refs, cfg)
     ref = _bert_score_f1(B._resolve_model("minilm"), 6, cands, refs)
@@ -255,7 +289,9 @@ def test_minilm_matches_bert_score_package() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED / "audiocaps_train.csv").is_file(), reason="../shared/data not present")
+@pytest.mark.skipif(
+    not (SHARED / "audiocaps_train.csv").is_file(), reason="../shared/data not present"
+)
 def test_real_captions_labels_recall() -> None:
     import csv
 

@@ -1,4 +1,5 @@
 """textembed: sentence-transformers-exact MiniLM embeddings, batching and the on-disk cache."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,14 @@ TEXTS = [
     "The sound of a car engine idling",
     "rain " * 300,  # longer than max_seq_length=256: truncated as sentence-transformers does
 ]
-REF_HEAD = np.array([
-    [0.042563, -0.032189, 0.051967, 0.099438, 0.017733, -0.007869, 0.042398, -0.104537],
-    [0.025554, 0.01441, -0.009955, -0.048563, -0.019976, -0.023101, 0.043447, -0.048373],
-    [-0.078196, -0.007349, -0.010207, 0.030228, -0.017802, 0.013353, 0.058844, -0.040886],
-    [-0.073228, -0.008901, 0.05755, -0.022872, 0.002582, -0.004956, 0.040562, -0.084939],
-])
+REF_HEAD = np.array(
+    [
+        [0.042563, -0.032189, 0.051967, 0.099438, 0.017733, -0.007869, 0.042398, -0.104537],
+        [0.025554, 0.01441, -0.009955, -0.048563, -0.019976, -0.023101, 0.043447, -0.048373],
+        [-0.078196, -0.007349, -0.010207, 0.030228, -0.017802, 0.013353, 0.058844, -0.040886],
+        [-0.073228, -0.008901, 0.05755, -0.022872, 0.002582, -0.004956, 0.040562, -0.084939],
+    ]
+)
 REF_COS_01, REF_COS_02, REF_COS_12 = 0.08520354, 0.2732606, 0.19003232
 
 
@@ -34,30 +37,81 @@ def _tiny_model(folder: Path, pooling: dict | None = None) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "dog", "barks", "cat", "meows", "loud", "rain"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "a",
+        "dog",
+        "barks",
+        "cat",
+        "meows",
+        "loud",
+        "rain",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     from tokenizers.processors import TemplateProcessing
 
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]")
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     BertModel(cfg).eval().save_pretrained(folder)
     fast.save_pretrained(folder)
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8}))
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
+            ]
+        )
+    )
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling or {
-        "word_embedding_dimension": 16, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
-    }))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            pooling
+            or {
+                "word_embedding_dimension": 16,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+            }
+        )
+    )
     return folder
 
 
@@ -68,8 +122,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SentenceEncoder:
 
 def _manual(enc: SentenceEncoder, text: str) -> np.ndarray:
     """One text alone, no padding: mean of the hidden states, normalised."""
-    ids = enc.tokenizer(text, truncation=True, max_length=enc.config.max_seq_length,
-                        return_tensors="pt")["input_ids"]
+    ids = enc.tokenizer(
+        text, truncation=True, max_length=enc.config.max_seq_length, return_tensors="pt"
+    )["input_ids"]
     with torch.no_grad():
         h = enc.model(input_ids=ids).last_hidden_state[0]
     v = h.mean(0)
@@ -90,21 +145,27 @@ def test_tiny_shapes_order_and_padding_invariance(tiny: SentenceEncoder) -> None
 def test_truncation_and_empty_inputs(tiny: SentenceEncoder) -> None:
     assert tiny.config.max_seq_length == 8
     long = " ".join(["dog"] * 50)
-    np.testing.assert_allclose(tiny.encode([long])[0], tiny.encode([" ".join(["dog"] * 6)])[0], atol=1e-5)
+    np.testing.assert_allclose(
+        tiny.encode([long])[0], tiny.encode([" ".join(["dog"] * 6)])[0], atol=1e-5
+    )
     assert tiny.encode([]).shape == (0, 16)
     progress: list[int] = []
     tiny.encode(["a", "dog", "cat"], batch_size=2, progress=progress.append)
     assert sum(progress) == 3
 
 
-def test_cache_round_trip_and_key(tiny: SentenceEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_round_trip_and_key(
+    tiny: SentenceEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUDIOCAP_CACHE", str(tmp_path))
     texts = ["a dog barks", "a cat meows"]
     first = encode_cached(tiny, texts)
     files = list((tmp_path / "text_vectors").glob("*.npy"))
     assert len(files) == 1 and files[0].name.startswith(tiny.fingerprint)
     calls: list[int] = []
-    monkeypatch.setattr(tiny, "encode", lambda *a, **k: calls.append(1) or np.zeros((2, 16), np.float32))
+    monkeypatch.setattr(
+        tiny, "encode", lambda *a, **k: calls.append(1) or np.zeros((2, 16), np.float32)
+    )
     np.testing.assert_array_equal(encode_cached(tiny, texts), first)  # served from disk
     assert not calls
     encode_cached(tiny, texts[::-1])  # another list is another key
@@ -114,7 +175,10 @@ def test_cache_round_trip_and_key(tiny: SentenceEncoder, tmp_path: Path, monkeyp
 def test_bad_model_and_pooling(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
         SentenceEncoder(str(tmp_path / "nowhere"))
-    folder = _tiny_model(tmp_path / "cls", pooling={"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    folder = _tiny_model(
+        tmp_path / "cls",
+        pooling={"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
+    )
     with pytest.raises(ConfigMismatchError, match="pooling"):
         SentenceEncoder(str(folder))
 
@@ -139,4 +203,6 @@ def test_shipped_minilm_matches_sentence_transformers() -> None:
     out = enc.encode(TEXTS, batch_size=2)
     np.testing.assert_allclose(out[:, :8], REF_HEAD, atol=2e-5)
     cos = out @ out.T
-    np.testing.assert_allclose([cos[0, 1], cos[0, 2], cos[1, 2]], [REF_COS_01, REF_COS_02, REF_COS_12], atol=2e-5)
+    np.testing.assert_allclose(
+        [cos[0, 1], cos[0, 2], cos[1, 2]], [REF_COS_01, REF_COS_02, REF_COS_12], atol=2e-5
+    )

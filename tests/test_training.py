@@ -1,5 +1,6 @@
 """RunDir: the resumable state is safetensors + JSON (no pickle), so no file a run reads can
 run code; a finished run drops its state unless asked to keep it."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,16 @@ def test_state_round_trip_keeps_types(tmp_path: Path) -> None:
     opt.step()
     rng = np.random.default_rng(7)
     rng.random(3)
-    state = RunState(epoch=3, best_metric=math.inf, best_epoch=-1,
-                     extra={"np_rng": rng.bit_generator.state, "gen": torch.Generator().get_state(), "data": [[1, 2], 3]})
+    state = RunState(
+        epoch=3,
+        best_metric=math.inf,
+        best_epoch=-1,
+        extra={
+            "np_rng": rng.bit_generator.state,
+            "gen": torch.Generator().get_state(),
+            "data": [[1, 2], 3],
+        },
+    )
     run = RunDir(tmp_path)
     run.save(net.state_dict(), {"adam": opt.state_dict()}, state)
     weights, optim, back = run.resume()

@@ -1,4 +1,5 @@
 """zeroshot: caption/audio vectors in a shared space, dedupe and consensus re-ranking."""
+
 from __future__ import annotations
 
 import collections
@@ -34,10 +35,18 @@ def _ref_consensus(group: list[str]) -> list[float]:
     bags = []
     for t in group:
         w = re.findall(r"[a-z0-9']+", t.lower())
-        bags.append([collections.Counter(tuple(w[i:i + k]) for i in range(len(w) - k + 1)) for k in range(1, 5)])
+        bags.append(
+            [
+                collections.Counter(tuple(w[i : i + k]) for i in range(len(w) - k + 1))
+                for k in range(1, 5)
+            ]
+        )
 
     def vec(i: int, k: int) -> dict:
-        return {g: c * (math.log((n + 1) / (sum(g in b[k] for b in bags) + 1)) + 1) for g, c in bags[i][k].items()}
+        return {
+            g: c * (math.log((n + 1) / (sum(g in b[k] for b in bags) + 1)) + 1)
+            for g, c in bags[i][k].items()
+        }
 
     out = []
     for i in range(n):
@@ -47,7 +56,10 @@ def _ref_consensus(group: list[str]) -> list[float]:
                 continue
             for k in range(4):
                 vi, vj = vec(i, k), vec(j, k)
-                ni, nj = math.sqrt(sum(x * x for x in vi.values())), math.sqrt(sum(x * x for x in vj.values()))
+                ni, nj = (
+                    math.sqrt(sum(x * x for x in vi.values())),
+                    math.sqrt(sum(x * x for x in vj.values())),
+                )
                 if ni and nj:
                     s += sum(x * vj.get(g, 0.0) for g, x in vi.items()) / ni / nj
         out.append(s / (n - 1) / 4 if n > 1 else 0.0)
@@ -56,7 +68,13 @@ def _ref_consensus(group: list[str]) -> list[float]:
 
 def test_consensus_scores_match_bruteforce() -> None:
     groups = [
-        ["a dog barks", "a dog is barking loudly", "a car passes by", "A dog barks and a man speaks", "a dog barks"],
+        [
+            "a dog barks",
+            "a dog is barking loudly",
+            "a car passes by",
+            "A dog barks and a man speaks",
+            "a dog barks",
+        ],
         ["rain falls", "heavy rain falls on a roof", "wind blows"],
         ["only one"],
         [],
@@ -68,7 +86,10 @@ def test_consensus_scores_match_bruteforce() -> None:
 
 
 def test_consensus_rerank_picks_the_agreeing_caption() -> None:
-    groups = [["a car passes by", "a dog barks loudly", "a dog barks", "dogs bark and a dog growls"], ["x"]]
+    groups = [
+        ["a car passes by", "a dog barks loudly", "a dog barks", "dogs bark and a dog growls"],
+        ["x"],
+    ]
     assert zs.consensus_rerank(groups) == [["a dog barks"], ["x"]]
     top2 = zs.consensus_rerank(groups, top=2)
     assert top2[0][0] == "a dog barks" and len(top2[0]) == 2 and top2[1] == ["x"]
@@ -93,7 +114,9 @@ def test_consensus_with_corpus_idf() -> None:
 
 
 def test_dedupe_captions() -> None:
-    texts, counts, inv = zs.dedupe_captions(["A dog barks.", "a dog  barks", " Rain falls ", "a dog barks!"])
+    texts, counts, inv = zs.dedupe_captions(
+        ["A dog barks.", "a dog  barks", " Rain falls ", "a dog barks!"]
+    )
     assert texts == ["A dog barks.", "Rain falls"]
     assert counts.tolist() == [3, 1] and inv.tolist() == [0, 0, 1, 0]
     t, c, i = zs.dedupe_captions([])
@@ -111,8 +134,9 @@ def test_class_names_and_mask() -> None:
 
 
 @pytest.mark.parametrize("variant,dim", [("profile", C), ("sentence", E), ("hybrid", C + E)])
-def test_vectors_shapes_norms_and_matching(variant: str, dim: int, fake_classes: np.ndarray,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vectors_shapes_norms_and_matching(
+    variant: str, dim: int, fake_classes: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(zs, "_text_dim", lambda model: E)
     cfg = zs.ZeroShotConfig(variant=variant, top_k=3)
     assert cfg.dim == dim
@@ -131,7 +155,9 @@ def test_vectors_shapes_norms_and_matching(variant: str, dim: int, fake_classes:
     np.testing.assert_allclose(zs.audio_vectors(scores.mean(1), cfg), aud, atol=1e-6)
 
 
-def test_generic_classes_are_ignored(fake_classes: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generic_classes_are_ignored(
+    fake_classes: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(zs, "_text_dim", lambda model: E)
     cfg = zs.ZeroShotConfig(variant="sentence", top_k=1)
     names = zs.class_names()
@@ -143,7 +169,9 @@ def test_generic_classes_are_ignored(fake_classes: np.ndarray, monkeypatch: pyte
     assert prof[0, room] == 0.0 and abs(prof.sum() - 1) < 1e-5
 
 
-def test_hybrid_inner_product_is_weighted_cosines(fake_classes: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hybrid_inner_product_is_weighted_cosines(
+    fake_classes: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(zs, "_text_dim", lambda model: E)
     rng = np.random.default_rng(1)
     sent = rng.normal(size=(4, E)).astype(np.float32)
@@ -152,8 +180,10 @@ def test_hybrid_inner_product_is_weighted_cosines(fake_classes: np.ndarray, monk
     h = zs.ZeroShotConfig(variant="hybrid", alpha=0.3)
     p, s = replace(h, variant="profile"), replace(h, variant="sentence")
     got = zs.audio_vectors(scores, h) @ zs.caption_vectors_from_embeddings(sent, h).T
-    want = 0.3 * zs.audio_vectors(scores, p) @ zs.caption_vectors_from_embeddings(sent, p).T + \
-        0.7 * zs.audio_vectors(scores, s) @ zs.caption_vectors_from_embeddings(sent, s).T
+    want = (
+        0.3 * zs.audio_vectors(scores, p) @ zs.caption_vectors_from_embeddings(sent, p).T
+        + 0.7 * zs.audio_vectors(scores, s) @ zs.caption_vectors_from_embeddings(sent, s).T
+    )
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -173,18 +203,27 @@ def test_config_validation_and_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_shipped_text_side_puts_captions_near_their_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_text_side_puts_captions_near_their_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUDIOCAP_CACHE", str(tmp_path))
     cfg = zs.ZeroShotConfig()
     names = zs.class_names()
     k = zs.class_name_vectors(cfg)
     assert k.shape == (C, E)
-    prof = zs.caption_profiles(zs._encoder("minilm").encode(["A dog barks repeatedly", "Rain falls on a tin roof"]), cfg)
+    prof = zs.caption_profiles(
+        zs._encoder("minilm").encode(["A dog barks repeatedly", "Rain falls on a tin roof"]), cfg
+    )
     top = [{names[i] for i in np.argsort(-p)[:5]} for p in prof]
     assert top[0] & {"Bark", "Dog", "Bow-wow", "Canidae, dogs, wolves", "Yip"}
     assert top[1] & {"Rain", "Rain on surface", "Raindrop"}
     # a clip scoring "Bark" retrieves the dog caption from a tiny corpus
-    corpus = ["A dog barks repeatedly", "Rain falls on a tin roof", "A man speaks", "An engine idles"]
+    corpus = [
+        "A dog barks repeatedly",
+        "Rain falls on a tin roof",
+        "A man speaks",
+        "An engine idles",
+    ]
     texts, counts, caps = zs.corpus_vectors(corpus + ["a dog barks repeatedly."], cfg)
     assert texts == corpus and counts.tolist() == [2, 1, 1, 1] and caps.shape == (4, E)
     s = np.zeros((1, C), np.float32)
@@ -202,7 +241,12 @@ _CIDER_REFS = [
     ["a man speaks", "a man is speaking and a dog barks", "a man talks"],
     ["a car engine revs", "an engine revving", "a car passes by"],
 ]
-_CIDER_HYPS = ["a dog barks and a dog barks", "rain falls", "a man speaks while a dog is barking loudly", "a bus"]
+_CIDER_HYPS = [
+    "a dog barks and a dog barks",
+    "rain falls",
+    "a man speaks while a dog is barking loudly",
+    "a bus",
+]
 
 
 def test_ciderd_agreement_is_pycocoevalcaps_ciderd() -> None:
@@ -240,10 +284,14 @@ def test_ciderd_consensus_is_each_captions_agreement_with_the_rest() -> None:
             others = [c for j, c in enumerate(pool) if j != i]
             wo = np.delete(w, i)
             want = zs.ciderd_agreement([cap], others, wo, idf)[0]
-            want += rw * np.average(unigram_fmean([zs.words(cap)], [zs.words(c) for c in others])[0], weights=wo)
+            want += rw * np.average(
+                unigram_fmean([zs.words(cap)], [zs.words(c) for c in others])[0], weights=wo
+            )
             assert got[0][i] == pytest.approx(want, rel=1e-12, abs=1e-12)
-        assert got[1][0] == pytest.approx(zs.ciderd_agreement(pool[:1], pool[1:2], [1.0], idf)[0]
-                                          + rw * unigram_fmean([zs.words(pool[0])], [zs.words(pool[1])])[0, 0])
+        assert got[1][0] == pytest.approx(
+            zs.ciderd_agreement(pool[:1], pool[1:2], [1.0], idf)[0]
+            + rw * unigram_fmean([zs.words(pool[0])], [zs.words(pool[1])])[0, 0]
+        )
         assert len(got[2]) == 0
 
 
@@ -255,7 +303,9 @@ def test_ciderd_agreement_weights_and_edge_cases() -> None:
     both = zs.ciderd_agreement(["a dog barks", "rain falls"], refs, [3.0, 1.0], idf)
     other = zs.ciderd_agreement(["a dog barks", "rain falls"], refs[1:], [1.0], idf)
     np.testing.assert_allclose(both, 0.75 * one + 0.25 * other)
-    np.testing.assert_allclose(zs.ciderd_agreement(["a dog barks"], [refs[0], refs[0]], [1.0, 2.0], idf), one[:1])
+    np.testing.assert_allclose(
+        zs.ciderd_agreement(["a dog barks"], [refs[0], refs[0]], [1.0, 2.0], idf), one[:1]
+    )
     assert one[0] > one[1] and other[1] > other[0]
     # clipping: saying "dog barks" twice gains nothing over saying it once; the length penalty
     # then makes the repeat lose

@@ -10,6 +10,7 @@ the 108 tuxpaint .ogg files peak above 1.0, up to 1.34) and so does polyphase re
 clipping would add distortion the encoders never saw in training, whereas a log-mel front end
 is indifferent to a slight overshoot. Only non-finite samples are rejected.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,25 @@ SAMPLE_RATE = 16000
 # CAF, AU/SND, and a few legacy ones. Used to find audio files in directories; decoding itself
 # trusts the file's content, not its name.
 AUDIO_EXTENSIONS: tuple[str, ...] = (
-    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2", ".mp1",
-    ".aiff", ".aif", ".aifc", ".caf", ".au", ".snd", ".w64", ".rf64", ".voc", ".sd2",
+    ".wav",
+    ".wave",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".mp2",
+    ".mp1",
+    ".aiff",
+    ".aif",
+    ".aifc",
+    ".caf",
+    ".au",
+    ".snd",
+    ".w64",
+    ".rf64",
+    ".voc",
+    ".sd2",
 )
 
 # MP3 headers declare a length (Xing/LAME tag or a bitrate estimate) that differs from what
@@ -175,7 +193,12 @@ class _Decoder:
                 detail = "file is empty (0 bytes)"
             raise UnsupportedAudioError(p, f"not a readable audio file ({detail})") from e
         snd = self._snd
-        self.rate, self.channels, self.declared, self.format = snd.samplerate, snd.channels, snd.frames, snd.format
+        self.rate, self.channels, self.declared, self.format = (
+            snd.samplerate,
+            snd.channels,
+            snd.frames,
+            snd.format,
+        )
         self.read = 0  # frames decoded so far
         self.eof = False  # True once every frame the header declares was asked for
         if self.rate <= 0 or self.channels <= 0:
@@ -206,7 +229,9 @@ class _Decoder:
                 data = self._snd.read(want, dtype="float32", always_2d=True)  # [n, C]
             except Exception as e:  # LibsndfileError mid-stream (truncated FLAC...), MemoryError...
                 detail = getattr(e, "error_string", "") or str(e) or type(e).__name__
-                raise InvalidAudioError(self.path, f"decoding failed partway: truncated or corrupt data ({detail})") from e
+                raise InvalidAudioError(
+                    self.path, f"decoding failed partway: truncated or corrupt data ({detail})"
+                ) from e
             got = data.shape[0]
             short = got < want  # decoded less than declared: the real end
             if got:
@@ -215,7 +240,9 @@ class _Decoder:
                 if not np.isfinite(wave).all():
                     bad = int((~np.isfinite(wave)).sum())
                     where = f" in the block at {self.read / self.rate:.1f} s" if self.read else ""
-                    raise InvalidAudioError(self.path, f"contains {bad} NaN or infinite sample(s){where}")
+                    raise InvalidAudioError(
+                        self.path, f"contains {bad} NaN or infinite sample(s){where}"
+                    )
                 self.read += got
                 yield wave
         self.eof = short or end == self.declared
@@ -228,11 +255,17 @@ class _Decoder:
         if self.format == "WAV":
             cut = _wav_truncation(self._file.fileno())
             if cut is not None:
-                raise InvalidAudioError(p, f"truncated: header declares {cut[0]} bytes of samples, file holds {cut[1]}")
+                raise InvalidAudioError(
+                    p, f"truncated: header declares {cut[0]} bytes of samples, file holds {cut[1]}"
+                )
         elif full and self.format in ("MPEG", "MP3"):
             short = declared - read
-            if short > max(_LOSSY_SHORTFALL_FRACTION * declared, _LOSSY_SHORTFALL_SECONDS * self.rate):
-                raise InvalidAudioError(p, f"truncated: header declares {declared} frames, only {read} decode")
+            if short > max(
+                _LOSSY_SHORTFALL_FRACTION * declared, _LOSSY_SHORTFALL_SECONDS * self.rate
+            ):
+                raise InvalidAudioError(
+                    p, f"truncated: header declares {declared} frames, only {read} decode"
+                )
 
 
 def _check_rate(p: Path, sample_rate: int) -> None:
@@ -261,7 +294,9 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(resample(wave, dec.rate, sample_rate), dtype=np.float32)
 
 
-def resample_stream(blocks: Iterable[np.ndarray], orig_rate: int, new_rate: int) -> Iterator[np.ndarray]:
+def resample_stream(
+    blocks: Iterable[np.ndarray], orig_rate: int, new_rate: int
+) -> Iterator[np.ndarray]:
     """:func:`resample` of consecutive blocks, streamed: yields consecutive pieces whose
     concatenation is bit-identical to ``resample(np.concatenate(blocks), ...)``, holding only
     a block plus the filter's reach (10 x max(up, down) / up source samples each side).
@@ -283,7 +318,9 @@ def resample_stream(blocks: Iterable[np.ndarray], orig_rate: int, new_rate: int)
         nonlocal buf, buf0, done
         first = max(0, -((half - done * down) // up))  # ceil((done*down - half) / up)
         s0 = first // down * down
-        out = resample(buf[s0 - buf0 :], orig_rate, new_rate)[done - s0 // down * up : stop - s0 // down * up]
+        out = resample(buf[s0 - buf0 :], orig_rate, new_rate)[
+            done - s0 // down * up : stop - s0 // down * up
+        ]
         done = stop
         nxt = max(0, -((half - done * down) // up)) // down * down
         buf, buf0 = buf[nxt - buf0 :], nxt
@@ -329,8 +366,12 @@ class ClipPolicy:
         if not (math.isfinite(self.seconds) and self.seconds > 0):
             problems.append(f"clip seconds must be > 0, got {self.seconds}")
         if self.long_audio not in _LONG_AUDIO:
-            problems.append(f"long_audio must be one of {', '.join(_LONG_AUDIO)}, got {self.long_audio!r}")
-        if self.hop_seconds is not None and not (math.isfinite(self.hop_seconds) and self.hop_seconds > 0):
+            problems.append(
+                f"long_audio must be one of {', '.join(_LONG_AUDIO)}, got {self.long_audio!r}"
+            )
+        if self.hop_seconds is not None and not (
+            math.isfinite(self.hop_seconds) and self.hop_seconds > 0
+        ):
             problems.append(f"hop seconds must be > 0, got {self.hop_seconds}")
         if not (math.isfinite(self.min_tail_seconds) and self.min_tail_seconds >= 0):
             problems.append(f"min tail seconds must be >= 0, got {self.min_tail_seconds}")
@@ -342,7 +383,9 @@ class ClipPolicy:
         return self.seconds if self.hop_seconds is None else self.hop_seconds
 
 
-def window_starts(num_samples: int, policy: ClipPolicy, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def window_starts(
+    num_samples: int, policy: ClipPolicy, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """Start sample of every window ``segments`` yields for a wave of ``num_samples``: int64 [W]."""
     n = round(policy.seconds * sample_rate)
     if policy.long_audio == "crop" or num_samples <= n:
@@ -404,9 +447,19 @@ class SegmentStream:
     past the window (a cut FLAC or MP3) goes unseen; a WAV's header is still checked.
     """
 
-    def __init__(self, path: str | Path, policy: ClipPolicy, sample_rate: int = SAMPLE_RATE,
-                 block: int = BLOCK_FRAMES) -> None:
-        self.path, self.policy, self.sample_rate, self.block = Path(path), policy, sample_rate, block
+    def __init__(
+        self,
+        path: str | Path,
+        policy: ClipPolicy,
+        sample_rate: int = SAMPLE_RATE,
+        block: int = BLOCK_FRAMES,
+    ) -> None:
+        self.path, self.policy, self.sample_rate, self.block = (
+            Path(path),
+            policy,
+            sample_rate,
+            block,
+        )
         self.starts: tuple[float, ...] = ()
         self.ends: tuple[float, ...] = ()
         self.duration = 0.0
@@ -434,8 +487,10 @@ class SegmentStream:
                 buf = np.concatenate((buf, piece))  # samples [buf0, total)
                 # Window k is certain once it is full and (k > 0) adds min_new samples beyond
                 # what window k-1 covered: a later end can only keep it (see window_starts).
-                while k != last and (start := k * hop) + n <= total and (
-                    k == 0 or total - max(start, start - hop + n) >= min_new
+                while (
+                    k != last
+                    and (start := k * hop) + n <= total
+                    and (k == 0 or total - max(start, start - hop + n) >= min_new)
                 ):
                     yield buf[start - buf0 : start - buf0 + n].copy()
                     k += 1

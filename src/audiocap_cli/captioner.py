@@ -5,6 +5,7 @@ clips' captions -> guided decoder -> one record per window.
 a writer, batching files through the encoder, the index and the decoder, and turning each file
 that fails into an error record instead of stopping the run.
 """
+
 from __future__ import annotations
 
 import time
@@ -79,13 +80,20 @@ class _Window:
     start: float
     end: float
     frames: np.ndarray  # [T, D]
-    scores: np.ndarray | None  # [T, C], or [1, C] pooled over the audible frames (Captioner.window_scores)
+    scores: (
+        np.ndarray | None
+    )  # [T, C], or [1, C] pooled over the audible frames (Captioner.window_scores)
 
 
 class Captioner:
     """Everything ``caption`` needs from a model directory, loaded once."""
 
-    def __init__(self, model_dir: str | Path, opts: CaptionOptions = CaptionOptions(), cache: FeatureCache | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        opts: CaptionOptions = CaptionOptions(),
+        cache: FeatureCache | None = None,
+    ) -> None:
         from .encoders import load_encoder
 
         self.md = ModelDir(model_dir)
@@ -164,7 +172,12 @@ class Captioner:
 
     # -- one batch of files ------------------------------------------------------------------
 
-    def retrieve(self, frames: np.ndarray, scores: np.ndarray | None, exclude_ids: Sequence[str | None] | None = None) -> list[list[Hit]]:
+    def retrieve(
+        self,
+        frames: np.ndarray,
+        scores: np.ndarray | None,
+        exclude_ids: Sequence[str | None] | None = None,
+    ) -> list[list[Hit]]:
         """Nearest index entries of windows ``frames [W, T, D]`` (class ``scores [W, T, C]``)."""
         vectors = np.asarray(self._embed(frames, scores), dtype=np.float32)
         pool = self.zcfg.rerank_pool if self.zcfg is not None and self.zcfg.rerank_pool else self.k
@@ -176,7 +189,9 @@ class Captioner:
         """K guidance captions per window (see :meth:`retrieval_of`)."""
         return self.retrieval_of(hits)[0]
 
-    def retrieval_of(self, hits: list[list[Hit]]) -> tuple[list[list[str]], list[tuple[list[str], list[float]]]]:
+    def retrieval_of(
+        self, hits: list[list[Hit]]
+    ) -> tuple[list[list[str]], list[tuple[list[str], list[float]]]]:
         """(K guidance captions, evidence) per window. Guidance: the K nearest clips' captions,
         or for the label and zero-shot indexes the K most typical of the retrieved pool
         (consensus re-ranking). Evidence, what ``select="consensus"`` weighs hypotheses
@@ -199,28 +214,51 @@ class Captioner:
             return {c: h.distance for h in reversed(row) for c in h.captions[:per]}
         return {h.captions[0]: h.distance for h in row}
 
-    def generate(self, guid: list[list[str]], frames: np.ndarray, scores: np.ndarray | None,
-                 evidence: list[tuple[list[str], list[float]]] | None = None) -> list[str]:
+    def generate(
+        self,
+        guid: list[list[str]],
+        frames: np.ndarray,
+        scores: np.ndarray | None,
+        evidence: list[tuple[list[str], list[float]]] | None = None,
+    ) -> list[str]:
         """Captions of windows from their guidance (``evidence``: see :meth:`retrieval_of`);
         without a decoder, the first guidance caption."""
         return [d.text for d in self.decode_windows(guid, frames, scores, evidence)]
 
-    def decode_windows(self, guid: list[list[str]], frames: np.ndarray, scores: np.ndarray | None,
-                       evidence: list[tuple[list[str], list[float]]] | None = None) -> list[Any]:
+    def decode_windows(
+        self,
+        guid: list[list[str]],
+        frames: np.ndarray,
+        scores: np.ndarray | None,
+        evidence: list[tuple[list[str], list[float]]] | None = None,
+    ) -> list[Any]:
         """:meth:`generate`'s captions as ``decoding.Decoded``, ``retrieved`` where the caption
         is a retrieved one (the pool's own, or the first guidance caption without a decoder)."""
         from .decoding import Decoded, DecodingOptions, decode
 
         if self.decoder is None:
-            return [Decoded(g[0] if g else "", float("nan"), float("nan"), (), retrieved=bool(g)) for g in guid]
+            return [
+                Decoded(g[0] if g else "", float("nan"), float("nan"), (), retrieved=bool(g))
+                for g in guid
+            ]
         audio = self.decoder_audio(frames, scores)
-        opts = DecodingOptions(beam_size=self.opts.beam_size, max_len=self.opts.max_len,
-                               no_repeat_ngram=self.opts.no_repeat_ngram, select=self.opts.select,
-                               min_len=self.opts.min_len, recall_weight=self.opts.recall_weight,
-                               repeat_penalty=self.opts.repeat_penalty, agreement=self.opts.agreement,
-                               pool_margin=self.opts.pool_margin if self.labels is not None else None)
+        opts = DecodingOptions(
+            beam_size=self.opts.beam_size,
+            max_len=self.opts.max_len,
+            no_repeat_ngram=self.opts.no_repeat_ngram,
+            select=self.opts.select,
+            min_len=self.opts.min_len,
+            recall_weight=self.opts.recall_weight,
+            repeat_penalty=self.opts.repeat_penalty,
+            agreement=self.opts.agreement,
+            pool_margin=self.opts.pool_margin if self.labels is not None else None,
+        )
         # CIDEr-D's idf: of every caption the index holds (about 1 s, once, for 50k captions)
-        idf = self.index.ngram_idf() if opts.select != "score" and opts.agreement == "ciderd" else None
+        idf = (
+            self.index.ngram_idf()
+            if opts.select != "score" and opts.agreement == "ciderd"
+            else None
+        )
         return decode(self.decoder, guid, audio, opts, evidence=evidence, idf=idf)
 
     def decoder_audio(self, frames: np.ndarray, scores: np.ndarray | None) -> Any:
@@ -237,18 +275,24 @@ class Captioner:
             from .labelspace import pool_scores  # the clip's pooled class scores, one frame
 
             vec = np.clip(pool_scores(scores, self.labels.cfg), 0.0, 1.0)[:, None, :]
-            return torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)).to(self.opts.device)
+            return torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)).to(
+                self.opts.device
+            )
         if self.zcfg is not None and scores is not None:
             from .zeroshot import audio_vectors
 
             vec = audio_vectors(scores, self.zcfg).astype(np.float32)[:, None, :]
             return torch.from_numpy(vec).to(self.opts.device)
-        raise AudiocapError(f"decoder expects {cfg.d_a}-dim audio frames, the encoder gives {frames.shape[-1]}")
+        raise AudiocapError(
+            f"decoder expects {cfg.d_a}-dim audio frames, the encoder gives {frames.shape[-1]}"
+        )
 
     def caption_batch(self, paths: Sequence[str]) -> list[list[dict[str, Any]]]:
         """Records of each path: one per window, or one error record."""
         t0 = time.perf_counter()
-        feats = self.cache.get_many(list(paths), self.encoder, self.policy, batch_size=self.opts.batch_size)
+        feats = self.cache.get_many(
+            list(paths), self.encoder, self.policy, batch_size=self.opts.batch_size
+        )
         t_feat = time.perf_counter() - t0
         windows: list[_Window] = []
         owner: list[int] = []
@@ -259,7 +303,9 @@ class Captioner:
                 continue
             assert isinstance(f, ClipFeatures)
             for w in range(len(f.starts)):
-                windows.append(_Window(path, f.starts[w], f.ends[w], f.frames[w], self.window_scores(f, w)))
+                windows.append(
+                    _Window(path, f.starts[w], f.ends[w], f.frames[w], self.window_scores(f, w))
+                )
                 owner.append(i)
         if not windows:
             return out
@@ -272,7 +318,9 @@ class Captioner:
         for c in range(0, len(windows), _WINDOW_CHUNK):
             part = windows[c : c + _WINDOW_CHUNK]
             frames = np.stack([w.frames for w in part])
-            scores = None if any(w.scores is None for w in part) else np.stack([w.scores for w in part])  # type: ignore[misc]
+            scores = (
+                None if any(w.scores is None for w in part) else np.stack([w.scores for w in part])
+            )  # type: ignore[misc]
             t1 = time.perf_counter()
             hits += (h := self.retrieve(frames, scores))
             g, ev = self.retrieval_of(h)
@@ -284,12 +332,17 @@ class Captioner:
         n = len(windows)
         for w, row, g, cap, i in zip(windows, hits, guid, captions, owner):
             dist = self.distances(row)
-            out[i].append(CaptionRecord(
-                w.path, round(w.start, 3), round(w.end, 3), cap.text,
-                guidance=[Guide(c, round(dist[c], 6) if c in dist else None) for c in g],
-                seconds={k: round(v / n, 4) for k, v in per.items()},
-                retrieved=True if cap.retrieved else None,
-            ).to_json())
+            out[i].append(
+                CaptionRecord(
+                    w.path,
+                    round(w.start, 3),
+                    round(w.end, 3),
+                    cap.text,
+                    guidance=[Guide(c, round(dist[c], 6) if c in dist else None) for c in g],
+                    seconds={k: round(v / n, 4) for k, v in per.items()},
+                    retrieved=True if cap.retrieved else None,
+                ).to_json()
+            )
         return out
 
 
@@ -305,11 +358,15 @@ def caption_files(
     the batch in flight and never half a file."""
     todo = pending(paths, writer, advance)
     bs = max(1, captioner.opts.batch_size)
-    stream = (recs for s in range(0, len(todo), bs) for recs in captioner.caption_batch(todo[s : s + bs]))
+    stream = (
+        recs for s in range(0, len(todo), bs) for recs in captioner.caption_batch(todo[s : s + bs])
+    )
     return write_records(stream, writer, advance, on_error)
 
 
-def pending(paths: Sequence[str], writer: RecordWriter, advance: Callable[[int], None] | None = None) -> list[str]:
+def pending(
+    paths: Sequence[str], writer: RecordWriter, advance: Callable[[int], None] | None = None
+) -> list[str]:
     """The paths not yet in ``writer.done`` (a resumed output); the others count as progress."""
     todo = [p for p in paths if p not in writer.done]
     if advance is not None and len(todo) < len(paths):

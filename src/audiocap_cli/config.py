@@ -4,6 +4,7 @@ Each stage keeps its own frozen dataclass next to the code that uses it (as whis
 ``DecodingOptions`` in ``decoding.py``); this module only turns them into JSON beside every
 artefact and checks them on load.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,9 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 def fingerprint(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
     """A short stable hash of a config, for cache keys and artefact names (``exclude``: fields
     that do not change the artefact)."""
-    blob = json.dumps({k: v for k, v in to_dict(cfg).items() if k not in exclude}, sort_keys=True).encode()
+    blob = json.dumps(
+        {k: v for k, v in to_dict(cfg).items() if k not in exclude}, sort_keys=True
+    ).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -67,7 +70,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_save_safetensors(tensors: Mapping[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def atomic_save_safetensors(
+    tensors: Mapping[str, Any], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write torch ``tensors`` (detached, moved to the CPU, contiguous) as one safetensors file,
     atomically (:func:`atomic_write_bytes`). safetensors holds data only: loading it runs no code."""
     from safetensors.torch import save
@@ -126,11 +131,17 @@ def load_config(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, payload["config"])
 
 
-def check_config(expected: Any, found: Any, what: str, fields: tuple[str, ...] | None = None) -> None:
+def check_config(
+    expected: Any, found: Any, what: str, fields: tuple[str, ...] | None = None
+) -> None:
     """Raise ConfigMismatchError naming every differing field (all, or only ``fields``)."""
     a, b = to_dict(expected), to_dict(found)
     keys = fields if fields is not None else tuple(sorted(set(a) | set(b)))
-    diffs = [f"{k}: {b.get(k)!r} (artefact) != {a.get(k)!r} (in use)" for k in keys if a.get(k) != b.get(k)]
+    diffs = [
+        f"{k}: {b.get(k)!r} (artefact) != {a.get(k)!r} (in use)"
+        for k in keys
+        if a.get(k) != b.get(k)
+    ]
     if diffs:
         raise ConfigMismatchError(f"{what} was built with a different config: " + "; ".join(diffs))
 

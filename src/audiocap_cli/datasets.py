@@ -16,6 +16,7 @@ docs/datasets.md for where manifests and audio are looked up. Every problem foun
 audio, empty captions, duplicate ids, missing columns, unknown split...) is collected and
 raised together as one :class:`~audiocap_cli.errors.DatasetError`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,7 +60,9 @@ AUDIOCAPS_PATTERNS: tuple[str, ...] = (
 AUDIOCAPS_CLIP_SECONDS = 10
 
 _AUDIOCAPS_COLUMNS = ("youtube_id", "start_time", "caption")
-_GENERIC_LAYOUT = "path,caption (one per row) or path,captions (JSON list); id, split and mids/labels optional"
+_GENERIC_LAYOUT = (
+    "path,caption (one per row) or path,captions (JSON list); id, split and mids/labels optional"
+)
 _LABEL_COLUMNS = ("mids", "labels")  # a generic manifest's AudioSet classes of the clip
 _LAYOUTS = (
     "AudioCaps (audiocap_id,youtube_id,start_time,caption), "
@@ -153,7 +156,9 @@ def _sniff_delimiter(first_line: str, suffix: str) -> str:
     return "\t" if first_line.count("\t") > first_line.count(",") else ","
 
 
-def _read_rows(path: Path, problems: list[str]) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+def _read_rows(
+    path: Path, problems: list[str]
+) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     """(header, [(line number, row dict)]) of a CSV/TSV or JSONL manifest."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets prepend a BOM
@@ -181,7 +186,9 @@ def _read_rows(path: Path, problems: list[str]) -> tuple[list[str], list[tuple[i
             rows.append((no, obj))
         return list(header), rows
     first = text.split("\n", 1)[0]
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(first, path.suffix.lower()))
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=_sniff_delimiter(first, path.suffix.lower())
+    )
     try:
         header_row = next(reader)
     except StopIteration:
@@ -315,20 +322,29 @@ def _parse_audiocaps(
             problems.append(f"{where}: empty caption")
         if not text_only:
             g.names += _audiocaps_names(row, yt, start, patterns, bad_pattern)
-    if user_pattern and len(bad_pattern) == len(patterns) and all(not g.names for g in groups.values()):
+    if (
+        user_pattern
+        and len(bad_pattern) == len(patterns)
+        and all(not g.names for g in groups.values())
+    ):
         pat, err = next(iter(bad_pattern.items()))
         problems.append(f"pattern {pat!r} does not fit the columns {', '.join(header)} ({err})")
     return groups
 
 
-def _audiocaps_names(row: dict[str, Any], yt: str, start: str, patterns: Sequence[str],
-                     bad_pattern: dict[str, str]) -> list[str]:
+def _audiocaps_names(
+    row: dict[str, Any], yt: str, start: str, patterns: Sequence[str], bad_pattern: dict[str, str]
+) -> list[str]:
     """The audio file names ``patterns`` give for one AudioCaps row; a pattern that does not
     fit is noted in ``bad_pattern`` (a default pattern may need a column or number this file
     lacks; a user's pattern that never fits is reported once, by the caller)."""
     s = _number(start)
-    fields = {**row, "youtube_id": yt, "start_time": s,
-              "end_time": s + AUDIOCAPS_CLIP_SECONDS if not isinstance(s, str) else s}
+    fields = {
+        **row,
+        "youtube_id": yt,
+        "start_time": s,
+        "end_time": s + AUDIOCAPS_CLIP_SECONDS if not isinstance(s, str) else s,
+    }
     names = []
     for pat in patterns:
         try:
@@ -338,11 +354,15 @@ def _audiocaps_names(row: dict[str, Any], yt: str, start: str, patterns: Sequenc
     return names
 
 
-def _parse_clotho(header: Sequence[str], rows: list[tuple[int, dict[str, Any]]], problems: list[str]) -> dict[str, _Group]:
+def _parse_clotho(
+    header: Sequence[str], rows: list[tuple[int, dict[str, Any]]], problems: list[str]
+) -> dict[str, _Group]:
     """Clotho: one clip per row, ``file_name`` and ``caption_1..caption_N``."""
     groups: dict[str, _Group] = {}
     cap_cols = sorted((c for c in header if c.startswith("caption_")), key=lambda c: (len(c), c))
-    missing = [c for c in ("file_name",) if c not in set(header)] + ([] if cap_cols else ["caption_1"])
+    missing = [c for c in ("file_name",) if c not in set(header)] + (
+        [] if cap_cols else ["caption_1"]
+    )
     if missing:
         problems.append("missing column(s) " + ", ".join(missing) + " for Clotho layout")
         return groups
@@ -353,7 +373,9 @@ def _parse_clotho(header: Sequence[str], rows: list[tuple[int, dict[str, Any]]],
             problems.append(f"{where}: empty file_name")
             continue
         if name in groups:
-            problems.append(f"{where}: duplicate file_name {name!r} (first at {groups[name].where})")
+            problems.append(
+                f"{where}: duplicate file_name {name!r} (first at {groups[name].where})"
+            )
             continue
         g = groups[name] = _Group(where, None)
         g.captions = _clean((row.get(c) for c in cap_cols), where, problems)
@@ -373,9 +395,13 @@ def _parse_generic(
     cols = set(header)
     groups: dict[str, _Group] = {}
     has_cap = "caption" in cols or "captions" in cols
-    missing = ([] if text_only or "path" in cols else ["path"]) + ([] if has_cap else ["caption or captions"])
+    missing = ([] if text_only or "path" in cols else ["path"]) + (
+        [] if has_cap else ["caption or captions"]
+    )
     if missing:
-        problems.append("missing column(s) " + ", ".join(missing) + f" for generic layout ({_GENERIC_LAYOUT})")
+        problems.append(
+            "missing column(s) " + ", ".join(missing) + f" for generic layout ({_GENERIC_LAYOUT})"
+        )
         return groups
     use_split = split is not None and "split" in cols
     for no, row in rows:
@@ -393,7 +419,9 @@ def _parse_generic(
         if g is None:
             g = groups[cid] = _Group(where, path)
         elif g.path != path:
-            problems.append(f"{where}: duplicate id {cid!r} with a different path (first at {g.where})")
+            problems.append(
+                f"{where}: duplicate id {cid!r} with a different path (first at {g.where})"
+            )
             continue
         g.captions += _clean(caps, where, problems)
         for m in _row_mids(row, where, problems):
@@ -423,7 +451,9 @@ def _in_split(row: dict[str, Any], split: str | None, where: str, problems: list
     """Whether a generic row's ``split`` is ``split`` (an unknown split is a problem)."""
     row_split = _canonical_split(str(row.get("split", "")).strip())
     if row_split is None:
-        problems.append(f"{where}: unknown split {row.get('split')!r} (expected {', '.join(SPLITS)})")
+        problems.append(
+            f"{where}: unknown split {row.get('split')!r} (expected {', '.join(SPLITS)})"
+        )
         return False
     return row_split == split
 
@@ -466,7 +496,9 @@ def _resolve(
             else:
                 path = finder.find(g.names)
             if path is None and require_audio:
-                missing.append(f"{g.where}: no audio for {cid!r}" + (f" ({g.names[0]})" if g.names else ""))
+                missing.append(
+                    f"{g.where}: no audio for {cid!r}" + (f" ({g.names[0]})" if g.names else "")
+                )
         if not g.captions:
             problems.append(f"{g.where}: clip {cid!r} has no caption")
         clips.append(Clip(cid, path, tuple(g.captions), tuple(g.mids)))
@@ -501,17 +533,27 @@ def _read_unpaused(
     problems: list[str] = []
     src = source or path
     if not path.is_file():
-        raise DatasetError(src, [f"manifest {path} not found" if not path.exists() else f"{path} is not a file"])
+        raise DatasetError(
+            src, [f"manifest {path} not found" if not path.exists() else f"{path} is not a file"]
+        )
     header, rows = _read_rows(path, problems)
     kind = _detect(header)
     if kind is None:
-        problems.insert(0, f"unrecognised header {','.join(header) or '(empty file)'}: expected {_LAYOUTS}")
+        problems.insert(
+            0, f"unrecognised header {','.join(header) or '(empty file)'}: expected {_LAYOUTS}"
+        )
         raise DatasetError(src, problems)
     text_only = audio_dirs is None
     patterns: Sequence[str] = (pattern,) if pattern else AUDIOCAPS_PATTERNS
     groups = _parse(
-        header, rows, kind, patterns=patterns, split=split, text_only=text_only,
-        user_pattern=bool(pattern), problems=problems,
+        header,
+        rows,
+        kind,
+        patterns=patterns,
+        split=split,
+        text_only=text_only,
+        user_pattern=bool(pattern),
+        problems=problems,
     )
     finder = None if text_only else _AudioFinder(audio_dirs or [])
     clips = _resolve(groups, finder, require_audio, problems)
@@ -576,7 +618,9 @@ def find_manifest(dataset: str | Path, split: str) -> Path:
     if canon is None:
         raise DatasetError(root, [f"unknown split {split!r}: expected {', '.join(SPLITS)}"])
     if not root.is_dir():
-        raise DatasetError(root, ["dataset directory not found" if not root.exists() else "not a directory"])
+        raise DatasetError(
+            root, ["dataset directory not found" if not root.exists() else "not a directory"]
+        )
     found: dict[Path, None] = {}
     tried: list[str] = []
     for folder in (root, root / "clotho_csv_files"):
@@ -593,7 +637,9 @@ def find_manifest(dataset: str | Path, split: str) -> Path:
                     if p.is_file() and _has_captions(p):
                         found[p] = None
     if not found:
-        raise DatasetError(root, [f"no manifest for split {canon!r}: looked for {', '.join(tried)} (or *_<name>)"])
+        raise DatasetError(
+            root, [f"no manifest for split {canon!r}: looked for {', '.join(tried)} (or *_<name>)"]
+        )
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise DatasetError(root, [f"several manifests for split {canon!r}: {names}; keep one"])
@@ -627,7 +673,9 @@ def load_split(
         dirs = [ad] + [ad / a for a in SPLIT_ALIASES[canon]] + [ad / "audio"]
     else:
         dirs = _audio_dirs(base, canon)
-    return _read(manifest, audio_dirs=dirs, require_audio=require_audio, pattern=pattern, split=canon)
+    return _read(
+        manifest, audio_dirs=dirs, require_audio=require_audio, pattern=pattern, split=canon
+    )
 
 
 def validate(clips: Sequence[Clip], source: str | Path, require_audio: bool = True) -> None:
@@ -644,6 +692,8 @@ def validate(clips: Sequence[Clip], source: str | Path, require_audio: bool = Tr
         elif any(not s.strip() for s in c.captions):
             problems.append(f"clip {c.id!r} has an empty caption")
         if require_audio and (c.path is None or not Path(c.path).is_file()):
-            problems.append(f"clip {c.id!r}: audio {'unknown' if c.path is None else str(c.path) + ' not found'}")
+            problems.append(
+                f"clip {c.id!r}: audio {'unknown' if c.path is None else str(c.path) + ' not found'}"
+            )
     if problems:
         raise DatasetError(source, problems)

@@ -20,6 +20,7 @@ Guidance token layout (``w_ref``):
                every caption of an index.
 Hypotheses are ``[bos] w1 ... wn`` and the target is ``w1 ... wn [eos]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -146,7 +147,9 @@ class CrossAttention(nn.Module):
         v = self.v(mem).view(b, n, self.heads, d // self.heads).transpose(1, 2)
         return k, v
 
-    def attend(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], pad: torch.Tensor | None) -> torch.Tensor:
+    def attend(
+        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], pad: torch.Tensor | None
+    ) -> torch.Tensor:
         """Queries ``[B, Q, D]`` over memory ``kv`` with ``pad`` ``[B, L]`` (True = padding)."""
         b, n, d = x.shape
         q = self.q(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
@@ -173,8 +176,9 @@ class Context:
         return Context(
             ref_kv=(self.ref_kv[0].index_select(0, idx), self.ref_kv[1].index_select(0, idx)),
             ref_pad=pick(self.ref_pad),
-            audio_kv=None if self.audio_kv is None else (
-                self.audio_kv[0].index_select(0, idx), self.audio_kv[1].index_select(0, idx)),
+            audio_kv=None
+            if self.audio_kv is None
+            else (self.audio_kv[0].index_select(0, idx), self.audio_kv[1].index_select(0, idx)),
             audio_pad=pick(self.audio_pad),
         )
 
@@ -206,7 +210,9 @@ class TextFeatureCache:
                 if f is not None:
                     self._items[key] = f.to(self.dtype)
 
-    def get_many(self, keys: Sequence[Any], seqs: Callable[[list[Any]], list[list[int]]], lm: FrozenLM) -> list[torch.Tensor]:
+    def get_many(
+        self, keys: Sequence[Any], seqs: Callable[[list[Any]], list[list[int]]], lm: FrozenLM
+    ) -> list[torch.Tensor]:
         """Features of ``keys`` (float32); misses are tokenized by ``seqs`` and run through ``lm``."""
         missing = list(dict.fromkeys(k for k in keys if k not in self._items))
         if missing:
@@ -244,10 +250,17 @@ class GuidedDecoder(nn.Module):
     is held as a plain attribute, so ``state_dict()`` is exactly what gets saved.
     """
 
-    def __init__(self, cfg: DecoderConfig, lm: FrozenLM, vocab_ids: Sequence[int] | torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        lm: FrozenLM,
+        vocab_ids: Sequence[int] | torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         if lm.dim != cfg.d_l:
-            raise ConfigMismatchError(f"decoder config says d_l={cfg.d_l} but {lm.name} has {lm.dim}")
+            raise ConfigMismatchError(
+                f"decoder config says d_l={cfg.d_l} but {lm.name} has {lm.dim}"
+            )
         self.cfg = cfg
         self.lm = lm
         self.ref_attn = CrossAttention(cfg.d_l, cfg.heads)  # eq. 9
@@ -261,12 +274,16 @@ class GuidedDecoder(nn.Module):
         self.ref_cache = TextFeatureCache()  # "separate" guidance: features per caption
         self.to(lm.device)
 
-    def _init_head(self, cfg: DecoderConfig, lm: FrozenLM, vocab_ids: Sequence[int] | torch.Tensor | None) -> None:
+    def _init_head(
+        self, cfg: DecoderConfig, lm: FrozenLM, vocab_ids: Sequence[int] | torch.Tensor | None
+    ) -> None:
         if cfg.head == "full":
             self.vocab_ids: torch.Tensor | None = None
             # eq. 13: the pretrained head, cloned so training it leaves the frozen embeddings alone
             self.head = nn.Parameter(lm.lm_head_weight.detach().clone())
-            self.head_bias = None if lm.lm_head_bias is None else nn.Parameter(lm.lm_head_bias.detach().clone())
+            self.head_bias = (
+                None if lm.lm_head_bias is None else nn.Parameter(lm.lm_head_bias.detach().clone())
+            )
             return
         if vocab_ids is None:
             raise AudiocapError("a low-rank head needs the vocabulary (token ids) it predicts over")
@@ -277,7 +294,9 @@ class GuidedDecoder(nn.Module):
         rows = lm.lm_head_weight.detach()[ids.to(lm.lm_head_weight.device)].clone()
         self.register_buffer("head_rows", rows, persistent=False)  # frozen, from the LM wheel
         self.head_a = nn.Parameter(torch.randn(cfg.d_l, cfg.head_rank) * INIT_STD)
-        self.head_b = nn.Parameter(torch.zeros(len(ids), cfg.head_rank))  # starts as the frozen head
+        self.head_b = nn.Parameter(
+            torch.zeros(len(ids), cfg.head_rank)
+        )  # starts as the frozen head
         self.head_bias = nn.Parameter(torch.zeros(len(ids)))
         # token id -> row of the restricted head (-100: outside the vocabulary, ignored by the loss)
         local = torch.full((lm.vocab_size,), -100, dtype=torch.long)
@@ -357,20 +376,28 @@ class GuidedDecoder(nn.Module):
         audio_kv = None
         if self.cfg.use_audio:
             if frames is None:
-                raise AudiocapError("this decoder uses audio (use_audio=True) but no frames were given")
+                raise AudiocapError(
+                    "this decoder uses audio (use_audio=True) but no frames were given"
+                )
             if frames.shape[-1] != self.cfg.d_a:
                 raise ConfigMismatchError(
                     f"audio frames have {frames.shape[-1]} dims but the decoder expects d_a={self.cfg.d_a}"
                 )
-            audio_kv = self.audio_attn.memory(self.audio_proj(frames.to(self.device, torch.float32)))
-        return Context(self.ref_attn.memory(ref), ref_pad, audio_kv, frames_pad if self.cfg.use_audio else None)
+            audio_kv = self.audio_attn.memory(
+                self.audio_proj(frames.to(self.device, torch.float32))
+            )
+        return Context(
+            self.ref_attn.memory(ref), ref_pad, audio_kv, frames_pad if self.cfg.use_audio else None
+        )
 
     def fuse(self, hyp: torch.Tensor, ctx: Context, full: bool = True) -> torch.Tensor:
         """Ψ_hyp ``[B, Q, D_l]`` (Q hypothesis positions, or beams x 1 per clip) -> logits ``[B, Q, V]``."""
         psi = self.drop(self.ref_attn.attend(hyp, ctx.ref_kv, ctx.ref_pad))  # eq. 9
         x = psi
         if ctx.audio_kv is not None:
-            a = self.audio_attn.attend(self.hyp_proj(psi), ctx.audio_kv, ctx.audio_pad)  # eqs. 10-12
+            a = self.audio_attn.attend(
+                self.hyp_proj(psi), ctx.audio_kv, ctx.audio_pad
+            )  # eqs. 10-12
             x = psi + self.audio_out(self.drop(a))
         if self.cfg.residual:
             x = x + hyp
@@ -393,7 +420,12 @@ class GuidedDecoder(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_save_safetensors(self.state_dict(), folder / DECODER_WEIGHTS)
-        save_config(self.cfg, folder / DECODER_CONFIG, lm_name=self.lm.name, lm_fingerprint=self.lm.fingerprint)
+        save_config(
+            self.cfg,
+            folder / DECODER_CONFIG,
+            lm_name=self.lm.name,
+            lm_fingerprint=self.lm.fingerprint,
+        )
         return folder
 
 
@@ -441,7 +473,9 @@ class DecoderEnsemble(nn.Module):
         self.vocab_ids = None if any(v is None for v in ids) else torch.cat(ids).unique()
         # members trained on one corpus share its vocabulary: then mix over those ~5k tokens and
         # widen once, instead of a 49k-wide softmax per member
-        self._shared_vocab = self.vocab_ids is not None and all(torch.equal(v, self.vocab_ids) for v in ids)
+        self._shared_vocab = self.vocab_ids is not None and all(
+            torch.equal(v, self.vocab_ids) for v in ids
+        )
 
     @property
     def device(self) -> torch.device:
@@ -453,8 +487,13 @@ class DecoderEnsemble(nn.Module):
     def ref_features(self, guidance: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.members[0].ref_features(guidance)  # the same for every member (ENSEMBLE_SHARED)
 
-    def context(self, ref: torch.Tensor, ref_pad: torch.Tensor | None, frames: torch.Tensor | None,
-                frames_pad: torch.Tensor | None = None) -> EnsembleContext:
+    def context(
+        self,
+        ref: torch.Tensor,
+        ref_pad: torch.Tensor | None,
+        frames: torch.Tensor | None,
+        frames_pad: torch.Tensor | None = None,
+    ) -> EnsembleContext:
         return EnsembleContext([m.context(ref, ref_pad, frames, frames_pad) for m in self.members])
 
     def fuse(self, hyp: torch.Tensor, ctx: EnsembleContext, full: bool = True) -> torch.Tensor:
@@ -463,7 +502,10 @@ class DecoderEnsemble(nn.Module):
         if not full:
             raise AudiocapError("a decoder ensemble is for decoding; train its members one by one")
         narrow = self._shared_vocab
-        logp = [F.log_softmax(m.fuse(hyp, c, full=not narrow).float(), dim=-1) for m, c in zip(self.members, ctx.members)]
+        logp = [
+            F.log_softmax(m.fuse(hyp, c, full=not narrow).float(), dim=-1)
+            for m, c in zip(self.members, ctx.members)
+        ]
         mixed = torch.logsumexp(torch.stack(logp), dim=0) - math.log(len(logp))
         if not narrow:
             return mixed
@@ -529,8 +571,10 @@ def export_float16(src: str | Path, dst: str | Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / DECODER_CONFIG, dst / DECODER_CONFIG)
     weights = load_file(str(src / DECODER_WEIGHTS))
-    atomic_save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
-                            dst / DECODER_WEIGHTS)
+    atomic_save_safetensors(
+        {k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+        dst / DECODER_WEIGHTS,
+    )
     return dst
 
 
@@ -563,7 +607,9 @@ def _check_examples(examples: Sequence[Example], cfg: DecoderConfig, what: str) 
             if frames is None:
                 problems.append(f"example {i}: no audio frames but use_audio=True")
             elif np.ndim(frames) != 2 or np.shape(frames)[1] != cfg.d_a or np.shape(frames)[0] == 0:
-                problems.append(f"example {i}: frames of shape {np.shape(frames)}, expected [T, {cfg.d_a}]")
+                problems.append(
+                    f"example {i}: frames of shape {np.shape(frames)}, expected [T, {cfg.d_a}]"
+                )
     if problems:
         raise DatasetError(what, problems)
 
@@ -571,7 +617,9 @@ def _check_examples(examples: Sequence[Example], cfg: DecoderConfig, what: str) 
 class _Batcher:
     """Turns examples into teacher-forcing tensors, with the frozen features cached by text."""
 
-    def __init__(self, dec: GuidedDecoder, features: Callable[[str], torch.Tensor | None] | None = None) -> None:
+    def __init__(
+        self, dec: GuidedDecoder, features: Callable[[str], torch.Tensor | None] | None = None
+    ) -> None:
         self.dec = dec
         self.hyp_cache = TextFeatureCache(max_items=10**9)  # the training set's captions, all kept
         self.features = features
@@ -593,7 +641,10 @@ class _Batcher:
             frames, frames_pad = pad_frames([e[2] for e in examples])  # type: ignore[misc]
         dev = dec.device
         return {
-            "hyp": hyp.to(dev), "ref": ref, "ref_pad": ref_pad.to(dev), "gold": gold.to(dev),
+            "hyp": hyp.to(dev),
+            "ref": ref,
+            "ref_pad": ref_pad.to(dev),
+            "gold": gold.to(dev),
             "frames": None if frames is None else frames.to(dev),
             "frames_pad": None if frames_pad is None else frames_pad.to(dev),
         }
@@ -602,7 +653,11 @@ class _Batcher:
         """Fill the target (and, in "separate" mode, guidance) caches before the first epoch."""
         lm = self.dec.lm
         targets = [e[0] for e in examples]
-        pool = list(dict.fromkeys(c for e in examples for c in e[1])) if self.dec.cfg.guidance == "separate" else []
+        pool = (
+            list(dict.fromkeys(c for e in examples for c in e[1]))
+            if self.dec.cfg.guidance == "separate"
+            else []
+        )
         if self.features is not None:  # hypotheses and separate guidance are both [bos] caption
             self.hyp_cache.put_many(targets, self.features)
             self.dec.ref_cache.max_items = max(self.dec.ref_cache.max_items, len(pool))
@@ -617,14 +672,19 @@ def _loss(dec: GuidedDecoder, t: dict[str, Any], smoothing: float) -> tuple[torc
     """Summed token loss and token count of one micro-batch."""
     logits = dec(t["hyp"], t["ref"], t["ref_pad"], t["frames"], t["frames_pad"])
     loss = F.cross_entropy(
-        logits.flatten(0, 1), dec.local_targets(t["gold"]).flatten(), ignore_index=-100,
-        label_smoothing=smoothing, reduction="sum",
+        logits.flatten(0, 1),
+        dec.local_targets(t["gold"]).flatten(),
+        ignore_index=-100,
+        label_smoothing=smoothing,
+        reduction="sum",
     )
     return loss, int((t["gold"] != -100).sum())
 
 
 @torch.no_grad()
-def _validate(dec: GuidedDecoder, batcher: _Batcher, examples: Sequence[Example], micro: int) -> float:
+def _validate(
+    dec: GuidedDecoder, batcher: _Batcher, examples: Sequence[Example], micro: int
+) -> float:
     """Mean per-token NLL (no smoothing, no dropout) with the first K pool captions as guidance."""
     dec.eval()
     total, count = 0.0, 0
@@ -669,8 +729,9 @@ def train_decoder(
     ``vocab_ids``: what a low-rank head predicts over; ``features(text)``: precomputed frozen-LM
     features of ``[bos] text`` (an ``lmfeatures.LMFeatureStore``), used before running the LM.
     """
-    tcfg = train_cfg or DecoderTrainConfig(batch_size=batch_size, micro_batch=micro_batch, seed=seed,
-                                           average_last=average_last)
+    tcfg = train_cfg or DecoderTrainConfig(
+        batch_size=batch_size, micro_batch=micro_batch, seed=seed, average_last=average_last
+    )
     if not examples:
         raise DatasetError("decoder training", ["no training examples"])
     _check_examples(examples, cfg, "decoder training examples")
@@ -689,8 +750,12 @@ def train_decoder(
         t0 = time.perf_counter()
         train_loss = _train_epoch(dec, opt, batcher, examples, tcfg, state.epoch, progress)
         state.epoch += 1
-        row: dict[str, Any] = {"epoch": state.epoch, "train_loss": train_loss,
-                               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        row: dict[str, Any] = {
+            "epoch": state.epoch,
+            "train_loss": train_loss,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
         metric = train_loss
         if val_examples:
             metric = row["val_nll"] = _validate(dec, batcher, val_examples, tcfg.micro_batch)
@@ -701,11 +766,17 @@ def train_decoder(
                 del snapshots[old]
         _checkpoint(run, state, weights, opt, row, metric, snapshots)
     last = (run.rows() or [{}])[-1]
-    if tcfg.average_last and snapshots and not (last.get("epoch") == state.epoch and "average_of" in last):
+    if (
+        tcfg.average_last
+        and snapshots
+        and not (last.get("epoch") == state.epoch and "average_of" in last)
+    ):
         # also when a run killed between its last epoch and this step is rerun
         _keep_average(run, state, dec, batcher, val_examples, tcfg, snapshots)
     if distributed.is_main():
-        if not run.best.is_file():  # no epoch improved (a NaN loss): the last weights are all there is
+        if (
+            not run.best.is_file()
+        ):  # no epoch improved (a NaN loss): the last weights are all there is
             run.save_best(dec.state_dict())
         run.finish(keep_state)
     distributed.barrier()
@@ -716,13 +787,21 @@ def average_weights(snapshots: Sequence[dict[str, torch.Tensor]]) -> dict[str, t
     """Element-wise mean of state dicts; tensors that are not floating point (the head's token
     ids) are taken from the last, as they are the same in all."""
     last = snapshots[-1]
-    return {k: torch.stack([s[k] for s in snapshots]).mean(0) if v.is_floating_point() else v
-            for k, v in last.items()}
+    return {
+        k: torch.stack([s[k] for s in snapshots]).mean(0) if v.is_floating_point() else v
+        for k, v in last.items()
+    }
 
 
-def _keep_average(run: RunDir, state: RunState, dec: GuidedDecoder, batcher: _Batcher,
-                  val_examples: Sequence[Example] | None, tcfg: DecoderTrainConfig,
-                  snapshots: dict[int, dict[str, torch.Tensor]]) -> None:
+def _keep_average(
+    run: RunDir,
+    state: RunState,
+    dec: GuidedDecoder,
+    batcher: _Batcher,
+    val_examples: Sequence[Example] | None,
+    tcfg: DecoderTrainConfig,
+    snapshots: dict[int, dict[str, torch.Tensor]],
+) -> None:
     """Write the mean of the last ``average_last`` epochs' weights as the run's decoder and log
     it (``average_of``: the epochs it holds, fewer if the state came from a run that did not
     keep them). The per-epoch best stays in ``state`` for a longer run resumed later."""
@@ -737,20 +816,31 @@ def _keep_average(run: RunDir, state: RunState, dec: GuidedDecoder, batcher: _Ba
         run.log(row)
 
 
-def _start_run(run: RunDir, dec: GuidedDecoder, opt: torch.optim.Optimizer, tcfg: DecoderTrainConfig,
-               resume: bool) -> tuple[RunState, dict[int, dict[str, torch.Tensor]]]:
+def _start_run(
+    run: RunDir,
+    dec: GuidedDecoder,
+    opt: torch.optim.Optimizer,
+    tcfg: DecoderTrainConfig,
+    resume: bool,
+) -> tuple[RunState, dict[int, dict[str, torch.Tensor]]]:
     """Resume the run in ``run`` (same configs and LM) or start it over (rank 0 writes); also
     returns the kept epoch weights for averaging (epoch -> state dict)."""
     cfg, lm = dec.cfg, dec.lm
     if not distributed.gather_object(bool(resume and run.can_resume()))[0]:  # rank 0 decides
         if distributed.is_main():
             run.reset()
-            save_config(cfg, run.path / DECODER_CONFIG, lm_name=lm.name, lm_fingerprint=lm.fingerprint)
+            save_config(
+                cfg, run.path / DECODER_CONFIG, lm_name=lm.name, lm_fingerprint=lm.fingerprint
+            )
             save_config(tcfg, run.path / TRAIN_CONFIG)
         distributed.barrier()
         return RunState(), {}
-    check_config(cfg, load_config(DecoderConfig, run.path / DECODER_CONFIG), f"decoder run {run.path}")
-    check_config(tcfg, load_config(DecoderTrainConfig, run.path / TRAIN_CONFIG), f"decoder run {run.path}")
+    check_config(
+        cfg, load_config(DecoderConfig, run.path / DECODER_CONFIG), f"decoder run {run.path}"
+    )
+    check_config(
+        tcfg, load_config(DecoderTrainConfig, run.path / TRAIN_CONFIG), f"decoder run {run.path}"
+    )
     _check_lm(run.path, lm)
     weights, optim, state = run.resume()
     dec.load_state_dict(weights)
@@ -764,8 +854,15 @@ def _start_run(run: RunDir, dec: GuidedDecoder, opt: torch.optim.Optimizer, tcfg
     return state, snapshots
 
 
-def _checkpoint(run: RunDir, state: RunState, weights: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
-                row: dict[str, Any], metric: float, snapshots: dict[int, dict[str, torch.Tensor]]) -> None:
+def _checkpoint(
+    run: RunDir,
+    state: RunState,
+    weights: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    row: dict[str, Any],
+    metric: float,
+    snapshots: dict[int, dict[str, torch.Tensor]],
+) -> None:
     """After an epoch, on rank 0: keep the best ``weights`` (a copy of this epoch's), log
     ``row``, save the resumable state (with the epoch weights kept for averaging)."""
     if not distributed.is_main():
@@ -778,8 +875,9 @@ def _checkpoint(run: RunDir, state: RunState, weights: dict[str, torch.Tensor], 
     run.save(weights, optim, state)
 
 
-def _step_batch(dec: GuidedDecoder, examples: Sequence[Example], idx: np.ndarray,
-                rng: np.random.Generator) -> tuple[list[Example], list[list[str]], int]:
+def _step_batch(
+    dec: GuidedDecoder, examples: Sequence[Example], idx: np.ndarray, rng: np.random.Generator
+) -> tuple[list[Example], list[list[str]], int]:
     """One step's examples and drawn guidance, sorted by target length (micro-batches then carry
     little padding; the sum is unchanged), and the step's target token count."""
     batch = [examples[i] for i in idx]
@@ -791,8 +889,15 @@ def _step_batch(dec: GuidedDecoder, examples: Sequence[Example], idx: np.ndarray
     return batch, guidance, n_tok
 
 
-def _train_epoch(dec: GuidedDecoder, opt: torch.optim.Optimizer, batcher: _Batcher, examples: Sequence[Example],
-                 tcfg: DecoderTrainConfig, epoch: int, progress: Callable[[int], None] | None) -> float:
+def _train_epoch(
+    dec: GuidedDecoder,
+    opt: torch.optim.Optimizer,
+    batcher: _Batcher,
+    examples: Sequence[Example],
+    tcfg: DecoderTrainConfig,
+    epoch: int,
+    progress: Callable[[int], None] | None,
+) -> float:
     """One epoch of optimiser steps; returns the mean per-token training loss.
 
     Every step's summed token loss is divided by the step's global token count, so the

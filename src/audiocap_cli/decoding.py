@@ -13,13 +13,13 @@ EOS candidates ranked within the top ``beam_size`` are finished hypotheses; a cl
 has ``beam_size`` finished ones (or at ``max_len``, when its live beams count as finished).
 The winner maximises ``sum log p / penalty(length)``; ``beam_size=1`` is exactly greedy.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from .decoder import Context, GuidedDecoder, pad_frames
 from .errors import AudiocapError
-
 
 SELECTS = ("score", "guidance", "consensus")
 # How "consensus" / "guidance" measure a hypothesis' agreement with a caption (see DecodingOptions).
@@ -38,12 +37,15 @@ _WORD = re.compile(r"[a-z]+")
 FUNCTION_WORDS = frozenset(
     "and the then followed with while are was were its into from for over out off before after "
     "during through each other that this there being has have who which they them their his her "
-    "him she also very more than".split())
+    "him she also very more than".split()
+)
 
 
 def is_content_word(word: str) -> bool:
     """Whether a lower-case word counts for `repeat_penalty`: 3+ letters, not a function word."""
     return len(word) >= 3 and word not in FUNCTION_WORDS
+
+
 # A clip's evidence for minimum-Bayes-risk selection: captions and their weights.
 Evidence = tuple[Sequence[str], Sequence[float]]
 
@@ -107,11 +109,15 @@ class DecodingOptions:
         if self.select not in SELECTS:
             raise AudiocapError(f"decoding options: select {self.select!r} not one of {SELECTS}")
         if self.agreement not in AGREEMENTS:
-            raise AudiocapError(f"decoding options: agreement {self.agreement!r} not one of {AGREEMENTS}")
+            raise AudiocapError(
+                f"decoding options: agreement {self.agreement!r} not one of {AGREEMENTS}"
+            )
         if self.recall_weight < 0.0 or self.repeat_penalty < 0.0:
             raise AudiocapError("decoding options: recall_weight and repeat_penalty must be >= 0")
         if self.pool_margin is not None and self.agreement != "ciderd":
-            raise AudiocapError("decoding options: pool_margin needs agreement 'ciderd' (or pool_margin None)")
+            raise AudiocapError(
+                "decoding options: pool_margin needs agreement 'ciderd' (or pool_margin None)"
+            )
         if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1 or self.min_len < 0:
             raise AudiocapError("decoding options: beam_size, max_len and batch_size must be >= 1")
 
@@ -133,8 +139,15 @@ class Decoded:
 class _Beams:
     """Beam bookkeeping for ``A`` active clips x ``k`` beams, shared by both search strategies."""
 
-    def __init__(self, clips: int, k: int, opts: DecodingOptions, eos: int, suppress: Sequence[int],
-                 words: tuple[dict[int, str], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        clips: int,
+        k: int,
+        opts: DecodingOptions,
+        eos: int,
+        suppress: Sequence[int],
+        words: tuple[dict[int, str], torch.Tensor] | None = None,
+    ) -> None:
         """``words``: every token's text and the ids that end a word, for ``repeat_penalty``
         (:func:`_word_ends`)."""
         self.k, self.opts, self.eos = k, opts, eos
@@ -151,7 +164,9 @@ class _Beams:
     def done(self) -> bool:
         return len(self.active) == 0
 
-    def advance(self, logp: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def advance(
+        self, logp: torch.Tensor, t: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probs ``[A, k, V]`` of step ``t`` -> (source rows ``[A'k]`` to reorder caches by,
         next tokens ``[A'k]``, indices ``[A']`` of the clips still active)."""
         a, k, v = logp.shape
@@ -169,7 +184,8 @@ class _Beams:
         for i, r in (is_eos & (rank < k)).nonzero().tolist():  # at most A*k small items
             row = i * k + int(src[i, r])
             self.finished[int(self.active[i])].append(
-                (float(top[i, r]), tuple(self.seqs[row].tolist()) + (self.eos,)))
+                (float(top[i, r]), tuple(self.seqs[row].tolist()) + (self.eos,))
+            )
         # live: the first k non-EOS candidates in score order
         sel = (is_eos.long() * 2 * k + rank).argsort(dim=1)[:, :k]
         src, tok, top = src.gather(1, sel), tok.gather(1, sel), top.gather(1, sel)
@@ -182,7 +198,9 @@ class _Beams:
             for i, c in enumerate(self.active.tolist()):
                 if len(self.finished[c]) < k:
                     for b in range(k):
-                        self.finished[c].append((float(top[i, b]), tuple(self.seqs[i * k + b].tolist())))
+                        self.finished[c].append(
+                            (float(top[i, b]), tuple(self.seqs[i * k + b].tolist()))
+                        )
         keep = keep_mask.nonzero().view(-1)
         rows = rows.view(a, k)[keep].view(-1)
         self.seqs = self.seqs.view(a, k, -1)[keep].reshape(len(keep) * k, self.seqs.shape[1])
@@ -220,8 +238,9 @@ class _Beams:
     def results(self, detokenize: Callable[[list[int]], str]) -> list[Decoded]:
         out = []
         for hyps in self.finished:
-            ranked = sorted(((s / self._penalty(len(toks)), s, toks) for s, toks in hyps),
-                            key=lambda x: -x[0])  # stable: first of equals
+            ranked = sorted(
+                ((s / self._penalty(len(toks)), s, toks) for s, toks in hyps), key=lambda x: -x[0]
+            )  # stable: first of equals
             alts = []
             for score, total, toks in ranked:
                 body = tuple(t for t in toks if t != self.eos)
@@ -244,20 +263,26 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) >= 4 and word[-1] == word[-2] else word  # "revv" -> "rev"
 
 
-def _word_ends(dec: GuidedDecoder, opts: DecodingOptions) -> tuple[dict[int, str], torch.Tensor] | None:
+def _word_ends(
+    dec: GuidedDecoder, opts: DecodingOptions
+) -> tuple[dict[int, str], torch.Tensor] | None:
     """(text of every token id the decoder can emit, ids of those that end the word before them:
     a space or punctuation first, and EOS), or None when ``repeat_penalty`` is off. A decoder
     with a restricted head emits only its ~5k ``vocab_ids``, so only those are decoded."""
     if opts.repeat_penalty <= 0:
         return None
     lm = dec.lm
-    ids = range(lm.vocab_size) if getattr(dec, "vocab_ids", None) is None else dec.vocab_ids.tolist()
+    ids = (
+        range(lm.vocab_size) if getattr(dec, "vocab_ids", None) is None else dec.vocab_ids.tolist()
+    )
     texts = lm.token_texts(ids)
     ends = [i for i in ids if texts[i][:1] and not (texts[i][0].isalnum() or texts[i][0] == "'")]
     return texts, torch.as_tensor(ends + [lm.eos_id], dtype=torch.long)
 
 
-def _frames_tensor(frames: torch.Tensor | Sequence[np.ndarray] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _frames_tensor(
+    frames: torch.Tensor | Sequence[np.ndarray] | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if frames is None:
         return None, None
     if isinstance(frames, torch.Tensor):
@@ -265,9 +290,13 @@ def _frames_tensor(frames: torch.Tensor | Sequence[np.ndarray] | None) -> tuple[
     return pad_frames(frames)
 
 
-def _check(decoder: GuidedDecoder, guidance: Sequence[Sequence[str]], frames: torch.Tensor | None) -> None:
+def _check(
+    decoder: GuidedDecoder, guidance: Sequence[Sequence[str]], frames: torch.Tensor | None
+) -> None:
     if frames is not None and frames.shape[0] != len(guidance):
-        raise AudiocapError(f"decode: {len(guidance)} guidance lists but {frames.shape[0]} clips of frames")
+        raise AudiocapError(
+            f"decode: {len(guidance)} guidance lists but {frames.shape[0]} clips of frames"
+        )
 
 
 def decode(
@@ -297,10 +326,15 @@ def decode(
             for s in range(0, len(guidance), opts.batch_size):
                 e = s + opts.batch_size
                 part = _decode_chunk(
-                    decoder, guidance[s:e],
-                    None if frames is None else frames[s:e], None if pad is None else pad[s:e], opts,
+                    decoder,
+                    guidance[s:e],
+                    None if frames is None else frames[s:e],
+                    None if pad is None else pad[s:e],
+                    opts,
                 )
-                out += _select(part, guidance[s:e], None if evidence is None else evidence[s:e], opts, idf)
+                out += _select(
+                    part, guidance[s:e], None if evidence is None else evidence[s:e], opts, idf
+                )
                 if progress is not None:
                     progress(len(guidance[s:e]))
     finally:
@@ -317,7 +351,9 @@ def _decode_chunk(
 ) -> list[Decoded]:
     lm, k = dec.lm, opts.beam_size
     ref, ref_pad = dec.ref_features(guidance)
-    ctx: Context = dec.context(ref, ref_pad, frames, None if frames_pad is None else frames_pad.to(ref.device))
+    ctx: Context = dec.context(
+        ref, ref_pad, frames, None if frames_pad is None else frames_pad.to(ref.device)
+    )
     beams = _Beams(len(guidance), k, opts, lm.eos_id, lm.special_ids, _word_ends(dec, opts))
     # step 0: every beam of a clip is the same [bos], so run one row per clip and copy it k times
     tokens = torch.full((len(guidance), 1), lm.bos_id, dtype=torch.long)
@@ -339,8 +375,13 @@ def _decode_chunk(
     return beams.results(lm.detokenize)
 
 
-def _select(decoded: list[Decoded], guidance: Sequence[Sequence[str]], evidence: Sequence[Evidence] | None,
-            opts: DecodingOptions, idf: dict[str, float] | None = None) -> list[Decoded]:
+def _select(
+    decoded: list[Decoded],
+    guidance: Sequence[Sequence[str]],
+    evidence: Sequence[Evidence] | None,
+    opts: DecodingOptions,
+    idf: dict[str, float] | None = None,
+) -> list[Decoded]:
     if opts.select == "score":
         return decoded
     # the pool's own caption only against a whole pool: the margin was measured on pools of 100
@@ -369,7 +410,9 @@ def unigram_fmean(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) 
     vocab: dict[str, int] = {}
     r = _word_counts(refs, vocab)
     h = _word_counts(hyps, vocab)
-    m = np.minimum(h[:, None, : r.shape[1]], r[None, :, :]).sum(-1)  # [H, R]; words no ref has match nothing
+    m = np.minimum(h[:, None, : r.shape[1]], r[None, :, :]).sum(
+        -1
+    )  # [H, R]; words no ref has match nothing
     with np.errstate(divide="ignore", invalid="ignore"):
         p = m / h.sum(1, keepdims=True)
         rc = m / r.sum(1)[None, :]
@@ -377,9 +420,14 @@ def unigram_fmean(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) 
     return np.where(m > 0, f, 0.0)
 
 
-def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_weight: float = 0.0,
-               agreement: str = "ciderd", idf: dict[str, float] | None = None,
-               pool_margin: float | None = None) -> list[Decoded]:
+def select_mbr(
+    decoded: Sequence[Decoded],
+    evidence: Sequence[Evidence],
+    recall_weight: float = 0.0,
+    agreement: str = "ciderd",
+    idf: dict[str, float] | None = None,
+    pool_margin: float | None = None,
+) -> list[Decoded]:
     """Minimum-Bayes-risk choice: each clip's hypothesis with the highest agreement with its
     evidence captions, weighted: the mean ``agreement`` ("ciderd": CIDEr-D with the corpus
     ``idf``, without one every n-gram weighing 1; "tfidf": the consensus TF-IDF cosine) plus
@@ -395,9 +443,16 @@ def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_
     if pool_margin is not None and agreement != "ciderd":
         raise AudiocapError("pool_margin needs agreement 'ciderd'")
     if agreement == "tfidf":
-        groups = [[h.text for h in d.hypotheses] + list(caps) for d, (caps, _) in zip(decoded, evidence)]
-        weights = [[0.0] * len(d.hypotheses) + [float(x) for x in w] for d, (_, w) in zip(decoded, evidence)]
-        scores = [s[: len(d.hypotheses)] for d, s in zip(decoded, consensus_scores(groups, weights))]
+        groups = [
+            [h.text for h in d.hypotheses] + list(caps) for d, (caps, _) in zip(decoded, evidence)
+        ]
+        weights = [
+            [0.0] * len(d.hypotheses) + [float(x) for x in w]
+            for d, (_, w) in zip(decoded, evidence)
+        ]
+        scores = [
+            s[: len(d.hypotheses)] for d, s in zip(decoded, consensus_scores(groups, weights))
+        ]
     out = []
     for c, (d, (caps, w)) in enumerate(zip(decoded, evidence)):
         hyps = d.hypotheses or (d,)
@@ -411,11 +466,16 @@ def select_mbr(decoded: Sequence[Decoded], evidence: Sequence[Evidence], recall_
             utility = utility + recall_weight * np.average(f, axis=1, weights=w)
         best = int(np.argmax(utility))  # first of equals
         if pool_margin is not None:
-            own = np.where(np.asarray(w, dtype=np.float64) > 0,
-                           ciderd_consensus([list(caps)], [list(w)], idf, recall_weight)[0], -np.inf)
+            own = np.where(
+                np.asarray(w, dtype=np.float64) > 0,
+                ciderd_consensus([list(caps)], [list(w)], idf, recall_weight)[0],
+                -np.inf,
+            )
             j = int(np.argmax(own))
             if own[j] > utility[best] + pool_margin:
-                out.append(Decoded(caps[j], float("nan"), float("nan"), (), d.hypotheses, retrieved=True))
+                out.append(
+                    Decoded(caps[j], float("nan"), float("nan"), (), d.hypotheses, retrieved=True)
+                )
                 continue
         out.append(dataclasses.replace(hyps[best], hypotheses=d.hypotheses) if best else d)
     return out

@@ -15,6 +15,7 @@ training loops split every global batch between the ranks:
 
 Without ``torchrun`` (no ``WORLD_SIZE`` or 1) every helper is a no-op.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -121,7 +122,9 @@ def gather_rows(local: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
     if not active():
         return local
     width = max(counts)
-    pad = torch.zeros((width - local.shape[0], *local.shape[1:]), dtype=local.dtype, device=local.device)
+    pad = torch.zeros(
+        (width - local.shape[0], *local.shape[1:]), dtype=local.dtype, device=local.device
+    )
     buf = torch.cat([local.detach(), pad])
     parts = [torch.empty_like(buf) for _ in counts]
     dist.all_gather(parts, buf)

@@ -3,6 +3,7 @@
 The library raises these; the CLI turns them into ``audiocap: error: <message>`` on stderr
 and a non-zero exit status, never a traceback.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

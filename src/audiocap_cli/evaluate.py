@@ -20,6 +20,7 @@ retrieval result. The helpers here exclude by owner clip id (``key_ids``; the or
 retrieval through ``index.CaptionIndex.query`` must pass ``exclude_ids``; and
 :func:`assert_no_leakage` checks any guidance a caller built itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -142,7 +143,9 @@ def average_rounds(rounds: Sequence[MetricsResult]) -> MetricsResult:
         cid: {k: float(np.mean([r.per_clip[cid][k] for r in rounds])) for k in scores}
         for cid, scores in first.per_clip.items()
     }
-    return MetricsResult(corpus=corpus, per_clip=per_clip, unavailable=dict(first.unavailable), n=first.n)
+    return MetricsResult(
+        corpus=corpus, per_clip=per_clip, unavailable=dict(first.unavailable), n=first.n
+    )
 
 
 def human_scores(
@@ -157,7 +160,9 @@ def human_scores(
     leave-one-out round, then averaged over the rounds (as in the DCASE / AudioCaps reports)."""
     rounds = human_rounds(references, min_references)
     jobs = {f"{HUMAN}#{j}": r for j, r in enumerate(rounds)}
-    scored = score_batch(jobs, metrics=metrics, spice_dir=spice_dir, java=java, bertscore_cfg=bertscore_cfg)
+    scored = score_batch(
+        jobs, metrics=metrics, spice_dir=spice_dir, java=java, bertscore_cfg=bertscore_cfg
+    )
     return average_rounds([scored[name] for name in jobs])
 
 
@@ -178,19 +183,27 @@ def evaluate_scopes(
         raise MetricsError("no test clips to evaluate")
     names = [s.name for s in scopes]
     if len(set(names)) != len(names) or (cfg.human and HUMAN in names):
-        raise MetricsError(f"scope names must be unique (and not {HUMAN!r} when the Human row is on)")
+        raise MetricsError(
+            f"scope names must be unique (and not {HUMAN!r} when the Human row is on)"
+        )
     jobs: dict[str, tuple[Mapping[str, str], Mapping[str, Sequence[str]]]] = {}
     for s in scopes:
-        extra = set(s.predictions) - set(references) if isinstance(s.predictions, Mapping) else set()
+        extra = (
+            set(s.predictions) - set(references) if isinstance(s.predictions, Mapping) else set()
+        )
         if extra:
-            raise MetricsError(f"{s.name}: {len(extra)} prediction(s) for clips outside the test set")
+            raise MetricsError(
+                f"{s.name}: {len(extra)} prediction(s) for clips outside the test set"
+            )
         jobs[s.name] = (s.resolve(clip_ids), references)
     human_jobs: list[str] = []
     if cfg.human:
         for j, r in enumerate(human_rounds(references, cfg.min_references)):
             human_jobs.append(f"\0{HUMAN}#{j}")  # a name no scope can take
             jobs[human_jobs[-1]] = r
-    scored = score_batch(jobs, metrics=cfg.metrics, spice_dir=spice_dir, java=java, bertscore_cfg=bertscore_cfg)
+    scored = score_batch(
+        jobs, metrics=cfg.metrics, spice_dir=spice_dir, java=java, bertscore_cfg=bertscore_cfg
+    )
     out = {s.name: scored[s.name] for s in scopes}
     if human_jobs:
         out[HUMAN] = average_rounds([scored[n] for n in human_jobs])
@@ -296,7 +309,11 @@ def render_table(rows: Mapping[str, MetricsResult], notes: bool = True) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
     lines = []
     for n, c in enumerate(cells):
-        lines.append("  ".join(c[0].ljust(widths[0]) if i == 0 else c[i].rjust(widths[i]) for i in range(len(c))).rstrip())
+        lines.append(
+            "  ".join(
+                c[0].ljust(widths[0]) if i == 0 else c[i].rjust(widths[i]) for i in range(len(c))
+            ).rstrip()
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     if notes:
@@ -321,14 +338,18 @@ def save_results(out_dir: str | Path, rows: Mapping[str, MetricsResult], cfg: Ev
     keys = metric_keys(cfg.metrics)
     payload = {
         "rows": [{k: _json_value(v) for k, v in r.items()} for r in table(rows)],
-        "unavailable": {name: dict(res.unavailable) for name, res in rows.items() if res.unavailable},
+        "unavailable": {
+            name: dict(res.unavailable) for name, res in rows.items() if res.unavailable
+        },
     }
     atomic_write_text(out_dir / "table.json", json.dumps(payload, indent=2) + "\n")
     write_per_clip(out_dir / "per_clip.jsonl", rows, keys)
     save_config(cfg, out_dir / "eval_config.json")
 
 
-def write_per_clip(path: str | Path, rows: Mapping[str, MetricsResult], keys: Sequence[str] | None = None) -> None:
+def write_per_clip(
+    path: str | Path, rows: Mapping[str, MetricsResult], keys: Sequence[str] | None = None
+) -> None:
     """One JSON line per system and clip: ``{"system", "clip", <metric key>: score}`` (only
     ``keys`` when given); NaN/unavailable become null."""
     lines = []

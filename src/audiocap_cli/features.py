@@ -13,6 +13,7 @@ Entries are written atomically (readers see a whole entry or none) and carry a c
 their samples; an unreadable, damaged or inconsistent entry is recomputed and overwritten. Stored as float32: a 10 s clip through
 YAMNet is ~120 KB (20 x 1024 frames + 20 x 521 scores).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,14 @@ import torch
 
 from . import audio
 from .audio import ClipPolicy
-from .config import atomic_write_bytes, check_config, file_sha256, fingerprint, load_config, save_config
+from .config import (
+    atomic_write_bytes,
+    check_config,
+    file_sha256,
+    fingerprint,
+    load_config,
+    save_config,
+)
 from .errors import AudioError, AudioNotFoundError, ConfigMismatchError, ModelNotFoundError
 from .resources import cache_dir
 
@@ -126,24 +134,40 @@ class _Entry:
     moves; otherwise the scores' old place stays allocated as long as the features live.
     """
 
-    def __init__(self, digest: str, frame: tuple[int, ...], score: tuple[int, ...] | None,
-                 capacity: int, source: Path) -> None:
+    def __init__(
+        self,
+        digest: str,
+        frame: tuple[int, ...],
+        score: tuple[int, ...] | None,
+        capacity: int,
+        source: Path,
+    ) -> None:
         self.digest, self.frame, self.score, self.source = digest, tuple(frame), score, source
         self.capacity, self.count = max(1, capacity), 0
         widest = [_WIDEST_FLOAT] * self.capacity
-        self.head = len(json.dumps(self._meta(self.capacity, widest, widest, _WIDEST_FLOAT, 0xFFFFFFFF)).encode())
+        self.head = len(
+            json.dumps(
+                self._meta(self.capacity, widest, widest, _WIDEST_FLOAT, 0xFFFFFFFF)
+            ).encode()
+        )
         self.offset = len(_MAGIC) + _HEAD.size + self.head
         self.nf, self.ns = math.prod(self.frame), 0 if score is None else math.prod(score)
         # np.zeros (calloc): pages cost memory only once written, so room for windows that
         # never come costs nothing.
         self.blob = np.zeros(self.offset + 4 * self.capacity * (self.nf + self.ns), dtype=np.uint8)
         self._frames = self._view(self.offset, self.capacity, self.frame)
-        self._scores = None if score is None else self._view(self.offset + 4 * self.capacity * self.nf, self.capacity, score)
+        self._scores = (
+            None
+            if score is None
+            else self._view(self.offset + 4 * self.capacity * self.nf, self.capacity, score)
+        )
 
     def _view(self, at: int, n: int, shape: tuple[int, ...]) -> np.ndarray:
         return np.frombuffer(self.blob, "<f4", n * math.prod(shape), at).reshape(n, *shape)
 
-    def _meta(self, n: int, starts: Sequence[float], ends: Sequence[float], duration: float, crc: int) -> dict[str, Any]:
+    def _meta(
+        self, n: int, starts: Sequence[float], ends: Sequence[float], duration: float, crc: int
+    ) -> dict[str, Any]:
         return {
             "sha256": self.digest,
             "frames": [n, *self.frame],
@@ -265,7 +289,10 @@ class FeatureCache:
             if sshape is not None:
                 scores = np.frombuffer(payload, dtype="<f4", offset=sizes[0]).reshape(sshape)
             return ClipFeatures(
-                frames, scores, tuple(map(float, meta["starts"])), tuple(map(float, meta["ends"])),
+                frames,
+                scores,
+                tuple(map(float, meta["starts"])),
+                tuple(map(float, meta["ends"])),
                 float(meta["duration"]),
             )
         except (ValueError, KeyError, TypeError, struct.error):  # bad JSON/shape: recompute
@@ -318,8 +345,13 @@ class FeatureCache:
         self._compute(jobs, d, encoder, policy, batch_size, finish)
         return results  # type: ignore[return-value]
 
-    def _lookup(self, paths: Sequence[str | Path], d: Path, dim: int | None,
-                finish: Callable[[list[int], Any], None]) -> dict[str, _Job]:
+    def _lookup(
+        self,
+        paths: Sequence[str | Path],
+        d: Path,
+        dim: int | None,
+        finish: Callable[[list[int], Any], None],
+    ) -> dict[str, _Job]:
         """Hash every file and serve what the cache holds; identical contents are looked up (or
         computed) once. Returns the misses, one job per content digest."""
         hits: dict[str, ClipFeatures] = {}
@@ -343,8 +375,15 @@ class FeatureCache:
                 jobs[digest] = _Job(digest, p, sig, [i])
         return jobs
 
-    def _compute(self, jobs: dict[str, _Job], d: Path, encoder: Encoder, policy: ClipPolicy, batch_size: int,
-                 finish: Callable[[list[int], Any], None]) -> None:
+    def _compute(
+        self,
+        jobs: dict[str, _Job],
+        d: Path,
+        encoder: Encoder,
+        policy: ClipPolicy,
+        batch_size: int,
+        finish: Callable[[list[int], Any], None],
+    ) -> None:
         """Decode, window and encode the misses, streaming: memory holds one batch of windows
         plus a block of the file being decoded (audio.SegmentStream), never a whole file; what
         grows with a file's length is its features (job.entry), held once."""
@@ -374,14 +413,21 @@ class FeatureCache:
         if queue:
             self._encode_batch(queue, d, encoder, finish)
 
-    def _encode_batch(self, batch: list[tuple[_Job, np.ndarray]], d: Path, encoder: Encoder,
-                      finish: Callable[[list[int], Any], None]) -> None:
+    def _encode_batch(
+        self,
+        batch: list[tuple[_Job, np.ndarray]],
+        d: Path,
+        encoder: Encoder,
+        finish: Callable[[list[int], Any], None],
+    ) -> None:
         """Encode windows ``[B, N]`` of several files and append each to its file's entry."""
         waves = torch.from_numpy(np.stack([w for _, w in batch]))  # [B, N]
         with torch.inference_mode():
             out = encoder.encode(waves)
         frames = out.frames.detach().to("cpu", torch.float32).numpy()  # [B, T, D]
-        scores = None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
+        scores = (
+            None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
+        )
         for b, (job, _) in enumerate(batch):
             if job.entry is None:
                 score = None if scores is None else scores.shape[1:]
@@ -398,5 +444,6 @@ class FeatureCache:
         # features of other bytes); the result is still returned.
         if _stat_sig(job.path) == job.sig:
             atomic_write_bytes(self._entry(d, job.digest), blob)
-        finish(job.owners, ClipFeatures(entry.frames, entry.scores, job.starts, job.ends, job.duration))
-
+        finish(
+            job.owners, ClipFeatures(entry.frames, entry.scores, job.starts, job.ends, job.duration)
+        )

@@ -12,6 +12,7 @@ its clip (``audioset.py``), in the class space in which YAMNet scores audio. Tha
 * validation without audio: AudioCaps val has labels too, so the same simulation, retrieval
   from train only, the decoder and the caption metrics give a real validation set.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,10 @@ GUIDANCE_SCORE_POWER = 3.0
 # YAMNet scores the speech it hears; Simulation.heard_speech sets "Speech" in those captions'
 # training input (heard_labels). A decoder trained so wrote fewer people on the real clips and
 # scored lower on both sets (README, Measured), so the default does not.
-SPEECH_CUE = re.compile(r"\b(speak|speaks|speaking|spoke|speech|speeches|talk|talks|talking|talked|chatter|"
-                        r"chattering|chatting|conversation|conversing|narrat\w*|voice|voices)\b")
+SPEECH_CUE = re.compile(
+    r"\b(speak|speaks|speaking|spoke|speech|speeches|talk|talks|talking|talked|chatter|"
+    r"chattering|chatting|conversation|conversing|narrat\w*|voice|voices)\b"
+)
 SPEECH_MID = "/m/09x0r"
 
 
@@ -77,7 +80,9 @@ class LabelledCaptions:
         return out
 
 
-def read_labelled(path: str | Path, labels_dir: str | Path | None = None, encoder: str = "yamnet") -> LabelledCaptions:
+def read_labelled(
+    path: str | Path, labels_dir: str | Path | None = None, encoder: str = "yamnet"
+) -> LabelledCaptions:
     """A caption manifest with each clip's AudioSet labels attached: its own ``mids`` column
     (generic layout), else the segment CSVs' labels of its AudioCaps (youtube_id, start_time)."""
     clips = read_captions(path)
@@ -108,8 +113,10 @@ def corpus_labels(labels: np.ndarray, cfg: ls.LabelSpaceConfig) -> np.ndarray:
     if h is None:
         from .errors import ModelNotFoundError
 
-        raise ModelNotFoundError("AudioSet ontology.json not found beside the segment CSVs; "
-                                 f"reinstall `{audioset.LABELS_REQUIREMENT}` (--no-deps)")
+        raise ModelNotFoundError(
+            "AudioSet ontology.json not found beside the segment CSVs; "
+            f"reinstall `{audioset.LABELS_REQUIREMENT}` (--no-deps)"
+        )
     return h.close(labels)
 
 
@@ -143,26 +150,44 @@ def class_similarity(encoder: str = "yamnet") -> np.ndarray | None:
     return w @ w.T
 
 
-def simulated(labels: np.ndarray, prior_labels: np.ndarray, seed: int,
-              sim: labelsim.Simulation = labelsim.Simulation()) -> np.ndarray:
+def simulated(
+    labels: np.ndarray,
+    prior_labels: np.ndarray,
+    seed: int,
+    sim: labelsim.Simulation = labelsim.Simulation(),
+) -> np.ndarray:
     """Class scores ``[N, C]`` simulated from labels (``labelsim.simulate``, with the ontology
     and, for the confusable intruders, YAMNet's class similarity)."""
     similarity = class_similarity() if sim.confusable_share > 0 else None
-    return labelsim.simulate(labels, np.random.default_rng(seed), prior_labels.mean(axis=0), hierarchy(), sim,
-                             similarity)
+    return labelsim.simulate(
+        labels, np.random.default_rng(seed), prior_labels.mean(axis=0), hierarchy(), sim, similarity
+    )
 
 
-def train_guidance(train: LabelledCaptions, corpus: ls.LabelCorpus, cfg: ls.LabelSpaceConfig, k: int,
-                   scores: np.ndarray, idf: dict[str, float] | None = None,
-                   advance: Callable[[int], None] | None = None) -> list[list[str]]:
+def train_guidance(
+    train: LabelledCaptions,
+    corpus: ls.LabelCorpus,
+    cfg: ls.LabelSpaceConfig,
+    k: int,
+    scores: np.ndarray,
+    idf: dict[str, float] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> list[list[str]]:
     """Guidance of every training caption from its clip's (simulated) scores, the clip's own
     captions left out, exactly as the index would answer a new clip with that sound."""
     by_clip: dict[int, set[int]] = {}
     for i, o in enumerate(train.owner):
         by_clip.setdefault(int(o), set()).add(i)
     clip_rows = np.unique(train.owner, return_index=True)[1]
-    guid = ls.corpus_guidance(corpus, scores[clip_rows], cfg, k,
-                              [by_clip[int(o)] for o in train.owner[clip_rows]], idf, advance=advance)
+    guid = ls.corpus_guidance(
+        corpus,
+        scores[clip_rows],
+        cfg,
+        k,
+        [by_clip[int(o)] for o in train.owner[clip_rows]],
+        idf,
+        advance=advance,
+    )
     per_clip = dict(zip(train.owner[clip_rows].tolist(), guid))
     return [per_clip[int(o)] for o in train.owner]
 
@@ -174,8 +199,13 @@ def vocabulary(lm, texts: Sequence[str], max_len: int) -> list[int]:
     return sorted(ids)
 
 
-def build_index(lab: LabelledCaptions, model_dir: str | Path, model_cfg, lcfg: ls.LabelSpaceConfig,
-                say=lambda s: None) -> ls.LabelCorpus:
+def build_index(
+    lab: LabelledCaptions,
+    model_dir: str | Path,
+    model_cfg,
+    lcfg: ls.LabelSpaceConfig,
+    say=lambda s: None,
+) -> ls.LabelCorpus:
     """Index ``lab``'s label sets into ``model_dir/index`` (retrieval kind "labels")."""
     from .config import fingerprint
     from .encoders import load_encoder
@@ -197,12 +227,24 @@ def decoder_config(lm, k: int, num_classes: int, lm_spec: str):
     before the head (``residual``), and a low-rank head over the corpus vocabulary."""
     from .decoder import DecoderConfig
 
-    return DecoderConfig(lm=lm_spec, d_l=lm.dim, d_a=num_classes, k=k, guidance="separate",
-                         use_audio=True, residual=True, head="lowrank")
+    return DecoderConfig(
+        lm=lm_spec,
+        d_l=lm.dim,
+        d_a=num_classes,
+        k=k,
+        guidance="separate",
+        use_audio=True,
+        residual=True,
+        head="lowrank",
+    )
 
 
-def decoder_examples(lab: LabelledCaptions, guidance: list[list[str]], scores: np.ndarray,
-                     rows: Sequence[int] | None = None) -> list[tuple[str, list[str], np.ndarray]]:
+def decoder_examples(
+    lab: LabelledCaptions,
+    guidance: list[list[str]],
+    scores: np.ndarray,
+    rows: Sequence[int] | None = None,
+) -> list[tuple[str, list[str], np.ndarray]]:
     """(target, guidance, audio ``[1, C]``) per caption (``rows``: a subset)."""
     rows = range(len(lab.captions)) if rows is None else rows
     return [(lab.captions[i], guidance[i], scores[i][None, :].astype(np.float32)) for i in rows]
@@ -222,7 +264,9 @@ class Plan:
     corpus: ls.LabelCorpus
     train: list[tuple[str, list[str], np.ndarray]]
     val: list[tuple[str, list[str], np.ndarray]]
-    val_clips: list[tuple[str, list[str], np.ndarray, list[str]]]  # (id, guidance, audio, references)
+    val_clips: list[
+        tuple[str, list[str], np.ndarray, list[str]]
+    ]  # (id, guidance, audio, references)
     # SCST's clips, one per training clip: (guidance, audio [1, C], the clip's captions)
     scst: list[tuple[list[str], np.ndarray, list[str]]]
 
@@ -233,21 +277,39 @@ class Plan:
         return out + [e[0] for e in self.train]
 
 
-def plan(lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, max_captions: int | None,
-         val: LabelledCaptions | None = None, seed: int = 0, sim: labelsim.Simulation = labelsim.Simulation(),
-         progress: Callable[[str, int], Callable[[int], None]] = lambda name, total: (lambda n: None)) -> Plan:
+def plan(
+    lab: LabelledCaptions,
+    lcfg: ls.LabelSpaceConfig,
+    k: int,
+    max_captions: int | None,
+    val: LabelledCaptions | None = None,
+    seed: int = 0,
+    sim: labelsim.Simulation = labelsim.Simulation(),
+    progress: Callable[[str, int], Callable[[int], None]] = lambda name, total: lambda n: None,
+) -> Plan:
     """Label corpus, training examples (simulated scores, leave-one-out guidance) and validation
     examples (AudioCaps val: simulated scores, guidance from the training corpus only). Their
     guidance is retrieved at ``GUIDANCE_SCORE_POWER``, whatever ``lcfg.score_power`` says."""
     from .zeroshot import ngram_idf
 
-    lcfg = dataclasses.replace(lcfg, score_power=GUIDANCE_SCORE_POWER)  # the guidance it learns from
+    lcfg = dataclasses.replace(
+        lcfg, score_power=GUIDANCE_SCORE_POWER
+    )  # the guidance it learns from
     closed = corpus_labels(lab.labels, lcfg)
     corpus = ls.LabelCorpus.build(closed, lab.captions, lcfg)
     idf = ngram_idf(lab.captions) if ls.uses_corpus_idf(lcfg) else None
-    scores = simulated(heard_labels(lab) if sim.heard_speech else lab.labels, lab.labels, TRAIN_SIM_SEED, sim)
-    guid = train_guidance(lab, corpus, lcfg, k, scores, idf,
-                          progress("training guidance (clips)", len(np.unique(lab.owner))))
+    scores = simulated(
+        heard_labels(lab) if sim.heard_speech else lab.labels, lab.labels, TRAIN_SIM_SEED, sim
+    )
+    guid = train_guidance(
+        lab,
+        corpus,
+        lcfg,
+        k,
+        scores,
+        idf,
+        progress("training guidance (clips)", len(np.unique(lab.owner))),
+    )
     rows = sample_rows(len(lab.captions), max_captions, seed)
     val_clips: list[tuple[str, list[str], np.ndarray, list[str]]] = []
     if val is not None:
@@ -262,15 +324,23 @@ def plan(lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, max_captions:
         val_ex = decoder_examples(lab, guid, scores, rows[:n_val])
         rows = rows[n_val:]
         train_ex = decoder_examples(lab, guid, scores, rows)
-    return Plan(corpus, train_ex, val_ex, val_clips, scst_clips(lab, closed, guid, scores, rows, seed))
+    return Plan(
+        corpus, train_ex, val_ex, val_clips, scst_clips(lab, closed, guid, scores, rows, seed)
+    )
 
 
 # SCST's references per clip: as many as AudioCaps val and test have.
 SCST_REFERENCES = 5
 
 
-def scst_clips(lab: LabelledCaptions, closed: np.ndarray, guidance: list[list[str]], scores: np.ndarray,
-               rows: Sequence[int], seed: int = 0) -> list[tuple[list[str], np.ndarray, list[str]]]:
+def scst_clips(
+    lab: LabelledCaptions,
+    closed: np.ndarray,
+    guidance: list[list[str]],
+    scores: np.ndarray,
+    rows: Sequence[int],
+    seed: int = 0,
+) -> list[tuple[list[str], np.ndarray, list[str]]]:
     """One SCST clip per clip with a training row: the guidance and simulated scores of its
     first such row; as references, its own captions, then (up to SCST_REFERENCES) the first
     caption of other training clips with the same label set ``closed [N, C]``, drawn at random.
@@ -281,7 +351,9 @@ def scst_clips(lab: LabelledCaptions, closed: np.ndarray, guidance: list[list[st
     first: dict[int, int] = {}
     for i in sorted(int(r) for r in rows):
         first.setdefault(int(lab.owner[i]), i)
-    key = {o: np.packbits(closed[i] > 0).tobytes() for o, i in first.items()}  # the clip's label set
+    key = {
+        o: np.packbits(closed[i] > 0).tobytes() for o, i in first.items()
+    }  # the clip's label set
     groups: dict[bytes, list[int]] = {}
     for o in sorted(first):
         groups.setdefault(key[o], []).append(o)
@@ -291,7 +363,10 @@ def scst_clips(lab: LabelledCaptions, closed: np.ndarray, guidance: list[list[st
         refs = list(caps[o])
         if len(refs) < SCST_REFERENCES:
             peers = [x for x in groups[key[o]] if x != o]
-            refs += [caps[peers[j]][0] for j in rng.permutation(len(peers))[: SCST_REFERENCES - len(refs)]]
+            refs += [
+                caps[peers[j]][0]
+                for j in rng.permutation(len(peers))[: SCST_REFERENCES - len(refs)]
+            ]
         out.append((guidance[i], scores[i][None, :].astype(np.float32), refs))
     return out
 
@@ -313,7 +388,7 @@ def train(
     sim: labelsim.Simulation = labelsim.Simulation(),
     train_cfg: DecoderTrainConfig | None = None,
     say=lambda s: None,
-    progress=lambda name, total: (lambda n: None),
+    progress=lambda name, total: lambda n: None,
 ) -> Path:
     """Label index + guided decoder of the label-grounded captioner into ``model_dir``
     (``epochs`` 0: the index alone, a retrieval-only captioner). ``scst_steps`` > 0: the
@@ -340,8 +415,12 @@ def train(
         return md.path
     p = plan(lab, lcfg, cfg.k, max_captions, val, sim=sim, progress=progress)
     save_config(sim, md.path / labelsim.CONFIG_NAME)  # what its training input was
-    say(f"decoder: {len(p.train)} training and {len(p.val)} validation targets, guidance from the label index")
-    job = DecoderJob.prepare(p, lab, lcfg, cfg.k, lm_spec, batch_size, average_last, say, progress, train_cfg)
+    say(
+        f"decoder: {len(p.train)} training and {len(p.val)} validation targets, guidance from the label index"
+    )
+    job = DecoderJob.prepare(
+        p, lab, lcfg, cfg.k, lm_spec, batch_size, average_last, say, progress, train_cfg
+    )
     xe_dir = md.path / XE_DECODER if scst_steps else md.decoder
     members = {ensemble_member(s) for s in range(1, ensemble)}
     stale = [d for d in sorted(md.ensemble.glob("*")) if d.is_dir() and d.name not in members]
@@ -351,8 +430,12 @@ def train(
     for seed in range(ensemble):
         if ensemble > 1:
             say(f"decoder {seed + 1} of {ensemble} (seed {seed})")
-        job.train(xe_dir if seed == 0 else md.ensemble / ensemble_member(seed), epochs, seed,
-                  keep_state=keep_state or bool(scst_steps) or ensemble > 1)
+        job.train(
+            xe_dir if seed == 0 else md.ensemble / ensemble_member(seed),
+            epochs,
+            seed,
+            keep_state=keep_state or bool(scst_steps) or ensemble > 1,
+        )
     if not scst_steps:
         return md.decoder
     return fine_tune(p, lab, xe_dir, md.decoder, job.lm, scst_steps, keep_state, say, progress)
@@ -375,10 +458,19 @@ class DecoderJob:
     train_cfg: DecoderTrainConfig | None = None  # the schedule; None: the paper's
 
     @classmethod
-    def prepare(cls, p: Plan, lab: LabelledCaptions, lcfg: ls.LabelSpaceConfig, k: int, lm_spec: str,
-                batch_size: int, average_last: int = 0, say=lambda s: None,
-                progress=lambda name, total: (lambda n: None),
-                train_cfg: DecoderTrainConfig | None = None) -> DecoderJob:
+    def prepare(
+        cls,
+        p: Plan,
+        lab: LabelledCaptions,
+        lcfg: ls.LabelSpaceConfig,
+        k: int,
+        lm_spec: str,
+        batch_size: int,
+        average_last: int = 0,
+        say=lambda s: None,
+        progress=lambda name, total: lambda n: None,
+        train_cfg: DecoderTrainConfig | None = None,
+    ) -> DecoderJob:
         from .lm import load_lm
         from .lmfeatures import LMFeatureStore
 
@@ -398,12 +490,24 @@ class DecoderJob:
         from .decoder import DecoderTrainConfig, train_decoder
 
         p = self.plan
-        tcfg = dataclasses.replace(self.train_cfg or DecoderTrainConfig(), batch_size=self.batch_size, seed=seed,
-                                   average_last=self.average_last)
+        tcfg = dataclasses.replace(
+            self.train_cfg or DecoderTrainConfig(),
+            batch_size=self.batch_size,
+            seed=seed,
+            average_last=self.average_last,
+        )
         return train_decoder(
-            p.train, self.dcfg, self.lm, out_dir, epochs, val_examples=p.val or None, train_cfg=tcfg,
+            p.train,
+            self.dcfg,
+            self.lm,
+            out_dir,
+            epochs,
+            val_examples=p.val or None,
+            train_cfg=tcfg,
             progress=self.progress("decoder training (examples)", len(p.train) * epochs),
-            keep_state=keep_state, vocab_ids=self.vocab, features=self.store,
+            keep_state=keep_state,
+            vocab_ids=self.vocab,
+            features=self.store,
         )
 
 
@@ -416,8 +520,17 @@ def ensemble_member(seed: int) -> str:
 XE_DECODER = "decoder-xe"
 
 
-def fine_tune(p: Plan, lab: LabelledCaptions, xe_dir: Path, out_dir: Path, lm, steps: int, keep_state: bool,
-              say=lambda s: None, progress=lambda name, total: (lambda n: None)) -> Path:
+def fine_tune(
+    p: Plan,
+    lab: LabelledCaptions,
+    xe_dir: Path,
+    out_dir: Path,
+    lm,
+    steps: int,
+    keep_state: bool,
+    say=lambda s: None,
+    progress=lambda name, total: lambda n: None,
+) -> Path:
     """SCST of the teacher-forced decoder in ``xe_dir`` on the plan's training clips (simulated
     scores, leave-one-out guidance, as in teacher forcing; references from :func:`scst_clips`;
     CIDEr-D's document frequencies from every clip's captions) into ``out_dir``. It starts from
@@ -433,8 +546,17 @@ def fine_tune(p: Plan, lab: LabelledCaptions, xe_dir: Path, out_dir: Path, lm, s
         for t in dec.parameters():
             t.copy_(t.half().float())
     cfg = SCSTConfig(steps=steps)
-    say(f"SCST: {steps} steps of {cfg.clips_per_step} clips x {cfg.samples} sampled captions, "
-        f"from {len(p.scst)} training clips")
+    say(
+        f"SCST: {steps} steps of {cfg.clips_per_step} clips x {cfg.samples} sampled captions, "
+        f"from {len(p.scst)} training clips"
+    )
     cider = CiderD(lab.clip_captions())
-    return train_scst(dec, p.scst, out_dir, cfg, cider, keep_state=keep_state,
-                      progress=progress("SCST (clips)", steps * cfg.clips_per_step))
+    return train_scst(
+        dec,
+        p.scst,
+        out_dir,
+        cfg,
+        cider,
+        keep_state=keep_state,
+        progress=progress("SCST (clips)", steps * cfg.clips_per_step),
+    )

@@ -10,6 +10,7 @@ Knows nothing about torch modules: vectors arrive as float32 arrays (from
 and is written atomically (the directory is a symlink to a versioned folder, swapped in one
 step; see ``config.replace_dir``), so a reader sees a whole index.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,9 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
-            raise AudiocapError(f"index: space must be one of {', '.join(SPACES)}, not {self.space!r}")
+            raise AudiocapError(
+                f"index: space must be one of {', '.join(SPACES)}, not {self.space!r}"
+            )
         if self.dim < 1 or self.M < 2 or self.ef_construction < 1 or self.ef_search < 1:
             raise AudiocapError("index: dim, M, ef_construction and ef_search must be positive")
 
@@ -83,7 +86,13 @@ class Hit:
 class CaptionIndex:
     """An hnswlib index of clip embeddings with each clip's id and captions."""
 
-    def __init__(self, cfg: IndexConfig, graph: hnswlib.Index, ids: list[str], captions: list[tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        cfg: IndexConfig,
+        graph: hnswlib.Index,
+        ids: list[str],
+        captions: list[tuple[str, ...]],
+    ) -> None:
         self.config = cfg
         self._graph = graph
         self._ids = ids
@@ -110,7 +119,9 @@ class CaptionIndex:
         if dupes:
             raise DatasetError("index", [f"duplicate clip id {d!r}" for d in dupes])
         graph = hnswlib.Index(space=cfg.space, dim=cfg.dim)
-        graph.init_index(max_elements=max(len(vecs), 1), ef_construction=cfg.ef_construction, M=cfg.M)
+        graph.init_index(
+            max_elements=max(len(vecs), 1), ef_construction=cfg.ef_construction, M=cfg.M
+        )
         if len(vecs):
             graph.add_items(vecs, np.arange(len(vecs)), num_threads=threads)
         graph.set_ef(cfg.ef_search)
@@ -136,7 +147,9 @@ class CaptionIndex:
         existing = [i for i in ids if i in self._label]
         if existing and not replace:
             shown = ", ".join(repr(i) for i in existing[:5])
-            raise DatasetError("index add", [f"clip id(s) already indexed: {shown} (pass replace=True to update)"])
+            raise DatasetError(
+                "index add", [f"clip id(s) already indexed: {shown} (pass replace=True to update)"]
+            )
         labels = np.empty(len(ids), dtype=np.int64)
         n = len(self._ids)
         self._idf = None  # the captions change
@@ -168,12 +181,16 @@ class CaptionIndex:
         """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+        tmp = Path(
+            tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp")
+        )
         try:
             self._graph.save_index(str(tmp / GRAPH_NAME))
             with open(tmp / ENTRIES_NAME, "w", encoding="utf-8") as f:
                 for cid, caps in zip(self._ids, self._captions):
-                    f.write(json.dumps({"id": cid, "captions": list(caps)}, ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps({"id": cid, "captions": list(caps)}, ensure_ascii=False) + "\n"
+                    )
                 f.flush()
                 os.fsync(f.fileno())
             if extra is not None:
@@ -203,7 +220,9 @@ class CaptionIndex:
         return cls._load(Path(directory).resolve(), expected, directory)
 
     @classmethod
-    def _load(cls, directory: Path, expected: IndexConfig | None, shown: str | Path) -> CaptionIndex:
+    def _load(
+        cls, directory: Path, expected: IndexConfig | None, shown: str | Path
+    ) -> CaptionIndex:
         if not (directory / CONFIG_NAME).is_file():
             raise ModelNotFoundError(f"{shown}: no caption index here (run `audiocap build-index`)")
         cfg = load_config(IndexConfig, directory / CONFIG_NAME)
@@ -292,7 +311,11 @@ class CaptionIndex:
         out: list[list[Hit]] = []
         for row_l, row_d, row_k in zip(labels.tolist(), dists.tolist(), keep.tolist()):
             out.append(
-                [Hit(self._ids[l], self._captions[l], float(d)) for l, d, m in zip(row_l, row_d, row_k) if m]
+                [
+                    Hit(self._ids[j], self._captions[j], float(d))
+                    for j, d, m in zip(row_l, row_d, row_k)
+                    if m
+                ]
             )
         return out
 
@@ -314,7 +337,9 @@ def guidance(hits: Sequence[Hit], k: int, per_clip: int = 1) -> list[str]:
 def _check_vectors(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
     v = np.asarray(vectors)
     if v.ndim != 2 or v.shape[1] != dim:
-        raise ConfigMismatchError(f"{what} have shape {list(v.shape)}, but the index holds {dim}-dim vectors")
+        raise ConfigMismatchError(
+            f"{what} have shape {list(v.shape)}, but the index holds {dim}-dim vectors"
+        )
     v = np.ascontiguousarray(v, dtype=np.float32)
     if not np.isfinite(v).all():
         raise AudiocapError(f"{what} contain NaN or infinite values")
@@ -326,7 +351,9 @@ def _check_entries(
 ) -> tuple[list[str], list[tuple[str, ...]]]:
     ids = [str(i) for i in ids]
     if len(ids) != n or len(captions) != n:
-        raise DatasetError("index", [f"{n} vectors, {len(ids)} ids and {len(captions)} caption lists"])
+        raise DatasetError(
+            "index", [f"{n} vectors, {len(ids)} ids and {len(captions)} caption lists"]
+        )
     caps = [(c,) if isinstance(c, str) else tuple(str(x) for x in c) for c in captions]
     empty = [i for i, c in zip(ids, caps) if not c]
     if empty:

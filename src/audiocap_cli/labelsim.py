@@ -16,6 +16,7 @@ class that was top-1 in 78% of clips (YAMNet: 4%) and 0.9 other classes above 0.
 11.7): too clean, so validation on it flattered retrieval. :class:`Simulation` adds the
 ontology and the intruders, with parameters fitted to the numbers above.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,9 @@ import numpy as np
 
 from .audioset import Hierarchy
 
-
-CONFIG_NAME = "simulation.json"  # in a label-grounded model's folder: the Simulation its decoder trained on
+CONFIG_NAME = (
+    "simulation.json"  # in a label-grounded model's folder: the Simulation its decoder trained on
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ class Simulation:
     # Training input only (grounded.plan, never validation): "Speech" set for each training
     # caption that says someone speaks (grounded.heard_labels). Measured, not the default.
     heard_speech: bool = False
-    ancestor_keep: tuple[float, float] = (0.95, 1.1)  # an ancestor scores >= its firing descendants x U(...)
+    ancestor_keep: tuple[float, float] = (
+        0.95,
+        1.1,
+    )  # an ancestor scores >= its firing descendants x U(...)
 
 
 # Intruders fitted to which classes fire on the real clips (bench/simulation_check.py): 85% of
@@ -69,8 +74,11 @@ def parse(spec: str, base: Simulation = Simulation()) -> Simulation:
     changes: dict[str, float | bool] = {}
     for item in filter(None, (x.strip() for x in spec.split(","))):
         if item == "confusable":  # the fields in which CONFUSABLE differs from the default
-            changes |= {f.name: getattr(CONFUSABLE, f.name) for f in dataclasses.fields(Simulation)
-                        if getattr(CONFUSABLE, f.name) != getattr(Simulation(), f.name)}
+            changes |= {
+                f.name: getattr(CONFUSABLE, f.name)
+                for f in dataclasses.fields(Simulation)
+                if getattr(CONFUSABLE, f.name) != getattr(Simulation(), f.name)
+            }
             continue
         name, _, value = item.partition("=")
         default = getattr(base, name, None)
@@ -100,9 +108,14 @@ def confusion_cdf(similarity: np.ndarray, temperature: float) -> np.ndarray:
     return cdf
 
 
-def simulate(labels: np.ndarray, rng: np.random.Generator, prior: np.ndarray | None,
-             hierarchy: Hierarchy | None, sim: Simulation = Simulation(),
-             similarity: np.ndarray | None = None) -> np.ndarray:
+def simulate(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    prior: np.ndarray | None,
+    hierarchy: Hierarchy | None,
+    sim: Simulation = Simulation(),
+    similarity: np.ndarray | None = None,
+) -> np.ndarray:
     """Clip scores ``[N, C]`` an encoder might give clips with multi-hot ``labels [N, C]``.
 
     ``prior [C]``: how often each class is labelled in the corpus (the usual intruders);
@@ -128,7 +141,11 @@ def simulate(labels: np.ndarray, rng: np.random.Generator, prior: np.ndarray | N
                 fire = rng.random((len(who), len(sibs))) < sim.sibling_rate
                 val = rng.uniform(*sim.sibling_range, size=fire.shape)
                 s[np.ix_(who, sibs)] = np.maximum(s[np.ix_(who, sibs)], np.where(fire, val, 0.0))
-    p = np.full(c, 1.0 / c) if prior is None else np.asarray(prior, dtype=np.float64) / max(float(np.sum(prior)), 1e-12)
+    p = (
+        np.full(c, 1.0 / c)
+        if prior is None
+        else np.asarray(prior, dtype=np.float64) / max(float(np.sum(prior)), 1e-12)
+    )
     p = (1.0 - sim.prior_floor) * p + sim.prior_floor / c
     counts = rng.poisson(sim.intruders, size=n)
     who = np.repeat(rows, counts)
@@ -156,7 +173,9 @@ def simulate(labels: np.ndarray, rng: np.random.Generator, prior: np.ndarray | N
     return s
 
 
-def lift_ancestors(s: np.ndarray, hierarchy: Hierarchy, rng: np.random.Generator, sim: Simulation) -> np.ndarray:
+def lift_ancestors(
+    s: np.ndarray, hierarchy: Hierarchy, rng: np.random.Generator, sim: Simulation
+) -> np.ndarray:
     """Each ancestor a scores at least ``max(s[:, descendants of a]) * U(ancestor_keep)`` (at most
     1): YAMNet's "Animal" tops its dog, and so outranks the labelled class in most real clips."""
     out = s.copy()

@@ -16,6 +16,7 @@ Labels never reach captioning: there the query is the clip's audio. For training
 validation without audio, ``labelsim.simulate`` turns labels into scores that look like an
 encoder's (see its docstring for how it was fitted).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -109,7 +110,7 @@ def class_weights(labels: np.ndarray, cfg: LabelSpaceConfig) -> np.ndarray:
         return np.ones(labels.shape[1], dtype=np.float32)
     df = (labels > 0).sum(axis=0)
     idf = np.log((labels.shape[0] + IDF_SMOOTH) / (df + IDF_SMOOTH)) + 1.0
-    return (idf ** cfg.idf_power).astype(np.float32)
+    return (idf**cfg.idf_power).astype(np.float32)
 
 
 def pool_scores(scores: np.ndarray, cfg: LabelSpaceConfig) -> np.ndarray:
@@ -141,8 +142,9 @@ class LabelCorpus:
     weights: np.ndarray  # [C] class weights the vectors were built with
 
     @classmethod
-    def build(cls, labels: np.ndarray, captions: Sequence[str], cfg: LabelSpaceConfig,
-              seed: int = 0) -> LabelCorpus:
+    def build(
+        cls, labels: np.ndarray, captions: Sequence[str], cfg: LabelSpaceConfig, seed: int = 0
+    ) -> LabelCorpus:
         """One entry per distinct label set (clips without labels are left out)."""
         labels = np.asarray(labels, dtype=np.float32)
         keep = np.flatnonzero(labels.sum(axis=1) > 0)
@@ -163,7 +165,9 @@ class LabelCorpus:
         return np.array([len(c) for c in self.captions])
 
 
-def nearest_sets(queries: np.ndarray, vectors: np.ndarray, m: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest_sets(
+    queries: np.ndarray, vectors: np.ndarray, m: int, block: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``m`` label sets ``[N, m]`` by cosine, best first, and their cosines ``[N, m]``."""
     m = min(m, len(vectors))
     out = np.zeros((len(queries), m), dtype=np.int64)
@@ -177,11 +181,14 @@ def nearest_sets(queries: np.ndarray, vectors: np.ndarray, m: int, block: int = 
     return out, cos
 
 
-Group = tuple[Sequence[str], Sequence[int] | None, float]  # a set's captions, their corpus ids, cosine
+Group = tuple[
+    Sequence[str], Sequence[int] | None, float
+]  # a set's captions, their corpus ids, cosine
 
 
-def gather_pool(groups: Iterable[Group], cfg: LabelSpaceConfig,
-                exclude: set[int] | None = None) -> tuple[list[str], list[float]]:
+def gather_pool(
+    groups: Iterable[Group], cfg: LabelSpaceConfig, exclude: set[int] | None = None
+) -> tuple[list[str], list[float]]:
     """Captions of the nearest label sets (best set first), up to ``rerank_pool`` and at most
     ``per_set`` from one set, with their consensus weights (the set's cosine ** set_power).
     ``exclude``: corpus caption ids left out (the query clip's own captions, when it is in the
@@ -209,8 +216,12 @@ def uses_corpus_idf(cfg: LabelSpaceConfig) -> bool:
     return cfg.corpus_idf or cfg.rerank == "ciderd"
 
 
-def rerank(pools: Sequence[tuple[list[str], list[float]]], k: int, cfg: LabelSpaceConfig,
-           idf: dict[str, float] | None = None) -> list[list[str]]:
+def rerank(
+    pools: Sequence[tuple[list[str], list[float]]],
+    k: int,
+    cfg: LabelSpaceConfig,
+    idf: dict[str, float] | None = None,
+) -> list[list[str]]:
     """The ``k`` most typical captions of each (pool, weights), best first, by ``cfg.rerank``
     (``idf``: the corpus n-gram idf where :func:`uses_corpus_idf`). Ties keep pool order."""
     from .zeroshot import ciderd_consensus, consensus_rerank
@@ -222,9 +233,16 @@ def rerank(pools: Sequence[tuple[list[str], list[float]]], k: int, cfg: LabelSpa
     return [[p[i] for i in np.argsort(-s, kind="stable")[:k]] for p, s in zip(caps, scores)]
 
 
-def corpus_guidance(corpus: LabelCorpus, scores: np.ndarray, cfg: LabelSpaceConfig, k: int,
-                    exclude: Sequence[set[int]] | None = None, idf: dict[str, float] | None = None,
-                    block: int = 2000, advance: Callable[[int], None] | None = None) -> list[list[str]]:
+def corpus_guidance(
+    corpus: LabelCorpus,
+    scores: np.ndarray,
+    cfg: LabelSpaceConfig,
+    k: int,
+    exclude: Sequence[set[int]] | None = None,
+    idf: dict[str, float] | None = None,
+    block: int = 2000,
+    advance: Callable[[int], None] | None = None,
+) -> list[list[str]]:
     """Guidance of many queries at once by exact search (training and validation).
 
     ``scores`` ``[N, C]`` clip scores (real or ``labelsim.simulate``); ``exclude[i]``: corpus
@@ -236,8 +254,11 @@ def corpus_guidance(corpus: LabelCorpus, scores: np.ndarray, cfg: LabelSpaceConf
         q = query_vectors(scores[s : s + block], corpus.weights, cfg)
         ranked, cos = nearest_sets(q, corpus.vectors, SETS_PER_QUERY)
         pools = [
-            gather_pool(((corpus.captions[u], corpus.caption_ids[u], c) for u, c in zip(row, crow)), cfg,
-                        exclude[s + i] if exclude is not None else None)
+            gather_pool(
+                ((corpus.captions[u], corpus.caption_ids[u], c) for u, c in zip(row, crow)),
+                cfg,
+                exclude[s + i] if exclude is not None else None,
+            )
             for i, (row, crow) in enumerate(zip(ranked, cos))
         ]
         out.extend(rerank(pools, k, cfg, idf))
@@ -259,15 +280,21 @@ def embedder_id(cfg: LabelSpaceConfig, weights: np.ndarray) -> str:
     from .config import fingerprint
 
     w = hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float32).tobytes()).hexdigest()[:8]
-    return f"labels-{fingerprint(cfg, exclude=RERANK_FIELDS)}-{w}"  # re-ranking leaves the vectors be
+    return (
+        f"labels-{fingerprint(cfg, exclude=RERANK_FIELDS)}-{w}"  # re-ranking leaves the vectors be
+    )
 
 
 def build_index(corpus: LabelCorpus, cfg: LabelSpaceConfig, encoder_fingerprint: str):
     """An hnswlib :class:`index.CaptionIndex` of the label sets (entry ``s<u>``: set u's captions)."""
     from .index import CaptionIndex, IndexConfig
 
-    icfg = IndexConfig(dim=corpus.vectors.shape[1], embedder=embedder_id(cfg, corpus.weights),
-                       encoder=encoder_fingerprint, ef_search=max(200, 2 * SETS_PER_QUERY))
+    icfg = IndexConfig(
+        dim=corpus.vectors.shape[1],
+        embedder=embedder_id(cfg, corpus.weights),
+        encoder=encoder_fingerprint,
+        ef_search=max(200, 2 * SETS_PER_QUERY),
+    )
     ids = [f"s{u}" for u in range(len(corpus.captions))]
     return CaptionIndex.build(corpus.vectors, ids, [tuple(c) for c in corpus.captions], icfg)
 
@@ -290,7 +317,9 @@ class LabelRetriever:
         self.cfg = load_config(LabelSpaceConfig, folder / CONFIG_NAME)
         path = folder / WEIGHTS_NAME
         if not path.is_file():
-            raise ModelNotFoundError(f"{path}: missing; rebuild the label index with `audiocap bootstrap`")
+            raise ModelNotFoundError(
+                f"{path}: missing; rebuild the label index with `audiocap bootstrap`"
+            )
         self.weights = np.load(path, allow_pickle=False)
         self.index = index
 
@@ -312,7 +341,10 @@ class LabelRetriever:
     def pools(self, hits) -> list[tuple[list[str], list[float]]]:  # hits: list[list[index.Hit]]
         """Each query's pool: captions of its nearest label sets, with their consensus weights."""
         # unit vectors: squared L2 distance d = 2 - 2 cos
-        return [gather_pool(((h.captions, None, 1.0 - h.distance / 2.0) for h in row), self.cfg) for row in hits]
+        return [
+            gather_pool(((h.captions, None, 1.0 - h.distance / 2.0) for h in row), self.cfg)
+            for row in hits
+        ]
 
     def rerank(self, pools: Sequence[tuple[list[str], list[float]]], k: int) -> list[list[str]]:
         """The K most typical captions of each of :meth:`pools`."""

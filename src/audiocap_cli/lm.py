@@ -12,6 +12,7 @@ A :class:`FrozenLM` is split into
                       parameter, which unties it from the frozen embeddings.
 Features are the body's last hidden state, i.e. exactly what the LM head sees.
 """
+
 from __future__ import annotations
 
 import functools
@@ -114,13 +115,17 @@ class FrozenLM:
         return self._token_texts
 
     @torch.no_grad()
-    def features(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def features(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Last hidden state (after the final norm) ``[B, L, D_l]`` of ids ``[B, L]``.
 
         ``attention_mask`` ``[B, L]`` (1 = real token) for right-padded batches. no_grad, not
         inference_mode: the result feeds trainable layers whose backward saves it.
         """
-        out = self.body(input_ids=ids.to(self.device), attention_mask=attention_mask, use_cache=False)
+        out = self.body(
+            input_ids=ids.to(self.device), attention_mask=attention_mask, use_cache=False
+        )
         return out.last_hidden_state
 
     @torch.no_grad()
@@ -134,7 +139,9 @@ class FrozenLM:
 
             cache = DynamicCache()
         # transformers 5.2x renamed ``past_key_values`` to ``cache``; the cache fills in place
-        out = self.body(input_ids=ids.to(self.device), use_cache=True, **{_cache_kwarg(self.body): cache})
+        out = self.body(
+            input_ids=ids.to(self.device), use_cache=True, **{_cache_kwarg(self.body): cache}
+        )
         return out.last_hidden_state, cache
 
     def features_of(self, seqs: list[list[int]], batch_tokens: int = 8192) -> list[torch.Tensor]:
@@ -145,7 +152,10 @@ class FrozenLM:
         while start < len(order):
             end = start + 1
             # sorted ascending, so the batch's longest is its last; grow while it fits the budget
-            while end < len(order) and (end - start + 1) * max(1, len(seqs[order[end]])) <= batch_tokens:
+            while (
+                end < len(order)
+                and (end - start + 1) * max(1, len(seqs[order[end]])) <= batch_tokens
+            ):
                 end += 1
             batch = [seqs[i] for i in order[start:end]]
             longest = max(1, max(len(s) for s in batch))
@@ -169,7 +179,9 @@ def _cache_kwarg_of(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
-def pad_ids(seqs: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_ids(
+    seqs: list[list[int]], pad_id: int, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists -> ids ``[B, L]`` and mask ``[B, L]`` (True = real token)."""
     n = max((len(s) for s in seqs), default=0) if length is None else length
     ids = torch.full((len(seqs), max(n, 1)), pad_id, dtype=torch.long)
@@ -216,8 +228,8 @@ def _converted_smollm2() -> Path:
     target = cache_dir() / "lm" / gguf.stem
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{gguf.stem}."))
@@ -234,8 +246,11 @@ def _converted_smollm2() -> Path:
         state = model.state_dict()
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: re-created from the embeddings on load
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         tok.save_pretrained(str(tmp))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         try:

@@ -10,6 +10,7 @@ Each chunk is one safetensors file holding ``feats [sum L_i, D_l]`` (float16, ~5
 rounding, far below the decoder's dropout noise) and ``offsets [n + 1]``, plus a JSON list of
 its captions. Reading a chunk costs one ``mmap``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,7 +81,9 @@ class LMFeatureStore:
             tmp = self.dir / f".{name}.tmp"
             save_file({"feats": flat.contiguous(), "offsets": offs}, str(tmp))
             tmp.replace(self.dir / f"{name}.safetensors")
-            atomic_write_text(self.dir / f"{name}.json", json.dumps(chunk))  # written last: marks the chunk done
+            atomic_write_text(
+                self.dir / f"{name}.json", json.dumps(chunk)
+            )  # written last: marks the chunk done
             for text, f in zip(chunk, feats):
                 self._items[text] = f.to(torch.float16)
             self._loaded.add(name)

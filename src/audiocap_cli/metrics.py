@@ -27,6 +27,7 @@ What is reused and what is re-driven:
 Prediction files and matching their keys to reference clip ids live with the caption record, in
 :mod:`records`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -110,7 +111,9 @@ def _pycoco_dir(sub: str) -> Path:
     """Folder of a pycocoevalcap sub-package (pycocoevalcap is a namespace package)."""
     spec = importlib.util.find_spec(f"pycocoevalcap.{sub}")
     if spec is None or not spec.submodule_search_locations:
-        raise MetricsError("pycocoevalcap 1.2 is not installed: run `pip install pycocoevalcap==1.2`")
+        raise MetricsError(
+            "pycocoevalcap 1.2 is not installed: run `pip install pycocoevalcap==1.2`"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -152,7 +155,9 @@ def _expand(metrics: Sequence[str]) -> tuple[str, ...]:
     wanted = {aliases.get(m, m) for m in wanted}
     unknown = sorted(wanted - set(METRICS))
     if unknown:
-        raise MetricsError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+        raise MetricsError(
+            f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}"
+        )
     if not wanted:
         raise MetricsError(f"no metric requested; choose from {', '.join(METRICS)}")
     if "spider" in wanted:
@@ -214,7 +219,9 @@ def score_batch(
     return _results(prepared, metric_keys(families), scores, corpus, unavailable)
 
 
-def _spice_jars(families: Sequence[str], spice_dir: str | Path | None, unavailable: dict[str, str]) -> list[Path] | None:
+def _spice_jars(
+    families: Sequence[str], spice_dir: str | Path | None, unavailable: dict[str, str]
+) -> list[Path] | None:
     """The CoreNLP jars SPICE needs, or None (then SPICE and SPIDEr go to ``unavailable``)."""
     if "spice" not in families:
         return None
@@ -340,11 +347,15 @@ class _Job:
     refs: list[list[str]]
 
 
-def _prepare(name: str, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> _Job:
+def _prepare(
+    name: str, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
+) -> _Job:
     """Check types and coverage; one MetricsError listing the first problems."""
     what = f"system {name!r}: " if name else ""
     if not isinstance(predictions, Mapping) or not isinstance(references, Mapping):
-        raise MetricsError(f"{what}predictions and references must be mappings of clip id -> caption(s)")
+        raise MetricsError(
+            f"{what}predictions and references must be mappings of clip id -> caption(s)"
+        )
     if not predictions:
         raise MetricsError(f"{what}no predictions to score")
     problems: list[str] = []
@@ -365,7 +376,9 @@ def _prepare(name: str, predictions: Mapping[str, str], references: Mapping[str,
         refs.append(list(ref))
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise MetricsError(f"{what}{len(problems)} bad prediction(s): {'; '.join(problems[:5])}{more}")
+        raise MetricsError(
+            f"{what}{len(problems)} bad prediction(s): {'; '.join(problems[:5])}{more}"
+        )
     return _Job(ids, preds, refs)
 
 
@@ -449,13 +462,16 @@ def _tokenize(java: str, jobs: Mapping[str, _Job]) -> _Tokenized:
             f"{_tail(None, proc.stderr.decode(errors='replace'))}"
         )
     lines = proc.stdout.decode(errors="replace").split("\n")
-    if len(lines) < len(sentences) or any(ln.strip() for ln in lines[len(sentences):]):
+    if len(lines) < len(sentences) or any(ln.strip() for ln in lines[len(sentences) :]):
         raise MetricsError(
             f"the PTB tokenizer returned {len(lines)} lines for {len(sentences)} captions "
             "(unexpected output from Java)"
         )
     punct = set(PUNCTUATIONS)
-    tokens = [" ".join(w for w in ln.rstrip().split(" ") if w not in punct) for ln in lines[: len(sentences)]]
+    tokens = [
+        " ".join(w for w in ln.rstrip().split(" ") if w not in punct)
+        for ln in lines[: len(sentences)]
+    ]
     lookup = {text: tokens[i] for text, i in distinct.items()}
     out: _Tokenized = {}
     for name, job in jobs.items():
@@ -636,7 +652,9 @@ def find_corenlp_jars(spice_dir: str | Path | None = None) -> tuple[list[Path] |
             if all(j.is_file() for j in jars):
                 return jars, ""
         origin = "spice_dir" if spice_dir is not None else f"${SPICE_DIR_ENV}"
-        raise MetricsError(f"{origin} {root} does not hold {' and '.join(CORENLP_JARS)} (needed by SPICE)")
+        raise MetricsError(
+            f"{origin} {root} does not hold {' and '.join(CORENLP_JARS)} (needed by SPICE)"
+        )
     lib = _pycoco_dir("spice") / "lib"
     jars = [lib / j for j in CORENLP_JARS]
     if all(j.is_file() for j in jars):
@@ -660,14 +678,20 @@ class _SpiceRun:
             for cid, hyp in res.items():
                 self._distinct.setdefault((hyp[0], tuple(gts[cid])), len(self._distinct))
         self._tokenized = tokenized
-        items = [{"image_id": i, "test": h, "refs": list(r)} for (h, r), i in self._distinct.items()]
+        items = [
+            {"image_id": i, "test": h, "refs": list(r)} for (h, r), i in self._distinct.items()
+        ]
         in_file, self._out = tmp / "input.json", tmp / "output.json"
         in_file.write_text(json.dumps(items, indent=2))
         cache = cache_dir() / "spice-cache"
         cache.mkdir(parents=True, exist_ok=True)
         # An explicit class path instead of pycocoevalcap's `-jar`, so the CoreNLP jars may live
         # outside site-packages; spice-1.0.jar's manifest Class-Path still brings in spice/lib.
-        classpath = [spice_dir / "spice-1.0.jar", *corenlp, *sorted((spice_dir / "lib").glob("*.jar"))]
+        classpath = [
+            spice_dir / "spice-1.0.jar",
+            *corenlp,
+            *sorted((spice_dir / "lib").glob("*.jar")),
+        ]
         opens = _SPICE_ADD_OPENS if _java_major(java) >= 9 else ()
         cmd = [
             java, _SPICE_HEAP, *opens, "-cp", os.pathsep.join(map(str, classpath)), _SPICE_CLASS,
@@ -700,7 +724,9 @@ class _SpiceRun:
             raise MetricsError(f"SPICE wrote unreadable output ({type(e).__name__}: {e})") from e
         missing = set(self._distinct.values()) - set(by_id)
         if missing:
-            raise MetricsError(f"SPICE output lacks {len(missing)} of {len(self._distinct)} captions")
+            raise MetricsError(
+                f"SPICE output lacks {len(missing)} of {len(self._distinct)} captions"
+            )
         return {
             name: [by_id[self._distinct[(res[cid][0], tuple(gts[cid]))]] for cid in res]
             for name, (gts, res) in self._tokenized.items()

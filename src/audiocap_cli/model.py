@@ -14,6 +14,7 @@ Each stage checks its own config on load; this module only names the places and 
 shared settings (which encoder, which clip policy), so that stages trained on different
 features are never combined.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -100,7 +101,12 @@ class ModelDir:
         """
         if self.exists():
             old = self.load()
-            check_config(cfg, old, f"model {self.path}", fields=("encoder", "encoder_weights", "clip_seconds"))
+            check_config(
+                cfg,
+                old,
+                f"model {self.path}",
+                fields=("encoder", "encoder_weights", "clip_seconds"),
+            )
             cfg = replace(old, **changes)
         else:
             cfg = replace(cfg, **changes)

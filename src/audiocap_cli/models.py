@@ -13,6 +13,7 @@ further members in ``ensemble/NAME/``).
 Its index is derived: built on first use, atomically, into ``$AUDIOCAP_CACHE/models/<name>-<hash>/``,
 whose decoder folders link back to the package's files (no weight file is written twice).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -59,8 +60,16 @@ def shipped_models() -> list[ModelInfo]:
     out = []
     for folder in sorted(SHIPPED_ROOT.glob(f"*/{MODEL_INFO}")):
         info = json.loads(folder.read_text())
-        out.append(ModelInfo(folder.parent.name, folder.parent, _size(folder.parent),
-                             info.get("trained_on", ""), info.get("validation", {}), True))
+        out.append(
+            ModelInfo(
+                folder.parent.name,
+                folder.parent,
+                _size(folder.parent),
+                info.get("trained_on", ""),
+                info.get("validation", {}),
+                True,
+            )
+        )
     return out
 
 
@@ -69,12 +78,20 @@ def list_models() -> list[ModelInfo]:
     return shipped_models()
 
 
-def resolve(model: str | Path | None, env: dict[str, str] | None = None,
-            say: Callable[[str], None] | None = None, progress: Progress | None = None) -> Path:
+def resolve(
+    model: str | Path | None,
+    env: dict[str, str] | None = None,
+    say: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+) -> Path:
     """The model directory to use: ``model`` (a directory, or a name), else $AUDIOCAP_MODEL,
     else the default model. A name is materialised into the cache on first use."""
     env = dict(os.environ) if env is None else env
-    spec = str(model) if model is not None and str(model) != "" else env.get(MODEL_ENV) or DEFAULT_MODEL
+    spec = (
+        str(model)
+        if model is not None and str(model) != ""
+        else env.get(MODEL_ENV) or DEFAULT_MODEL
+    )
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
@@ -84,7 +101,9 @@ def resolve(model: str | Path | None, env: dict[str, str] | None = None,
     if os.sep in spec or spec.startswith("."):
         raise ModelNotFoundError(f"{spec}: no such model directory")
     known = ", ".join(sorted(names)) or "none installed"
-    raise ModelNotFoundError(f"no model named {spec!r} (known: {known}); give a model directory or a name from `audiocap models`")
+    raise ModelNotFoundError(
+        f"no model named {spec!r} (known: {known}); give a model directory or a name from `audiocap models`"
+    )
 
 
 def _digest(folder: Path) -> str:
@@ -118,12 +137,20 @@ def read_corpus(folder: Path) -> tuple[list[str], np.ndarray]:
 
 def write_corpus(folder: Path, captions: list[str], labels: np.ndarray) -> None:
     """The inverse of :func:`read_corpus` (deterministic bytes: gzip mtime 0)."""
-    lines = [f"{c}\t{' '.join(str(j) for j in np.flatnonzero(l))}\n" for c, l in zip(captions, labels)]
-    with open(folder / CORPUS_NAME, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+    lines = [
+        f"{c}\t{' '.join(str(j) for j in np.flatnonzero(row))}\n"
+        for c, row in zip(captions, labels)
+    ]
+    with (
+        open(folder / CORPUS_NAME, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f,
+    ):
         f.write("".join(lines).encode("utf-8"))
 
 
-def materialise(folder: Path, say: Callable[[str], None] | None = None, progress: Progress | None = None) -> Path:
+def materialise(
+    folder: Path, say: Callable[[str], None] | None = None, progress: Progress | None = None
+) -> Path:
     """The runnable model directory of a shipped model, built into the cache once."""
     from .resources import cache_dir
 
@@ -135,7 +162,13 @@ def materialise(folder: Path, say: Callable[[str], None] | None = None, progress
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        _build(folder, tmp, progress("building the model's index", len(BUILD_STEPS)) if progress else (lambda n: None))
+        _build(
+            folder,
+            tmp,
+            progress("building the model's index", len(BUILD_STEPS))
+            if progress
+            else (lambda n: None),
+        )
         try:
             os.rename(tmp, target)  # atomic; a concurrent first use may have won the race
         except OSError:

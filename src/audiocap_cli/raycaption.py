@@ -17,6 +17,7 @@ becomes error records; nothing kills the job::
 The model directory, the audio files and (for reuse) ``$AUDIOCAP_CACHE`` must be readable at
 the same paths on every node (a shared file system); audiocap must be installed on every node.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,14 @@ from .captioner import CaptionOptions
 from .records import CaptionRecord
 
 # Environment forwarded to the workers (cache location, quiet libraries).
-FORWARD_ENV = ("AUDIOCAP_CACHE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TQDM_DISABLE",
-               "HF_HUB_OFFLINE", "HF_HOME")
+FORWARD_ENV = (
+    "AUDIOCAP_CACHE",
+    "HF_HUB_DISABLE_PROGRESS_BARS",
+    "TRANSFORMERS_VERBOSITY",
+    "TQDM_DISABLE",
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+)
 
 
 def _error_records(paths: Sequence[str], exc: BaseException) -> list[list[dict[str, Any]]]:
@@ -134,7 +141,11 @@ def init(address: str, num_cpus: int | None = None, quiet: bool = False) -> None
     import ray
 
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-    kw: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet, "logging_level": "ERROR"}
+    kw: dict[str, Any] = {
+        "runtime_env": {"env_vars": env},
+        "log_to_driver": not quiet,
+        "logging_level": "ERROR",
+    }
     if address == "local":
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kw)
     else:
@@ -166,7 +177,9 @@ def caption_paths(
         return iter(())
     blocks = max(1, min(len(paths), 4 * workers, -(-len(paths) // max(1, opts.batch_size))))
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-    return iter_records(caption_dataset(ds, model_dir, opts, workers, cpus_per_worker, gpus_per_worker))
+    return iter_records(
+        caption_dataset(ds, model_dir, opts, workers, cpus_per_worker, gpus_per_worker)
+    )
 
 
 def caption_files(
@@ -185,5 +198,9 @@ def caption_files(
     from .captioner import pending, write_records
 
     todo = pending(paths, writer, advance)
-    return write_records(caption_paths(todo, model_dir, opts, workers, cpus_per_worker, gpus_per_worker),
-                         writer, advance, on_error)
+    return write_records(
+        caption_paths(todo, model_dir, opts, workers, cpus_per_worker, gpus_per_worker),
+        writer,
+        advance,
+        on_error,
+    )

@@ -9,6 +9,7 @@
 
 Kept apart from the pipeline so that resume and reading logic is tested without any model.
 """
+
 from __future__ import annotations
 
 import csv
@@ -146,10 +147,15 @@ class CaptionRecord:
         if isinstance(obj.get("caption"), str):
             guides = obj.get("guidance")
             return cls(
-                key, obj.get("start"), obj.get("end"), obj["caption"],
+                key,
+                obj.get("start"),
+                obj.get("end"),
+                obj["caption"],
                 [Guide(g.get("caption"), g.get("distance")) for g in guides if isinstance(g, dict)]
-                if isinstance(guides, list) else None,
-                obj.get("seconds"), retrieved=True if obj.get("retrieved") is True else None,
+                if isinstance(guides, list)
+                else None,
+                obj.get("seconds"),
+                retrieved=True if obj.get("retrieved") is True else None,
             )
         if "error" in obj:
             return cls.failure(key, str(obj["error"]), str(obj.get("error_type", "")) or None)  # type: ignore[arg-type]
@@ -187,7 +193,13 @@ class RecordWriter:
     candidate layout aac-metrics reads; one row per segment).
     """
 
-    def __init__(self, path: str | None, fmt: str = "jsonl", resume: bool = False, stdout: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        fmt: str = "jsonl",
+        resume: bool = False,
+        stdout: TextIO | None = None,
+    ) -> None:
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"unknown format {fmt!r}")
         self.fmt = fmt
@@ -263,7 +275,13 @@ class RecordWriter:
 #: default and DCASE submissions use ``file_name,caption_predicted``; ``fname,caption`` is the
 #: other common layout.
 CSV_KEY_COLUMNS: tuple[str, ...] = ("path", "file_name", "fname", "filename", "file", "audio", "id")
-CSV_CAPTION_COLUMNS: tuple[str, ...] = ("caption", "caption_predicted", "prediction", "preds", "candidate")
+CSV_CAPTION_COLUMNS: tuple[str, ...] = (
+    "caption",
+    "caption_predicted",
+    "prediction",
+    "preds",
+    "candidate",
+)
 
 
 class Predictions(dict[str, str]):

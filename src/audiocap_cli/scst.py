@@ -16,6 +16,7 @@ hypothesis: its positions are independent queries).
 The literature's AAC systems (e.g. Mei et al. 2021, Xu et al. 2021) add SCST after
 cross-entropy training; Koizumi et al. (2020) do not, so it is an opt-in stage here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,9 +67,13 @@ class SCSTConfig:
 
     def __post_init__(self) -> None:
         if self.samples < 2:
-            raise AudiocapError("scst: samples must be >= 2 (each sample's baseline is the others' mean)")
+            raise AudiocapError(
+                "scst: samples must be >= 2 (each sample's baseline is the others' mean)"
+            )
         if self.clips_per_step < 1 or self.steps < 0 or self.max_len < 1 or self.save_every < 1:
-            raise AudiocapError("scst: clips_per_step, max_len and save_every must be >= 1, steps >= 0")
+            raise AudiocapError(
+                "scst: clips_per_step, max_len and save_every must be >= 1, steps >= 0"
+            )
         if not self.lr > 0 or not self.temperature > 0 or self.fmean_weight < 0:
             raise AudiocapError("scst: lr and temperature must be > 0, fmean_weight >= 0")
 
@@ -100,7 +105,9 @@ class Reward:
         """``[H]`` rewards of ``hyps`` against the same ``refs``."""
         r = self.cider.scores(hyps, refs)
         if self.fmean_weight:
-            r = r + self.fmean_weight * unigram_fmean([words(h) for h in hyps], [words(x) for x in refs]).mean(1)
+            r = r + self.fmean_weight * unigram_fmean(
+                [words(h) for h in hyps], [words(x) for x in refs]
+            ).mean(1)
         return r
 
 
@@ -117,8 +124,14 @@ def _context(dec: GuidedDecoder, clips: Sequence[Clip]) -> Context:
 
 
 @torch.no_grad()
-def sample(dec: GuidedDecoder, clips: Sequence[Clip], n: int, max_len: int, temperature: float,
-           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample(
+    dec: GuidedDecoder,
+    clips: Sequence[Clip],
+    n: int,
+    max_len: int,
+    temperature: float,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` captions per clip drawn from the decoder (KV-cached frozen LM, like beam search):
     tokens ``[B*n, T]`` (EOS included, -100 after it), the LM features each token was predicted
     from ``[B*n, T, D_l]`` ([bos] w1 ... w_{T-1}) and lengths ``[B*n]`` (EOS included)."""
@@ -154,8 +167,9 @@ def sample(dec: GuidedDecoder, clips: Sequence[Clip], n: int, max_len: int, temp
     return torch.stack(out, 1), torch.stack(feats, 1), lengths
 
 
-def sequence_logprob(dec: GuidedDecoder, clips: Sequence[Clip], tokens: torch.Tensor,
-                     feats: torch.Tensor) -> torch.Tensor:
+def sequence_logprob(
+    dec: GuidedDecoder, clips: Sequence[Clip], tokens: torch.Tensor, feats: torch.Tensor
+) -> torch.Tensor:
     """Summed log-prob ``[B*n]`` of sampled ``tokens`` ``[B*n, T]`` (-100 = none) given the LM
     features they were predicted from ``[B*n, T, D_l]``, with gradients through the decoder."""
     b = len(clips)
@@ -177,8 +191,12 @@ def _check_clips(clips: Sequence[Clip], dec: GuidedDecoder) -> None:
     for i, (_, frames, refs) in enumerate(clips):
         if not any(str(r).strip() for r in refs):
             problems.append(f"clip {i}: no reference caption")
-        if dec.cfg.use_audio and (frames is None or np.ndim(frames) != 2 or np.shape(frames)[1] != dec.cfg.d_a):
-            problems.append(f"clip {i}: frames of shape {np.shape(frames)}, expected [T, {dec.cfg.d_a}]")
+        if dec.cfg.use_audio and (
+            frames is None or np.ndim(frames) != 2 or np.shape(frames)[1] != dec.cfg.d_a
+        ):
+            problems.append(
+                f"clip {i}: frames of shape {np.shape(frames)}, expected [T, {dec.cfg.d_a}]"
+            )
     if problems:
         raise DatasetError("SCST clips", problems)
 
@@ -191,9 +209,16 @@ def step_clips(n_clips: int, cfg: SCSTConfig, step: int) -> np.ndarray:
     return order[s * cfg.clips_per_step : (s + 1) * cfg.clips_per_step]
 
 
-def train_scst(dec: GuidedDecoder, clips: Sequence[Clip], run_dir: str | Path, cfg: SCSTConfig = SCSTConfig(),
-               cider: CiderD | None = None, resume: bool = True,
-               progress: Callable[[int], None] | None = None, keep_state: bool = False) -> Path:
+def train_scst(
+    dec: GuidedDecoder,
+    clips: Sequence[Clip],
+    run_dir: str | Path,
+    cfg: SCSTConfig = SCSTConfig(),
+    cider: CiderD | None = None,
+    resume: bool = True,
+    progress: Callable[[int], None] | None = None,
+    keep_state: bool = False,
+) -> Path:
     """Fine-tune ``dec`` (in place) by SCST on ``clips`` for ``cfg.steps`` steps; the result is
     written to ``run_dir`` as ``decoder.safetensors`` + ``decoder.json`` (:func:`load_decoder`).
     Resumable: every ``save_every`` steps the weights, Adam's state and the step are saved, and
@@ -220,23 +245,37 @@ def train_scst(dec: GuidedDecoder, clips: Sequence[Clip], run_dir: str | Path, c
         batch = [clips[i] for i in step_clips(len(clips), cfg, step)]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         tokens, feats, _ = sample(dec, batch, cfg.samples, cfg.max_len, cfg.temperature, gen)
-        texts = [lm.detokenize([t for t in row if t >= 0 and t != lm.eos_id]) for row in tokens.tolist()]
+        texts = [
+            lm.detokenize([t for t in row if t >= 0 and t != lm.eos_id]) for row in tokens.tolist()
+        ]
         n = cfg.samples
-        reward = np.concatenate([reward_of.scores(texts[i * n : (i + 1) * n], batch[i][2]) for i in range(len(batch))])
+        reward = np.concatenate(
+            [reward_of.scores(texts[i * n : (i + 1) * n], batch[i][2]) for i in range(len(batch))]
+        )
         r = reward.reshape(len(batch), n)
-        advantage = torch.as_tensor((r - (r.sum(1, keepdims=True) - r) / (n - 1)).reshape(-1), dtype=torch.float32)
+        advantage = torch.as_tensor(
+            (r - (r.sum(1, keepdims=True) - r) / (n - 1)).reshape(-1), dtype=torch.float32
+        )
         opt.zero_grad(set_to_none=True)
         logp = sequence_logprob(dec, batch, tokens, feats)
         loss = -(advantage.to(logp.device) * logp).mean()
         loss.backward()
         opt.step()
         state.epoch += 1
-        row: dict[str, Any] = {"step": state.epoch, "reward": float(reward.mean()), "loss": float(loss.detach()),
-                               "words": float(np.mean([len(words(x)) for x in texts])),
-                               "seconds": time.perf_counter() - t0}
+        row: dict[str, Any] = {
+            "step": state.epoch,
+            "reward": float(reward.mean()),
+            "loss": float(loss.detach()),
+            "words": float(np.mean([len(words(x)) for x in texts])),
+            "seconds": time.perf_counter() - t0,
+        }
         run.log(row)
         if state.epoch % cfg.save_every == 0 or state.epoch == cfg.steps:
-            run.save({k: v.detach().clone() for k, v in dec.state_dict().items()}, {"adam": opt.state_dict()}, state)
+            run.save(
+                {k: v.detach().clone() for k, v in dec.state_dict().items()},
+                {"adam": opt.state_dict()},
+                state,
+            )
         if progress is not None:
             progress(len(batch))
     run.save_best(dec.state_dict())
@@ -245,18 +284,26 @@ def train_scst(dec: GuidedDecoder, clips: Sequence[Clip], run_dir: str | Path, c
     return run.path
 
 
-def _start(run: RunDir, dec: GuidedDecoder, opt: torch.optim.Optimizer, cfg: SCSTConfig, resume: bool) -> RunState:
+def _start(
+    run: RunDir, dec: GuidedDecoder, opt: torch.optim.Optimizer, cfg: SCSTConfig, resume: bool
+) -> RunState:
     """Resume the run in ``run`` (same config, same starting weights) or start it over from
     ``dec``'s weights."""
     start = weights_fingerprint(dec)
     if resume and run.can_resume() and (run.path / SCST_CONFIG).is_file():
         found = load_config(SCSTConfig, run.path / SCST_CONFIG)
         # a longer run extends a shorter one: every step's draws depend on the step alone
-        check_config(cfg, found, f"SCST run {run.path}",
-                     fields=tuple(f for f in cfg.__dataclass_fields__ if f != "steps"))
+        check_config(
+            cfg,
+            found,
+            f"SCST run {run.path}",
+            fields=tuple(f for f in cfg.__dataclass_fields__ if f != "steps"),
+        )
         if json.loads((run.path / SCST_CONFIG).read_text()).get("start") != start:
-            raise ConfigMismatchError(f"SCST run {run.path} started from other decoder weights than these; "
-                                      "delete its last.safetensors to start over")
+            raise ConfigMismatchError(
+                f"SCST run {run.path} started from other decoder weights than these; "
+                "delete its last.safetensors to start over"
+            )
         weights, optim, state = run.resume()
         dec.load_state_dict(weights)
         opt.load_state_dict(optim["adam"])

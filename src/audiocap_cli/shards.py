@@ -9,6 +9,7 @@ point, or the same relative paths from the same working directory).
 :func:`merge` concatenates shard outputs (JSONL) after checking that no record appears twice,
 no line was cut short, and (given the expected inputs) no input is missing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,9 @@ class MergeReport:
     files: int = 0  # distinct input paths seen
     errors: int = 0  # error records (files that could not be captioned)
     duplicates: list[str] = field(default_factory=list)
-    partial: list[str] = field(default_factory=list)  # "FILE:LINE" of cut-short or unparseable lines
+    partial: list[str] = field(
+        default_factory=list
+    )  # "FILE:LINE" of cut-short or unparseable lines
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -60,10 +63,15 @@ class MergeReport:
 
     def problems(self, limit: int = 5) -> list[str]:
         out = []
-        for what, items in (("duplicated record", self.duplicates), ("cut-short or unparseable line", self.partial),
-                            ("missing input", self.missing)):
+        for what, items in (
+            ("duplicated record", self.duplicates),
+            ("cut-short or unparseable line", self.partial),
+            ("missing input", self.missing),
+        ):
             if items:
-                shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+                shown = ", ".join(items[:limit]) + (
+                    f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+                )
                 out.append(f"{len(items)} {what}{'s' if len(items) > 1 else ''}: {shown}")
         return out
 
@@ -100,7 +108,9 @@ def check(files: Sequence[str], expected: Sequence[str] | None = None) -> MergeR
             rep.records += 1
             k = _key(obj)
             if k in seen:
-                rep.duplicates.append(f"{obj['path']}" + (f"@{obj['start']}" if obj.get("start") else ""))
+                rep.duplicates.append(
+                    f"{obj['path']}" + (f"@{obj['start']}" if obj.get("start") else "")
+                )
             seen.add(k)
             if "error" in obj:
                 rep.errors += 1

@@ -13,6 +13,7 @@ normalised over all caption pairs, exceeds 0.7. This module computes
 The exact scores (and why F1 >= 0, so a global minimum of exactly 0 is the true minimum) are
 :mod:`bertscore`'s.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,7 +74,9 @@ class SimilarityConfig:
         if not 0.0 <= self.threshold <= 1.0:
             raise AudiocapError(f"similarity threshold must be in [0, 1], got {self.threshold}")
         if self.clip_rule not in ("mean", "match", "max"):
-            raise AudiocapError(f"clip_rule must be 'mean', 'match' or 'max', got {self.clip_rule!r}")
+            raise AudiocapError(
+                f"clip_rule must be 'mean', 'match' or 'max', got {self.clip_rule!r}"
+            )
 
 
 # --------------------------------------------------------------------------- public: all-pairs labels
@@ -85,7 +88,9 @@ CALIB_FRACTION = 0.04
 
 def captions_hash(captions: Sequence[str]) -> str:
     """sha256 of the caption list (order and duplicates matter)."""
-    return hashlib.sha256(json.dumps(list(captions), ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(list(captions), ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
 
 
 @dataclass
@@ -118,7 +123,9 @@ class SimilarityLabels:
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """Raw F1 -> [0, 1] with this run's global min/max (clipped)."""
         span = max(self.raw_max - self.raw_min, 1e-12)
-        return np.clip((np.asarray(raw, dtype=np.float64) - self.raw_min) / span, 0.0, 1.0).astype(np.float32)
+        return np.clip((np.asarray(raw, dtype=np.float64) - self.raw_min) / span, 0.0, 1.0).astype(
+            np.float32
+        )
 
     def save(self, directory: str | Path) -> None:
         """Write labels.npz and config.json (config + caption hash + stats) into ``directory``."""
@@ -127,15 +134,29 @@ class SimilarityLabels:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, indptr=self.indptr, indices=self.indices, scores=self.scores,
-                 raw=np.array([self.raw_min, self.raw_max, self.raw_threshold]))
+        np.savez(
+            buf,
+            indptr=self.indptr,
+            indices=self.indices,
+            scores=self.scores,
+            raw=np.array([self.raw_min, self.raw_max, self.raw_threshold]),
+        )
         atomic_write_bytes(directory / "labels.npz", buf.getvalue())
-        save_config(self.cfg, directory / "config.json", captions_sha256=self.captions_sha256,
-                    n_captions=len(self), stats=self.stats)
+        save_config(
+            self.cfg,
+            directory / "config.json",
+            captions_sha256=self.captions_sha256,
+            n_captions=len(self),
+            stats=self.stats,
+        )
 
     @classmethod
-    def load(cls, directory: str | Path, expected_cfg: SimilarityConfig | None = None,
-             captions: Sequence[str] | None = None) -> "SimilarityLabels":
+    def load(
+        cls,
+        directory: str | Path,
+        expected_cfg: SimilarityConfig | None = None,
+        captions: Sequence[str] | None = None,
+    ) -> "SimilarityLabels":
         """Load from ``directory``; ConfigMismatchError if built with another config or caption
         list, ModelNotFoundError if missing."""
         directory = Path(directory)
@@ -153,8 +174,17 @@ class SimilarityLabels:
             raise ModelNotFoundError(f"{path}: similarity labels not found")
         with np.load(path) as z:
             raw = z["raw"]
-            return cls(z["indptr"], z["indices"], z["scores"], float(raw[0]), float(raw[1]),
-                       float(raw[2]), cfg, str(meta.get("captions_sha256")), dict(meta.get("stats", {})))
+            return cls(
+                z["indptr"],
+                z["indices"],
+                z["scores"],
+                float(raw[0]),
+                float(raw[1]),
+                float(raw[2]),
+                cfg,
+                str(meta.get("captions_sha256")),
+                dict(meta.get("stats", {})),
+            )
 
 
 class _Stages:
@@ -178,8 +208,9 @@ def _pooled_unit(emb: Embedded) -> torch.Tensor:
     return torch.where(norm > 0, emb.pooled / norm.clamp_min(1e-12), torch.zeros_like(emb.pooled))
 
 
-def _raw_edges(emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, stages: _Stages) -> tuple[
-        np.ndarray, np.ndarray, np.ndarray, float, float, dict[str, float]]:
+def _raw_edges(
+    emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, stages: _Stages
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, dict[str, float]]:
     """Unique-level similar pairs (u < v, or u == v for repeated strings) with raw F1, plus
     (raw_min, raw_max) and stats. Work shares: calibration 5%, candidates 25%, exact 70%."""
     n = len(emb.lengths)
@@ -214,8 +245,14 @@ def _raw_edges(emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, stages:
     return ea, eb, ef, raw_min, raw_max, stats
 
 
-def _range_seeds(emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, rng: np.random.Generator,
-                 lo: list[float], hi: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _range_seeds(
+    emb: Embedded,
+    cfg: SimilarityConfig,
+    counts: np.ndarray,
+    rng: np.random.Generator,
+    lo: list[float],
+    hi: list[float],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeds of the raw max/min (appended to ``hi``/``lo``): repeated strings score their self
     F1 (~1); a random sample of pairs. Returns (repeated ids, their self F1, the sample's F1)."""
     n = len(emb.lengths)
@@ -234,8 +271,15 @@ def _range_seeds(emb: Embedded, cfg: SimilarityConfig, counts: np.ndarray, rng: 
     return dup, self_f, sample_f
 
 
-def _calibrate_cutoff(emb: Embedded, unit: torch.Tensor, cfg: SimilarityConfig, rng: np.random.Generator,
-                      lo: list[float], hi: list[float], stats: dict[str, float]) -> float:
+def _calibrate_cutoff(
+    emb: Embedded,
+    unit: torch.Tensor,
+    cfg: SimilarityConfig,
+    rng: np.random.Generator,
+    lo: list[float],
+    hi: list[float],
+    stats: dict[str, float],
+) -> float:
     """The pooled-cosine cutoff: the lowest cosine of a truly similar pair among random anchors
     scored exactly against their nearest CALIB_FRACTION, minus ``cfg.calib_slack``."""
     n = len(emb.lengths)
@@ -254,13 +298,23 @@ def _calibrate_cutoff(emb: Embedded, unit: torch.Tensor, cfg: SimilarityConfig, 
     c_sim = top.values.reshape(-1)[pos]
     # no similar pair found: fall back to the loosest cosine the calibration covered
     base = float(c_sim.min()) if len(c_sim) else float(top.values[:, -1].min())
-    stats.update(calib_pairs=float(len(cf)), calib_similar=float(pos.sum()),
-                 calib_min_cos=base, calib_kth_cos_min=float(top.values[:, -1].min()))
+    stats.update(
+        calib_pairs=float(len(cf)),
+        calib_similar=float(pos.sum()),
+        calib_min_cos=base,
+        calib_kth_cos_min=float(top.values[:, -1].min()),
+    )
     return base - cfg.calib_slack
 
 
-def _candidates(emb: Embedded, unit: torch.Tensor, cutoff: float | None, min_bottom: int,
-                lo: list[float], stages: _Stages) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(
+    emb: Embedded,
+    unit: torch.Tensor,
+    cutoff: float | None,
+    min_bottom: int,
+    lo: list[float],
+    stages: _Stages,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs (a < b) whose pooled cosine is >= ``cutoff``, in blocks of rows against later rows;
     each row's ``min_bottom`` lowest-cosine partners (where the global F1 minimum is likely) are
     scored on the way and their minimum appended to ``lo``."""
@@ -295,8 +349,9 @@ def _candidates(emb: Embedded, unit: torch.Tensor, cutoff: float | None, min_bot
     return a, b
 
 
-def _expand(inverse: np.ndarray, ua: np.ndarray, ub: np.ndarray, uf: np.ndarray, n: int) -> tuple[
-        np.ndarray, np.ndarray, np.ndarray]:
+def _expand(
+    inverse: np.ndarray, ua: np.ndarray, ub: np.ndarray, uf: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique-level similar pairs -> caption-level symmetric CSR (indptr, indices, scores)."""
     n_u = int(inverse.max()) + 1 if len(inverse) else 0
     order = np.argsort(inverse, kind="stable")
@@ -320,7 +375,9 @@ def _expand(inverse: np.ndarray, ua: np.ndarray, ub: np.ndarray, uf: np.ndarray,
     np.cumsum(np.bincount(e_u, minlength=n_u), out=u_ptr[1:])
     deg = u_ptr[inverse + 1] - u_ptr[inverse]
     src = np.repeat(np.arange(n), deg)
-    pos = np.repeat(u_ptr[inverse], deg) + (np.arange(deg.sum()) - np.repeat(np.cumsum(deg) - deg, deg))
+    pos = np.repeat(u_ptr[inverse], deg) + (
+        np.arange(deg.sum()) - np.repeat(np.cumsum(deg) - deg, deg)
+    )
     dst, sc = e_v[pos], e_f[pos]
     keep = dst != src
     src, dst, sc = src[keep], dst[keep], sc[keep]
@@ -331,8 +388,11 @@ def _expand(inverse: np.ndarray, ua: np.ndarray, ub: np.ndarray, uf: np.ndarray,
     return indptr, dst.astype(np.int32), sc.astype(np.float32)
 
 
-def similarity_labels(captions: Sequence[str], cfg: SimilarityConfig = SimilarityConfig(),
-                      progress: Progress | None = None) -> SimilarityLabels:
+def similarity_labels(
+    captions: Sequence[str],
+    cfg: SimilarityConfig = SimilarityConfig(),
+    progress: Progress | None = None,
+) -> SimilarityLabels:
     """All-pairs BERTScore "similar" labels of ``captions`` (paper step 1).
 
     Pipeline: embed each distinct caption once; raw range -- max over repeated strings (self
@@ -345,8 +405,9 @@ def similarity_labels(captions: Sequence[str], cfg: SimilarityConfig = Similarit
     return _labels_and_embedding(captions, cfg, progress)[0]
 
 
-def _labels_and_embedding(captions: Sequence[str], cfg: SimilarityConfig, progress: Progress | None
-                          ) -> tuple[SimilarityLabels, Prepared | None]:
+def _labels_and_embedding(
+    captions: Sequence[str], cfg: SimilarityConfig, progress: Progress | None
+) -> tuple[SimilarityLabels, Prepared | None]:
     """:func:`similarity_labels` plus the embedded unique captions (for the bench's checks)."""
     stages = _Stages(progress)
     n = len(captions)
@@ -355,10 +416,20 @@ def _labels_and_embedding(captions: Sequence[str], cfg: SimilarityConfig, progre
     inverse = np.array([index[c] for c in captions], dtype=np.int64)
     counts = np.bincount(inverse, minlength=len(strings)) if n else np.zeros(0, dtype=np.int64)
     if n == 0:
-        return SimilarityLabels(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32),
-                                0.0, 1.0, cfg.threshold, cfg, captions_hash(captions), {}), None
-    prep = prepare(strings, cfg, idf_source=captions,
-                    progress=None)  # embedding is ~1/3 of the time; report it as one step
+        return SimilarityLabels(
+            np.zeros(1, np.int64),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.float32),
+            0.0,
+            1.0,
+            cfg.threshold,
+            cfg,
+            captions_hash(captions),
+            {},
+        ), None
+    prep = prepare(
+        strings, cfg, idf_source=captions, progress=None
+    )  # embedding is ~1/3 of the time; report it as one step
     stages.advance(0.0)
     ua, ub, uf, raw_min, raw_max, stats = _raw_edges(prep.emb, cfg, counts, stages)
     raw_thr = raw_min + cfg.threshold * (raw_max - raw_min)
@@ -368,13 +439,18 @@ def _labels_and_embedding(captions: Sequence[str], cfg: SimilarityConfig, progre
     indptr, indices, scores = _expand(inverse, ua[sel], ub[sel], norm, n)
     stats["similar_pairs"] = float(len(indices) // 2)
     stages.advance(1.0)
-    labels = SimilarityLabels(indptr, indices, scores, raw_min, raw_max, raw_thr, cfg,
-                              captions_hash(captions), stats)
+    labels = SimilarityLabels(
+        indptr, indices, scores, raw_min, raw_max, raw_thr, cfg, captions_hash(captions), stats
+    )
     return labels, prep
 
 
-def cached_similarity_labels(captions: Sequence[str], cfg: SimilarityConfig, directory: str | Path,
-                             progress: Progress | None = None) -> SimilarityLabels:
+def cached_similarity_labels(
+    captions: Sequence[str],
+    cfg: SimilarityConfig,
+    directory: str | Path,
+    progress: Progress | None = None,
+) -> SimilarityLabels:
     """Labels from ``directory`` when built from the same captions and config; else recompute
     and save there."""
     directory = Path(directory)
@@ -417,20 +493,33 @@ def clip_similarity(
     if labels is None:
         labels = similarity_labels(flat, cfg, progress)
     elif labels.captions_sha256 != captions_hash(flat):
-        raise ConfigMismatchError("clip_similarity: the labels were built for a different caption list")
+        raise ConfigMismatchError(
+            "clip_similarity: the labels were built for a different caption list"
+        )
     src = np.repeat(np.arange(len(flat)), np.diff(labels.indptr))
     ca, cb = owner[src], owner[labels.indices]
     keep = ca < cb
-    pairs = np.unique(np.stack([ca[keep], cb[keep]], 1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
+    pairs = (
+        np.unique(np.stack([ca[keep], cb[keep]], 1), axis=0)
+        if keep.any()
+        else np.zeros((0, 2), np.int64)
+    )
     if cfg.clip_rule != "max" and len(pairs):
         if max(len(c) for c in clip_captions) > MAX_CAPTIONS_PER_CLIP:
-            raise AudiocapError(f"clip_similarity: clips hold at most {MAX_CAPTIONS_PER_CLIP} captions")
+            raise AudiocapError(
+                f"clip_similarity: clips hold at most {MAX_CAPTIONS_PER_CLIP} captions"
+            )
         pairs = pairs[_clip_pair_scores(pairs, clip_captions, flat, labels, cfg) > cfg.threshold]
     return _neighbour_lists(pairs, len(clip_captions))
 
 
-def _clip_pair_scores(pairs: np.ndarray, clip_captions: Sequence[Sequence[str]], flat: list[str],
-                      labels: SimilarityLabels, cfg: SimilarityConfig) -> np.ndarray:
+def _clip_pair_scores(
+    pairs: np.ndarray,
+    clip_captions: Sequence[Sequence[str]],
+    flat: list[str],
+    labels: SimilarityLabels,
+    cfg: SimilarityConfig,
+) -> np.ndarray:
     """Clip-level normalised scores of clip ``pairs`` [P, 2] by ``cfg.clip_rule`` ("mean" or
     "match"), every caption pair of the two clips scored exactly."""
     prep = prepare(flat, cfg, idf_source=flat)
@@ -449,7 +538,10 @@ def _clip_pair_scores(pairs: np.ndarray, clip_captions: Sequence[Sequence[str]],
         return np.bincount(pid, weights=f, minlength=len(pairs)) / cnt
     # "match": every caption's best partner in the other clip, averaged both ways
     best = []
-    for key in (pid * MAX_CAPTIONS_PER_CLIP + within // nb[pid], pid * MAX_CAPTIONS_PER_CLIP + within % nb[pid]):
+    for key in (
+        pid * MAX_CAPTIONS_PER_CLIP + within // nb[pid],
+        pid * MAX_CAPTIONS_PER_CLIP + within % nb[pid],
+    ):
         b = np.full(len(pairs) * MAX_CAPTIONS_PER_CLIP, -np.inf)
         np.maximum.at(b, key, f)
         b[~np.isfinite(b)] = 0.0

@@ -12,6 +12,7 @@ chain with plain ``transformers`` (sentence-transformers itself is not a depende
 Texts are tokenised once, sorted by length and batched so that padding is small; the output
 keeps the input order.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -123,8 +124,12 @@ class SentenceEncoder:
         # The position table bounds the length too (512 for BERT).
         max_len = min(max_len, int(getattr(self.model.config, "max_position_embeddings", max_len)))
         self.config = TextEncoderConfig(
-            model=model, dim=dim, max_seq_length=max_len, pooling=pooling,
-            normalize=normalize, weights=_weights_id(folder),
+            model=model,
+            dim=dim,
+            max_seq_length=max_len,
+            pooling=pooling,
+            normalize=normalize,
+            weights=_weights_id(folder),
         )
         self.dim = dim
 
@@ -149,7 +154,9 @@ class SentenceEncoder:
         if n == 0:
             return out
         ids: list[list[int]] = self.tokenizer(
-            list(texts), truncation=True, max_length=self.config.max_seq_length,
+            list(texts),
+            truncation=True,
+            max_length=self.config.max_seq_length,
             add_special_tokens=True,
         )["input_ids"]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)

@@ -9,6 +9,7 @@ Writes are atomic, so a run killed at any moment resumes from its last finished 
 is pickled: no file a run reads can run code. A finished run deletes its state
 (:meth:`RunDir.finish`) unless asked to keep it.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,9 @@ class RunDir:
             )
         return self.last.is_file()
 
-    def save(self, weights: dict[str, torch.Tensor], optim: dict[str, Any], state: RunState) -> None:
+    def save(
+        self, weights: dict[str, torch.Tensor], optim: dict[str, Any], state: RunState
+    ) -> None:
         """Save the resumable state after a finished epoch (tensors + JSON, atomically)."""
         tensors: dict[str, torch.Tensor] = {}
         blob = _pack({"weights": weights, "optim": optim, "state": state.__dict__}, tensors)
@@ -104,7 +107,11 @@ class RunDir:
         """The metrics rows logged so far (none before the first epoch)."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(x) for x in self.metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return [
+            json.loads(x)
+            for x in self.metrics.read_text(encoding="utf-8").splitlines()
+            if x.strip()
+        ]
 
     def trim_metrics(self, epochs: int, key: str = "epoch") -> None:
         """Drop metric rows of epochs after ``epochs`` (logged by a run killed before its
@@ -117,7 +124,13 @@ class RunDir:
 
     def reset(self) -> None:
         """Forget a previous run in this directory (checkpoint, best weights, metrics)."""
-        for path in (self.last, self.best, self.metrics, self.path / LEGACY_STATE, self.path / "best.safetensors"):
+        for path in (
+            self.last,
+            self.best,
+            self.metrics,
+            self.path / LEGACY_STATE,
+            self.path / "best.safetensors",
+        ):
             path.unlink(missing_ok=True)
 
     def finish(self, keep_state: bool = False) -> None:

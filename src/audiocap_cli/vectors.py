@@ -1,4 +1,5 @@
 """Small numeric helpers shared by retrieval, indexing and evaluation."""
+
 from __future__ import annotations
 
 import numpy as np

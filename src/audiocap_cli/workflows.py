@@ -6,6 +6,7 @@ Kept out of ``cli.py`` so that a test (or another program) can call them; they r
 two optional callbacks: ``say(message)`` for one-line notes and ``progress(name, total)``, which
 starts a named task and returns ``advance(n)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -40,7 +41,12 @@ class Reporter:
 
 
 def clip_features(
-    clips: Sequence[Clip], encoder, model_cfg: ModelConfig, cache: FeatureCache, rep: Reporter, what: str,
+    clips: Sequence[Clip],
+    encoder,
+    model_cfg: ModelConfig,
+    cache: FeatureCache,
+    rep: Reporter,
+    what: str,
     scores_of: Callable[[ClipFeatures], np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Frames ``[N, T, D]`` (and class scores ``[N, T, C]`` or None) of the first window of every
@@ -50,8 +56,12 @@ def clip_features(
     the first window's cached ``[T, C]``."""
     paths = [c.path for c in clips]
     if any(p is None for p in paths):
-        raise DatasetError(what, [f"clip {c.id!r} has no audio file" for c in clips if c.path is None])
-    results = cache.get_many(paths, encoder, model_cfg.policy(), progress=rep.progress(f"features: {what}", len(paths)))
+        raise DatasetError(
+            what, [f"clip {c.id!r} has no audio file" for c in clips if c.path is None]
+        )
+    results = cache.get_many(
+        paths, encoder, model_cfg.policy(), progress=rep.progress(f"features: {what}", len(paths))
+    )
     bad = [f"{r}" for r in results if isinstance(r, AudioError)]
     if bad:
         raise DatasetError(what, bad)
@@ -67,7 +77,9 @@ def caption_labels(captions: Sequence[str], sim_cfg, directory: Path, rep: Repor
     """Caption-level "similar" labels, reused from ``directory`` when nothing changed."""
     from . import similarity
 
-    return similarity.cached_similarity_labels(captions, sim_cfg, directory, progress=rep.progress("caption similarity (%)", 100))
+    return similarity.cached_similarity_labels(
+        captions, sim_cfg, directory, progress=rep.progress("caption similarity (%)", 100)
+    )
 
 
 def clip_labels(clips: Sequence[Clip], sim_cfg, directory: Path, rep: Reporter) -> list[np.ndarray]:
@@ -102,8 +114,13 @@ def eval_dataset(dataset: str | Path | None, model: str | Path | None) -> tuple[
     md = ModelDir(model) if model is not None else None
     recorded = md.dataset() if md is not None else None
     if recorded is None:
-        why = ("no --model to take it from" if md is None else f"{model} is not a model directory"
-               if not md.exists() else "the model records none: it was not trained on a dataset folder")
+        why = (
+            "no --model to take it from"
+            if md is None
+            else f"{model} is not a model directory"
+            if not md.exists()
+            else "the model records none: it was not trained on a dataset folder"
+        )
         raise UsageError(f"--dataset is required: the references come from its split ({why})")
     return recorded, True
 
@@ -135,7 +152,11 @@ def train_retriever(
     cache = cache or FeatureCache()
     sim_cfg = sim_cfg or similarity.SimilarityConfig()
     with distributed.rank0_first():  # under torchrun rank 0 fills the caches the others read
-        cfg = md.init(model_cfg, retrieval="triplet", dataset=dataset_ref(dataset)) if distributed.is_main() else md.load()
+        cfg = (
+            md.init(model_cfg, retrieval="triplet", dataset=dataset_ref(dataset))
+            if distributed.is_main()
+            else md.load()
+        )
         encoder = _encoder_for(cfg)
         rep.say(f"{len(train)} {split} clips, {len(val)} {val_split} clips")
         tr_frames, _ = clip_features(train, encoder, cfg, cache, rep, split)
@@ -152,8 +173,17 @@ def train_retriever(
         batch_size=batch_size,
     )
     return retriever.train_retriever(
-        tr_frames, tr_sim, va_frames, va_sim, rcfg, md.retriever, epochs,
-        resume=resume, progress=rep.progress("retriever epochs", epochs), seed=seed, keep_state=keep_state,
+        tr_frames,
+        tr_sim,
+        va_frames,
+        va_sim,
+        rcfg,
+        md.retriever,
+        epochs,
+        resume=resume,
+        progress=rep.progress("retriever epochs", epochs),
+        seed=seed,
+        keep_state=keep_state,
     )
 
 
@@ -201,9 +231,13 @@ def build_index(
         have = set(index.ids)
         new = [i for i, c in enumerate(clips) if c.id not in have]
         index.add(vectors[new], [clips[i].id for i in new], [clips[i].captions for i in new])
-        rep.say(f"added {len(new)} new clips ({len(clips) - len(new)} already indexed) to {md.index}")
+        rep.say(
+            f"added {len(new)} new clips ({len(clips) - len(new)} already indexed) to {md.index}"
+        )
     else:
-        index = CaptionIndex.build(vectors, [c.id for c in clips], [c.captions for c in clips], icfg)
+        index = CaptionIndex.build(
+            vectors, [c.id for c in clips], [c.captions for c in clips], icfg
+        )
         rep.say(f"indexed {len(clips)} clips ({vectors.shape[1]} dims, {kind}) into {md.index}")
     index.save(md.index)
     return md.index
@@ -225,17 +259,25 @@ def build_caption_index(
     md = ModelDir(model_dir)
     cfg = md.init(model_cfg, retrieval="zeroshot")
     zcfg = zeroshot.resolve_config(zcfg or zeroshot.ZeroShotConfig(audio_encoder=cfg.encoder))
-    texts, _counts, vectors = zeroshot.corpus_vectors(captions, zcfg, rep.progress("embedding captions", None))
+    texts, _counts, vectors = zeroshot.corpus_vectors(
+        captions, zcfg, rep.progress("embedding captions", None)
+    )
     rep.say(f"{len(captions)} captions, {len(texts)} indexed")
     encoder = _encoder_for(cfg)
     # The captioner asks for rerank_pool neighbours: hnswlib needs ef >= k for good recall.
     icfg = IndexConfig(
-        dim=vectors.shape[1], embedder=zeroshot.embedder_id(zcfg), encoder=fingerprint(encoder.config),
+        dim=vectors.shape[1],
+        embedder=zeroshot.embedder_id(zcfg),
+        encoder=fingerprint(encoder.config),
         ef_search=max(200, 2 * zcfg.rerank_pool),
     )
     ids = [f"c{i}" for i in range(len(texts))]
-    index = CaptionIndex.build(np.asarray(vectors, dtype=np.float32), ids, [(t,) for t in texts], icfg)
-    index.save(md.index, extra=lambda folder: save_config(zcfg, folder / zeroshot.CONFIG_NAME))  # one version
+    index = CaptionIndex.build(
+        np.asarray(vectors, dtype=np.float32), ids, [(t,) for t in texts], icfg
+    )
+    index.save(
+        md.index, extra=lambda folder: save_config(zcfg, folder / zeroshot.CONFIG_NAME)
+    )  # one version
     rep.say(f"indexed {len(texts)} captions ({vectors.shape[1]} dims) into {md.index}")
     return md.index
 
@@ -243,8 +285,13 @@ def build_caption_index(
 # --------------------------------------------------------------------------- train-decoder
 
 
-def _pools(captions: Sequence[str], labels, owner: np.ndarray | None, k: int,
-           fallback: np.ndarray | None = None) -> list[list[str]]:
+def _pools(
+    captions: Sequence[str],
+    labels,
+    owner: np.ndarray | None,
+    k: int,
+    fallback: np.ndarray | None = None,
+) -> list[list[str]]:
     """Guidance pool of every target caption: its "similar" captions (never the target's own
     clip, never the target's exact text, which would teach copying). Targets with fewer than
     K similar captions are topped up from ``fallback`` [N, F] (each caption's nearest others,
@@ -322,19 +369,41 @@ def train_decoder(
     lm = load_lm(lm_spec)
     with distributed.rank0_first():  # rank 0 fills the caches the other ranks then read
         if text_only:
-            train_ex, val_ex, d_a = _text_only_examples(dataset, md, cfg.k, audio, max_captions, sim_cfg, seed, rep)
+            train_ex, val_ex, d_a = _text_only_examples(
+                dataset, md, cfg.k, audio, max_captions, sim_cfg, seed, rep
+            )
         else:
-            train_ex, val_ex, d_a = _paired_examples(dataset, md, cfg, split, val_split, sim_cfg, cache, rep)
+            train_ex, val_ex, d_a = _paired_examples(
+                dataset, md, cfg, split, val_split, sim_cfg, cache, rep
+            )
     empty = sum(not p for _, p, _ in train_ex)
     if empty:
-        rep.say(f"warning: {empty} of {len(train_ex)} targets have no similar caption (they train without guidance)")
-    dcfg = DecoderConfig(lm=lm_spec, d_l=lm.dim, d_a=d_a, k=cfg.k, guidance=guidance, use_audio=audio != "none",
-                         residual=residual)
+        rep.say(
+            f"warning: {empty} of {len(train_ex)} targets have no similar caption (they train without guidance)"
+        )
+    dcfg = DecoderConfig(
+        lm=lm_spec,
+        d_l=lm.dim,
+        d_a=d_a,
+        k=cfg.k,
+        guidance=guidance,
+        use_audio=audio != "none",
+        residual=residual,
+    )
     total = len(train_ex) * epochs
     return _train(
-        train_ex, dcfg, lm, md.decoder, epochs, batch_size=batch_size, resume=resume,
-        progress=rep.progress("decoder training (examples)", total), seed=seed, val_examples=val_ex or None,
-        keep_state=keep_state, average_last=average_last,
+        train_ex,
+        dcfg,
+        lm,
+        md.decoder,
+        epochs,
+        batch_size=batch_size,
+        resume=resume,
+        progress=rep.progress("decoder training (examples)", total),
+        seed=seed,
+        val_examples=val_ex or None,
+        keep_state=keep_state,
+        average_last=average_last,
     )
 
 
@@ -349,8 +418,16 @@ def _audio_mode(audio: str, text_only: bool, retrieval: str, dataset: str | Path
     return audio
 
 
-def _text_only_examples(dataset: str | Path, md: ModelDir, k: int, audio: str, max_captions: int | None,
-                        sim_cfg, seed: int, rep: Reporter) -> tuple[list, list, int]:
+def _text_only_examples(
+    dataset: str | Path,
+    md: ModelDir,
+    k: int,
+    audio: str,
+    max_captions: int | None,
+    sim_cfg,
+    seed: int,
+    rep: Reporter,
+) -> tuple[list, list, int]:
     """(train, val, d_a) decoder examples of a caption corpus: each caption a target, its
     similar (else nearest) captions its pool, its tag-space vector its pseudo-audio."""
     from . import similarity, zeroshot
@@ -359,21 +436,50 @@ def _text_only_examples(dataset: str | Path, md: ModelDir, k: int, audio: str, m
     sim_cfg = sim_cfg or similarity.SimilarityConfig()
     captions = list(dict.fromkeys(c for clip in read_captions(dataset) for c in clip.captions))
     if max_captions is not None and len(captions) > max_captions:
-        captions = [captions[i] for i in np.sort(rng.choice(len(captions), max_captions, replace=False))]
+        captions = [
+            captions[i] for i in np.sort(rng.choice(len(captions), max_captions, replace=False))
+        ]
     rep.say(f"text-only decoder: {len(captions)} distinct target captions")
-    labels = caption_labels(captions, sim_cfg, _sim_dir(md, f"text-{similarity.captions_hash(captions)[:12]}"), rep)
-    zcfg = zeroshot.load_config_of(md.index) if audio == "tags" else zeroshot.resolve_config(zeroshot.ZeroShotConfig(variant="sentence", top_k=0))
-    tvec = np.asarray(zeroshot.caption_vectors(captions, zcfg, progress=rep.progress("caption vectors", len(captions))), dtype=np.float32)
+    labels = caption_labels(
+        captions, sim_cfg, _sim_dir(md, f"text-{similarity.captions_hash(captions)[:12]}"), rep
+    )
+    zcfg = (
+        zeroshot.load_config_of(md.index)
+        if audio == "tags"
+        else zeroshot.resolve_config(zeroshot.ZeroShotConfig(variant="sentence", top_k=0))
+    )
+    tvec = np.asarray(
+        zeroshot.caption_vectors(
+            captions, zcfg, progress=rep.progress("caption vectors", len(captions))
+        ),
+        dtype=np.float32,
+    )
     unit = tvec / np.maximum(np.linalg.norm(tvec, axis=1, keepdims=True), 1e-12)
     pools = _pools(captions, labels, None, k, _nearest_text(unit, min(2 * k, len(captions) - 1)))
-    frames = [tvec[i][None, :] for i in range(len(captions))] if audio == "tags" else [None] * len(captions)
+    frames = (
+        [tvec[i][None, :] for i in range(len(captions))]
+        if audio == "tags"
+        else [None] * len(captions)
+    )
     examples = list(zip(captions, pools, frames))
     tr, va = _split_val(len(examples), 0.05, rng)
-    return [examples[i] for i in tr], [examples[i] for i in va], (tvec.shape[1] if audio == "tags" else 1)
+    return (
+        [examples[i] for i in tr],
+        [examples[i] for i in va],
+        (tvec.shape[1] if audio == "tags" else 1),
+    )
 
 
-def _paired_examples(dataset: str | Path, md: ModelDir, cfg: ModelConfig, split: str, val_split: str | None,
-                     sim_cfg, cache: FeatureCache | None, rep: Reporter) -> tuple[list, list, int]:
+def _paired_examples(
+    dataset: str | Path,
+    md: ModelDir,
+    cfg: ModelConfig,
+    split: str,
+    val_split: str | None,
+    sim_cfg,
+    cache: FeatureCache | None,
+    rep: Reporter,
+) -> tuple[list, list, int]:
     """(train, val, d_a) decoder examples of a paired dataset: every caption of every clip a
     target, its "similar" captions from other clips its pool, the clip's frames its audio."""
     from . import similarity
@@ -384,17 +490,34 @@ def _paired_examples(dataset: str | Path, md: ModelDir, cfg: ModelConfig, split:
     clips = load_split(dataset, split)
     cfg = md.init(cfg, dataset=dataset_ref(dataset)) if distributed.is_main() else md.load()
     train_ex = _split_examples(clips, split, md, cfg, encoder, cache, sim_cfg, rep)
-    val_ex = _split_examples(load_split(dataset, val_split), val_split, md, cfg, encoder, cache, sim_cfg, rep) if val_split else []
+    val_ex = (
+        _split_examples(
+            load_split(dataset, val_split), val_split, md, cfg, encoder, cache, sim_cfg, rep
+        )
+        if val_split
+        else []
+    )
     return train_ex, val_ex, encoder.dim
 
 
-def _split_examples(clips: Sequence[Clip], what: str, md: ModelDir, cfg: ModelConfig, encoder, cache: FeatureCache,
-                    sim_cfg, rep: Reporter) -> list:
+def _split_examples(
+    clips: Sequence[Clip],
+    what: str,
+    md: ModelDir,
+    cfg: ModelConfig,
+    encoder,
+    cache: FeatureCache,
+    sim_cfg,
+    rep: Reporter,
+) -> list:
     frames, _ = clip_features(clips, encoder, cfg, cache, rep, what)
     flat = [c for clip in clips for c in clip.captions]
     owner = np.repeat(np.arange(len(clips)), [len(c.captions) for c in clips])
     labels = caption_labels(flat, sim_cfg, _sim_dir(md, what), rep)
-    return [(cap, pool, frames[o]) for cap, pool, o in zip(flat, _pools(flat, labels, owner, cfg.k), owner)]
+    return [
+        (cap, pool, frames[o])
+        for cap, pool, o in zip(flat, _pools(flat, labels, owner, cfg.k), owner)
+    ]
 
 
 def bootstrap(
@@ -431,25 +554,52 @@ def bootstrap(
     if scst_steps and epochs == 0:
         raise UsageError("--scst-steps fine-tunes the decoder, and --epochs 0 builds none")
     if ensemble > 1 and (epochs == 0 or scst_steps):
-        raise UsageError("--ensemble trains several teacher-forced decoders: not with --epochs 0 or --scst-steps")
+        raise UsageError(
+            "--ensemble trains several teacher-forced decoders: not with --epochs 0 or --scst-steps"
+        )
     lab = None if text_bridge else _labelled(corpus, labels, encoder, rep)
     if lab is not None:
         rep.say("building the label-grounded captioner (AudioSet labels)")
         vlab = grounded.read_labelled(val, labels, encoder) if val is not None else None
         if vlab is not None:
             rep.say("validation labels: " + vlab.coverage.describe())
-        return grounded.train(lab, model_dir, ModelConfig(encoder=encoder), val=vlab, epochs=epochs,
-                              max_captions=max_captions, lm_spec=lm_spec, batch_size=batch_size or 128,
-                              keep_state=keep_state, average_last=average_last, scst_steps=scst_steps,
-                              ensemble=ensemble, say=rep.say, progress=rep.progress)
+        return grounded.train(
+            lab,
+            model_dir,
+            ModelConfig(encoder=encoder),
+            val=vlab,
+            epochs=epochs,
+            max_captions=max_captions,
+            lm_spec=lm_spec,
+            batch_size=batch_size or 128,
+            keep_state=keep_state,
+            average_last=average_last,
+            scst_steps=scst_steps,
+            ensemble=ensemble,
+            say=rep.say,
+            progress=rep.progress,
+        )
     if scst_steps or ensemble > 1:
-        raise UsageError(f"{'--scst-steps' if scst_steps else '--ensemble'} needs the label-grounded captioner "
-                         "(a corpus with AudioSet labels)")
-    rep.say("building the text-bridge captioner (zero-shot AudioSet tags; no labels for this corpus)")
+        raise UsageError(
+            f"{'--scst-steps' if scst_steps else '--ensemble'} needs the label-grounded captioner "
+            "(a corpus with AudioSet labels)"
+        )
+    rep.say(
+        "building the text-bridge captioner (zero-shot AudioSet tags; no labels for this corpus)"
+    )
     build_caption_index(corpus, model_dir, ModelConfig(encoder=encoder), rep=rep)
     return train_decoder(
-        corpus, model_dir, epochs, text_only=True, audio=audio, max_captions=max_captions or 3000,
-        lm_spec=lm_spec, batch_size=batch_size or 32, residual=residual, rep=rep, keep_state=keep_state,
+        corpus,
+        model_dir,
+        epochs,
+        text_only=True,
+        audio=audio,
+        max_captions=max_captions or 3000,
+        lm_spec=lm_spec,
+        batch_size=batch_size or 32,
+        residual=residual,
+        rep=rep,
+        keep_state=keep_state,
         average_last=average_last,
     )
 
@@ -526,59 +676,122 @@ def evaluate(
     captioner = None
     if predictions is not None:
         preds = read_predictions(predictions)
-        m = match_predictions(preds, refs, paths={c.id: str(c.path) for c in clips if c.path is not None})
+        m = match_predictions(
+            preds, refs, paths={c.id: str(c.path) for c in clips if c.path is not None}
+        )
         if preds.errors:
             rep.say(f"warning: {len(preds.errors)} error records in {predictions} (not scored)")
         if m.unmatched:
-            rep.say(f"warning: {len(m.unmatched)} predictions match no {split} clip (e.g. {m.unmatched[0]})")
+            rep.say(
+                f"warning: {len(m.unmatched)} predictions match no {split} clip (e.g. {m.unmatched[0]})"
+            )
         if m.missing:
-            raise DatasetError(predictions, [f"no prediction for {len(m.missing)} of {len(clips)} clips (e.g. {m.missing[0]})"])
+            raise DatasetError(
+                predictions,
+                [f"no prediction for {len(m.missing)} of {len(clips)} clips (e.g. {m.missing[0]})"],
+            )
         scopes.append(ev.Scope(ev.OURS, m.predictions))
     if model is not None and (predictions is None or scope == "all"):
-        from .captioner import CaptionOptions, Captioner
+        from .captioner import Captioner, CaptionOptions
 
         captioner = Captioner(model, CaptionOptions(beam_size=beam_size))
         if predictions is None:
-            scopes.append(ev.Scope(ev.OURS if captioner.decoder is not None else f"{captioner.cfg.retrieval}-retrieval", _predict(captioner, clips, rep)))
+            scopes.append(
+                ev.Scope(
+                    ev.OURS
+                    if captioner.decoder is not None
+                    else f"{captioner.cfg.retrieval}-retrieval",
+                    _predict(captioner, clips, rep),
+                )
+            )
     if scope == "all":
         if captioner is None:
-            raise DatasetError(dataset, ["--scope all needs --model (its encoder, retriever and decoder)"])
-        scopes += _paper_scopes(captioner, clips, dataset, train_split, sim_cfg or similarity.SimilarityConfig(), rep)
+            raise DatasetError(
+                dataset, ["--scope all needs --model (its encoder, retriever and decoder)"]
+            )
+        scopes += _paper_scopes(
+            captioner, clips, dataset, train_split, sim_cfg or similarity.SimilarityConfig(), rep
+        )
     if not scopes:
         raise DatasetError(dataset, ["nothing to score: give --model or --predictions"])
     metrics = ev.EvalConfig().metrics + (("bertscore",) if bertscore else ())
-    return ev.evaluate_scopes(scopes, refs, ev.EvalConfig(metrics=metrics), spice_dir=spice_dir, java=java,
-                              bertscore_cfg=(sim_cfg or similarity.SimilarityConfig()) if bertscore else None)
+    return ev.evaluate_scopes(
+        scopes,
+        refs,
+        ev.EvalConfig(metrics=metrics),
+        spice_dir=spice_dir,
+        java=java,
+        bertscore_cfg=(sim_cfg or similarity.SimilarityConfig()) if bertscore else None,
+    )
 
 
-def _paper_scopes(captioner, clips: Sequence[Clip], dataset, train_split: str, sim_cfg, rep: Reporter) -> list:
+def _paper_scopes(
+    captioner, clips: Sequence[Clip], dataset, train_split: str, sim_cfg, rep: Reporter
+) -> list:
     """Rows (ii) and (iii) of the paper's Table 1 for the test ``clips``."""
     from . import evaluate as ev
     from .bertscore import top_bertscore
     from .retriever import mean_pool
 
     ids = [c.id for c in clips]
-    frames, scores = clip_features(clips, captioner.encoder, captioner.cfg, captioner.cache, rep, "test",
-                                   scores_of=lambda f: captioner.window_scores(f, 0))
+    frames, scores = clip_features(
+        clips,
+        captioner.encoder,
+        captioner.cfg,
+        captioner.cache,
+        rep,
+        "test",
+        scores_of=lambda f: captioner.window_scores(f, 0),
+    )
     rows = []
     train = load_split(dataset, train_split, require_audio=False)
     if all(c.path is not None for c in train):
-        tr_frames, _ = clip_features(train, captioner.encoder, captioner.cfg, captioner.cache, rep, train_split)
-        nn = ev.nearest_captions(mean_pool(frames), ids, mean_pool(tr_frames), [c.id for c in train], [c.captions for c in train], k=1)
-        rows.append(ev.Scope(ev.nn_name(captioner.cfg.encoder), {i: v[0] for i, v in nn.items()}, group="retrieval"))
+        tr_frames, _ = clip_features(
+            train, captioner.encoder, captioner.cfg, captioner.cache, rep, train_split
+        )
+        nn = ev.nearest_captions(
+            mean_pool(frames),
+            ids,
+            mean_pool(tr_frames),
+            [c.id for c in train],
+            [c.captions for c in train],
+            k=1,
+        )
+        rows.append(
+            ev.Scope(
+                ev.nn_name(captioner.cfg.encoder),
+                {i: v[0] for i, v in nn.items()},
+                group="retrieval",
+            )
+        )
     else:
         rep.say(f"note: {train_split} has no audio: no 1NN row")
     hits = captioner.retrieve(frames, scores, exclude_ids=ids)
-    name = {"triplet": ev.TRIPLET_RETRIEVAL, "mean": ev.nn_name(captioner.cfg.encoder) + " (index)", "zeroshot": "Tag-Retrieval", "labels": "Label-Retrieval"}[captioner.cfg.retrieval]
-    rows.append(ev.Scope(name, {i: g[0] for i, g in zip(ids, captioner.guidance_of(hits))}, group="retrieval"))
+    name = {
+        "triplet": ev.TRIPLET_RETRIEVAL,
+        "mean": ev.nn_name(captioner.cfg.encoder) + " (index)",
+        "zeroshot": "Tag-Retrieval",
+        "labels": "Label-Retrieval",
+    }[captioner.cfg.retrieval]
+    rows.append(
+        ev.Scope(
+            name, {i: g[0] for i, g in zip(ids, captioner.guidance_of(hits))}, group="retrieval"
+        )
+    )
     pool = [cap for c in train for cap in c.captions]
     owner: dict[str, list[int]] = {}
     for j, cid in enumerate(c.id for c in train for _ in c.captions):
         owner.setdefault(cid, []).append(j)  # a test clip that is also in train never sees its own
     exclude = [owner.get(i, []) for i in ids]
     k = captioner.k
-    idx, _ = top_bertscore([c.captions for c in clips], pool, k, sim_cfg, exclude=exclude,
-                          progress=rep.progress("BERTScore oracle (pool captions)", len(pool)))
+    idx, _ = top_bertscore(
+        [c.captions for c in clips],
+        pool,
+        k,
+        sim_cfg,
+        exclude=exclude,
+        progress=rep.progress("BERTScore oracle (pool captions)", len(pool)),
+    )
     gt = [[pool[j] for j in row if j >= 0] for row in idx]
     rows.append(ev.Scope(ev.TOP1_BERTSCORE, {i: g[0] for i, g in zip(ids, gt)}, group="retrieval"))
     if captioner.decoder is not None:

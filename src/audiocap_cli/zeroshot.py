@@ -15,6 +15,7 @@ Every vector is L2-normalised, so an L2 (hnswlib) index ranks exactly as cosine 
 Retrieval returns a pool of captions; :func:`consensus_rerank` then picks the caption that
 agrees most with the rest of the pool (TF-IDF n-gram cosine, like CIDEr's consensus idea).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,11 +42,31 @@ POOLS = ("mean", "max")
 # mention ("Inside, small room", "Static", ...): AudioSet's acoustic-environment and
 # noise branches plus a few abstract classes. Dropped from both sides when drop_generic.
 GENERIC_CLASSES: tuple[str, ...] = (
-    "Silence", "Sine wave", "Harmonic", "Chirp tone", "Sound effect", "Pulse",
-    "Inside, small room", "Inside, large room or hall", "Inside, public space",
-    "Outside, urban or manmade", "Outside, rural or natural", "Reverberation", "Echo",
-    "Noise", "Environmental noise", "Static", "Mains hum", "Distortion", "Sidetone",
-    "Cacophony", "White noise", "Pink noise", "Throbbing", "Vibration", "Field recording",
+    "Silence",
+    "Sine wave",
+    "Harmonic",
+    "Chirp tone",
+    "Sound effect",
+    "Pulse",
+    "Inside, small room",
+    "Inside, large room or hall",
+    "Inside, public space",
+    "Outside, urban or manmade",
+    "Outside, rural or natural",
+    "Reverberation",
+    "Echo",
+    "Noise",
+    "Environmental noise",
+    "Static",
+    "Mains hum",
+    "Distortion",
+    "Sidetone",
+    "Cacophony",
+    "White noise",
+    "Pink noise",
+    "Throbbing",
+    "Vibration",
+    "Field recording",
 )
 
 # n-gram orders of the consensus TF-IDF, as CIDEr (Vedantam et al. 2015) uses.
@@ -111,7 +132,9 @@ def load_config_of(index_dir: Path) -> ZeroShotConfig:
 
     path = Path(index_dir) / CONFIG_NAME
     if not path.is_file():
-        raise ModelNotFoundError(f"{path}: missing; rebuild the caption index with `audiocap build-index --captions`")
+        raise ModelNotFoundError(
+            f"{path}: missing; rebuild the caption index with `audiocap build-index --captions`"
+        )
     return load_config(ZeroShotConfig, path)
 
 
@@ -145,10 +168,13 @@ def embedder_id(cfg: ZeroShotConfig) -> str:
 
 # ---------------------------------------------------------------- class names and their vectors
 
+
 def class_names(audio_encoder: str = "yamnet") -> list[str]:
     """The 521 AudioSet display names in YAMNet's score order (read from the shipped class map)."""
     if audio_encoder != "yamnet":
-        raise ModelNotFoundError(f"zero-shot retrieval needs class scores; {audio_encoder!r} has none")
+        raise ModelNotFoundError(
+            f"zero-shot retrieval needs class scores; {audio_encoder!r} has none"
+        )
     from .encoders.yamnet import read_class_names
 
     return read_class_names(shipped("yamnet") / "assets" / "yamnet_class_map.csv")
@@ -158,7 +184,9 @@ def class_mask(cfg: ZeroShotConfig) -> np.ndarray:
     """bool ``[C]``: classes that take part (all but the generic ones when drop_generic)."""
     names = class_names(cfg.audio_encoder)
     if len(names) != cfg.num_classes:
-        raise ConfigMismatchError(f"class map has {len(names)} classes, config says {cfg.num_classes}")
+        raise ConfigMismatchError(
+            f"class map has {len(names)} classes, config says {cfg.num_classes}"
+        )
     generic = set(GENERIC_CLASSES) if cfg.drop_generic else set()
     return np.array([n not in generic for n in names])
 
@@ -208,7 +236,9 @@ def caption_profiles(sent: np.ndarray, cfg: ZeroShotConfig) -> np.ndarray:
     return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _combine(profile: np.ndarray | None, sent: np.ndarray | None, cfg: ZeroShotConfig) -> np.ndarray:
+def _combine(
+    profile: np.ndarray | None, sent: np.ndarray | None, cfg: ZeroShotConfig
+) -> np.ndarray:
     if cfg.variant == "profile":
         return _normalize(profile)
     if cfg.variant == "sentence":
@@ -234,7 +264,9 @@ def caption_vectors(
     """Captions -> ``[N, cfg.dim]`` float32 unit vectors (sentence embeddings cached on disk)."""
     from .textembed import encode_cached
 
-    sent = encode_cached(_encoder(cfg.text_model), list(captions), batch_size=batch_size, progress=progress)
+    sent = encode_cached(
+        _encoder(cfg.text_model), list(captions), batch_size=batch_size, progress=progress
+    )
     return caption_vectors_from_embeddings(sent, cfg)
 
 
@@ -287,7 +319,7 @@ def audio_vectors(
         if cfg.prior_power > 0 and prior is not None:
             profile = s / np.maximum(prior, 1e-6) ** cfg.prior_power
     if cfg.variant != "profile":
-        w = s ** cfg.score_power
+        w = s**cfg.score_power
         if 0 < cfg.top_k < w.shape[1]:
             kth = np.partition(w, -cfg.top_k, axis=1)[:, -cfg.top_k][:, None]
             w = np.where(w >= kth, w, 0.0)
@@ -296,6 +328,7 @@ def audio_vectors(
 
 
 # ---------------------------------------------------------------- corpus
+
 
 def words(text: str) -> list[str]:
     """Lower-case words of a caption (letters, digits, apostrophes)."""
@@ -329,9 +362,14 @@ def dedupe_captions(captions: Sequence[str]) -> tuple[list[str], np.ndarray, np.
 
 # ---------------------------------------------------------------- consensus re-ranking
 
+
 def _ngrams(text: str) -> list[str]:
     w = words(text)
-    return [f"{n}\x00" + " ".join(w[i : i + n]) for n in range(1, MAX_NGRAM + 1) for i in range(len(w) - n + 1)]
+    return [
+        f"{n}\x00" + " ".join(w[i : i + n])
+        for n in range(1, MAX_NGRAM + 1)
+        for i in range(len(w) - n + 1)
+    ]
 
 
 def ngram_idf(corpus: Sequence[str]) -> dict[str, float]:
@@ -345,7 +383,9 @@ def reference_idf(sets: Sequence[Sequence[str]]) -> dict[str, float]:
     pycocoevalcap computes it over a test set's references; keyed like :func:`_ngrams`."""
     df: Counter[str] = Counter()
     for refs in sets:
-        df.update({g for text in refs for g in _ngrams(text)})  # Counter counts in C: 0.9 s for 50k captions
+        df.update(
+            {g for text in refs for g in _ngrams(text)}
+        )  # Counter counts in C: 0.9 s for 50k captions
     n = max(len(sets), 1)
     return {g: math.log(n / d) for g, d in df.items()}
 
@@ -369,8 +409,11 @@ def consensus_scores(
     if m == 0:
         return [np.zeros(0) for _ in candidates]
     group = np.repeat(np.arange(len(candidates)), sizes)  # [M]
-    w_row = (np.concatenate([np.asarray(w, dtype=np.float64) for w in weights])
-             if weights is not None else np.ones(m))
+    w_row = (
+        np.concatenate([np.asarray(w, dtype=np.float64) for w in weights])
+        if weights is not None
+        else np.ones(m)
+    )
     # n-grams of each distinct text once; a pool repeats texts across clips
     uniq, inv_text = np.unique(np.array(flat, dtype=object), return_inverse=True)
     vocab: dict[str, int] = {}
@@ -379,7 +422,9 @@ def consensus_scores(
         grams = _ngrams(text)
         u_rows.extend([ui] * len(grams))
         u_cols.extend(vocab.setdefault(g, len(vocab)) for g in grams)
-    order_of = np.fromiter((int(g.split("\x00", 1)[0]) for g in vocab), dtype=np.int64, count=len(vocab))
+    order_of = np.fromiter(
+        (int(g.split("\x00", 1)[0]) for g in vocab), dtype=np.int64, count=len(vocab)
+    )
     u_rows_a = np.asarray(u_rows, dtype=np.int64)
     u_cols_a = np.asarray(u_cols, dtype=np.int64)
     # entries (row, gram, count) for every candidate row: expand unique texts to rows
@@ -419,8 +464,12 @@ CIDER_D_SIGMA = 6.0
 CIDER_D_SCALE = 10.0
 
 
-def ciderd_matrix(hyps: Sequence[str], refs: Sequence[str], idf: dict[str, float] | None,
-                  unseen: float | None = None) -> np.ndarray:
+def ciderd_matrix(
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    idf: dict[str, float] | None,
+    unseen: float | None = None,
+) -> np.ndarray:
     """``[H, R]``: each of ``hyps``' CIDEr-D against each of ``refs`` taken alone.
 
     CIDEr-D as pycocoevalcap 1.2 computes it for one reference: tf-idf vectors of 1..4-grams
@@ -450,9 +499,20 @@ def ciderd_matrix(hyps: Sequence[str], refs: Sequence[str], idf: dict[str, float
             cols.append(vocab.setdefault(g, len(vocab)))
             cnts.append(c)
         lengths[i] = max(len(words(t)) - 1, 0)  # pycocoevalcap's length: the bigram count
-    row_a, col_a, cnt_a = np.array(rows, np.int64), np.array(cols, np.int64), np.array(cnts, np.float64)
-    order = np.fromiter((int(g.split("\x00", 1)[0]) - 1 for g in vocab), dtype=np.int64, count=len(vocab))[col_a]
-    x = cnt_a * np.fromiter((idf.get(g, unseen) for g in vocab), dtype=np.float64, count=len(vocab))[col_a]
+    row_a, col_a, cnt_a = (
+        np.array(rows, np.int64),
+        np.array(cols, np.int64),
+        np.array(cnts, np.float64),
+    )
+    order = np.fromiter(
+        (int(g.split("\x00", 1)[0]) - 1 for g in vocab), dtype=np.int64, count=len(vocab)
+    )[col_a]
+    x = (
+        cnt_a
+        * np.fromiter((idf.get(g, unseen) for g in vocab), dtype=np.float64, count=len(vocab))[
+            col_a
+        ]
+    )
     h_rows = np.array([at[h] for h in hyps])
     r_rows = np.array([at[r] for r in refs])
     shape = (len(texts), len(vocab))
@@ -463,17 +523,24 @@ def ciderd_matrix(hyps: Sequence[str], refs: Sequence[str], idf: dict[str, float
         dot = np.zeros_like(cos)
         for k in range(1, int(cnt_a[on].max(initial=0)) + 1):
             e = on & (cnt_a >= k)
-            a = sparse.csr_matrix((x[e] / cnt_a[e], (row_a[e], col_a[e])), shape=shape)  # [c_h >= k] idf
+            a = sparse.csr_matrix(
+                (x[e] / cnt_a[e], (row_a[e], col_a[e])), shape=shape
+            )  # [c_h >= k] idf
             b = sparse.csr_matrix((x[e], (row_a[e], col_a[e])), shape=shape)  # [c_r >= k] x_r
             dot += (a[h_rows] @ b[r_rows].T).toarray()
         denom = norm[h_rows][:, None] * norm[r_rows][None, :]
         cos += np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
     delta = lengths[h_rows][:, None] - lengths[r_rows][None, :]
-    return CIDER_D_SCALE * cos / MAX_NGRAM * np.exp(-(delta ** 2) / (2.0 * CIDER_D_SIGMA ** 2))
+    return CIDER_D_SCALE * cos / MAX_NGRAM * np.exp(-(delta**2) / (2.0 * CIDER_D_SIGMA**2))
 
 
-def ciderd_agreement(hyps: Sequence[str], refs: Sequence[str], weights: Sequence[float],
-                     idf: dict[str, float] | None, unseen: float | None = None) -> np.ndarray:
+def ciderd_agreement(
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    weights: Sequence[float],
+    idf: dict[str, float] | None,
+    unseen: float | None = None,
+) -> np.ndarray:
     """``[H]``: each of ``hyps``' CIDEr-D (:func:`ciderd_matrix`) against each of ``refs`` taken
     alone, averaged with ``weights``; a hypothesis' expected CIDEr-D if the references were
     drawn from ``refs``."""
@@ -485,8 +552,12 @@ def ciderd_agreement(hyps: Sequence[str], refs: Sequence[str], weights: Sequence
     return ciderd_matrix(hyps, refs, idf, unseen) @ w[keep] / w[keep].sum()
 
 
-def ciderd_consensus(candidates: Sequence[Sequence[str]], weights: Sequence[Sequence[float]] | None = None,
-                     idf: dict[str, float] | None = None, recall_weight: float = 0.0) -> list[np.ndarray]:
+def ciderd_consensus(
+    candidates: Sequence[Sequence[str]],
+    weights: Sequence[Sequence[float]] | None = None,
+    idf: dict[str, float] | None = None,
+    recall_weight: float = 0.0,
+) -> list[np.ndarray]:
     """Per group, each candidate's expected CIDEr-D (:func:`ciderd_matrix`, corpus ``idf``)
     against the other candidates of its group, plus ``recall_weight`` x its mean unigram
     F-mean with them (METEOR's, :func:`decoding.unigram_fmean`); means weighted by ``weights``.
@@ -505,7 +576,9 @@ def ciderd_consensus(candidates: Sequence[Sequence[str]], weights: Sequence[Sequ
         uniq = list(dict.fromkeys(group))
         pos = {t: i for i, t in enumerate(uniq)}
         at = np.array([pos[t] for t in group])
-        w_u = np.bincount(at, weights=w, minlength=len(uniq))  # a repeated text counts once per copy
+        w_u = np.bincount(
+            at, weights=w, minlength=len(uniq)
+        )  # a repeated text counts once per copy
         toks = [words(t) for t in uniq]
         agree = ciderd_matrix(uniq, uniq, idf)
         if recall_weight:

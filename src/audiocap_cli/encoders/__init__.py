@@ -6,6 +6,7 @@
 - ``vggish``: VGGish; no weights ship, ``weights`` is a local path or URL of a torch state dict
   in the harritaylor/torchvggish layout (``vggish-10086976.pth``). 128-d frames every 0.96 s.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,9 @@ ENCODERS = ("yamnet", "vggish")
 __all__ = ["AudioEncoder", "EncoderConfig", "EncoderOutput", "ENCODERS", "load_encoder"]
 
 
-def load_encoder(name: str = "yamnet", weights: str | None = None, device: str = "cpu") -> AudioEncoder:
+def load_encoder(
+    name: str = "yamnet", weights: str | None = None, device: str = "cpu"
+) -> AudioEncoder:
     """A frozen, eval-mode encoder on ``device``.
 
     ``weights``: yamnet - a SavedModel/checkpoint dir (default: the shipped one);

@@ -5,6 +5,7 @@ end, padding rule and batching live in :class:`AudioEncoder`; subclasses only ma
 patches ``[P, frames, bands]`` to embeddings ``[P, D]`` (and class scores where the model has
 a classifier).
 """
+
 from __future__ import annotations
 
 import math
@@ -153,7 +154,9 @@ class AudioEncoder(torch.nn.Module):
         no_tf32 = torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
         with torch.inference_mode(), no_tf32:
             for i in range(0, b, step):
-                p = self.log_mel_patches(waves[i : i + step].to(self.device))  # [g, T, frames, bands]
+                p = self.log_mel_patches(
+                    waves[i : i + step].to(self.device)
+                )  # [g, T, frames, bands]
                 flat = p.reshape(-1, 1, *p.shape[2:])  # [g*T, 1, frames, bands]
                 if self.channels_last:
                     # Same memory as NCHW for one channel; the strides steer conv to its

@@ -4,6 +4,7 @@ Both originals: 25 ms periodic-Hann frames every 10 ms, each zero-padded at its 
 512-point FFT, magnitude spectrum, 64 HTK-mel bands over 125-7500 Hz with the DC bin given
 zero weight, ``log(mel + offset)``, then framed into 96-frame (0.96 s) patches.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,7 +60,12 @@ class LogMel(torch.nn.Module):
         log_offset: float,
     ) -> None:
         super().__init__()
-        self.window, self.hop, self.fft_length, self.log_offset = window, hop, fft_length, log_offset
+        self.window, self.hop, self.fft_length, self.log_offset = (
+            window,
+            hop,
+            fft_length,
+            log_offset,
+        )
         self.register_buffer("window_t", torch.from_numpy(periodic_hann(window)), persistent=False)
         mel = mel_matrix(mel_bands, fft_length // 2 + 1, sample_rate, mel_min_hz, mel_max_hz)
         self.register_buffer("mel_t", torch.from_numpy(mel), persistent=False)

@@ -5,6 +5,7 @@ uncompressed) mapping each variable's key to a ``BundleEntryProto`` (dtype, shap
 offset, size); the tensor bytes are raw little-endian at that offset of the data shard. Only
 the pieces of the two formats that tensor bundles use are parsed here.
 """
+
 from __future__ import annotations
 
 import struct
@@ -127,7 +128,10 @@ def _read_checkpoint(prefix: Path) -> dict[str, np.ndarray]:
     if not index_path.is_file():
         raise ModelNotFoundError(f"{index_path}: checkpoint index not found")
     data = index_path.read_bytes()
-    if len(data) < _FOOTER_BYTES or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
+    if (
+        len(data) < _FOOTER_BYTES
+        or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC
+    ):
         raise ModelNotFoundError(f"{index_path}: not a TensorFlow checkpoint index")
     footer = data[len(data) - _FOOTER_BYTES :]
     _, pos = _varint(footer, 0)  # metaindex handle offset (unused)

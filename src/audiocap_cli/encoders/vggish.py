@@ -15,6 +15,7 @@ Front end as vggish_input.py: the YAMNet log-mel but log(mel + 0.01), and 0.96 s
 without overlap; the samples after the last whole patch are dropped (as the original) and
 clips shorter than 0.975 s are zero-padded to one patch (the original would give none).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,16 +26,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import file_sha256
 from ..errors import ModelNotFoundError
 from ..resources import cache_dir
-from ..config import file_sha256
 from .base import AudioEncoder, EncoderConfig
 
 EMBEDDING_DIM = 128
 # vggish_params.py: LOG_OFFSET = 0.01, EXAMPLE_WINDOW/HOP_SECONDS = 0.96 -> 96-frame hop.
 VGGISH_CONFIG = EncoderConfig(
-    name="vggish", dim=EMBEDDING_DIM, log_offset=0.01, patch_hop_frames=96,
-    pad_to_hop=False, num_classes=0,
+    name="vggish",
+    dim=EMBEDDING_DIM,
+    log_offset=0.01,
+    patch_hop_frames=96,
+    pad_to_hop=False,
+    num_classes=0,
 )
 # torchvggish make_layers(): conv channels, "M" = 2x2 max-pool.
 _FEATURES: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
@@ -68,9 +73,12 @@ class VGGish(AudioEncoder):
             # Names and indices match torchvggish so its state dicts load as they are.
             self.features = nn.Sequential(*layers)
             self.embeddings = nn.Sequential(
-                nn.Linear(_FLAT_DIM, 4096), nn.ReLU(inplace=True),
-                nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-                nn.Linear(4096, EMBEDDING_DIM), nn.ReLU(inplace=True),
+                nn.Linear(_FLAT_DIM, 4096),
+                nn.ReLU(inplace=True),
+                nn.Linear(4096, 4096),
+                nn.ReLU(inplace=True),
+                nn.Linear(4096, EMBEDDING_DIM),
+                nn.ReLU(inplace=True),
             )
         if not init_weights:
             self.features.to_empty(device="cpu")
@@ -98,7 +106,11 @@ class VGGish(AudioEncoder):
         if missing or unexpected or bad:
             detail = "; ".join(
                 f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad))
+                for what, keys in (
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                    ("wrong shape", bad),
+                )
                 if keys
             )
             raise ModelNotFoundError(f"{where}: not a torchvggish state dict ({detail})")
@@ -139,7 +151,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_vggish(weights: str | Path | None, device: str = "cpu", channels_last: bool = True) -> VGGish:
+def load_vggish(
+    weights: str | Path | None, device: str = "cpu", channels_last: bool = True
+) -> VGGish:
     """VGGish with torchvggish weights from a path or URL (see the module docstring)."""
     if not weights:
         raise ModelNotFoundError(

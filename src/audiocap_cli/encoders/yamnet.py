@@ -5,6 +5,7 @@ blocks, each conv followed by batch norm (centre only, no scale, eps 1e-4) and R
 average pooling gives the 1024-d embedding, a dense layer + sigmoid the 521 AudioSet scores.
 At load time each batch norm is folded into the conv before it (``fuse=True``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelNotFoundError
 from ..config import file_sha256
+from ..errors import ModelNotFoundError
 from .base import AudioEncoder, EncoderConfig
 from .tfcheckpoint import read_checkpoint
 
@@ -47,8 +48,12 @@ BATCHNORM_EPSILON = 1e-4  # params.py batchnorm_epsilon
 NUM_WEIGHT_LAYERS = 2 + 4 * (len(LAYER_DEFS) - 1) + 1
 
 YAMNET_CONFIG = EncoderConfig(
-    name="yamnet", dim=EMBEDDING_DIM, log_offset=0.001, patch_hop_frames=48,
-    pad_to_hop=True, num_classes=NUM_CLASSES,
+    name="yamnet",
+    dim=EMBEDDING_DIM,
+    log_offset=0.001,
+    patch_hop_frames=48,
+    pad_to_hop=True,
+    num_classes=NUM_CLASSES,
 )
 
 _KEY = re.compile(r"^(.*?)layer_with_weights-(\d+)/(\w+)/\.ATTRIBUTES/VARIABLE_VALUE$")
@@ -71,7 +76,9 @@ class SamePad(nn.Module):
         return F.pad(x, pads)
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int, groups: int, fused: bool) -> list[nn.Module]:
+def _conv(
+    cin: int, cout: int, kernel: int, stride: int, groups: int, fused: bool
+) -> list[nn.Module]:
     # Stride 1 'SAME' with an odd kernel is symmetric, so conv's own padding does it.
     pad = (kernel // 2) if stride == 1 else 0
     layers: list[nn.Module] = [] if stride == 1 else [SamePad(kernel, stride)]
@@ -85,8 +92,12 @@ def _conv(cin: int, cout: int, kernel: int, stride: int, groups: int, fused: boo
 class YAMNet(AudioEncoder):
     """YAMNet encoder: frames = 1024-d embeddings every 0.48 s, scores = 521 sigmoid scores."""
 
-    def __init__(self, config: EncoderConfig = YAMNET_CONFIG, class_names: list[str] | None = None,
-                 fused: bool = True) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig = YAMNET_CONFIG,
+        class_names: list[str] | None = None,
+        fused: bool = True,
+    ) -> None:
         super().__init__(config)
         self.fused = fused
         layers: list[nn.Module] = []
@@ -122,11 +133,19 @@ class YAMNet(AudioEncoder):
                 if kernel is None:
                     raise ModelNotFoundError(f"{where}: layer {2 * j} has no conv kernel")
                 # TF: HWIO (conv) or HW,C,1 (depthwise) -> torch OIHW / C,1,H,W.
-                kernel = kernel.transpose(2, 3, 0, 1) if "depthwise_kernel" in w else kernel.transpose(3, 2, 0, 1)
+                kernel = (
+                    kernel.transpose(2, 3, 0, 1)
+                    if "depthwise_kernel" in w
+                    else kernel.transpose(3, 2, 0, 1)
+                )
                 kernel = torch.from_numpy(np.ascontiguousarray(kernel))
                 bn = layers[2 * j + 1]
-                gamma = torch.from_numpy(bn["gamma"]) if "gamma" in bn else torch.ones(kernel.shape[0])
-                beta, mean, var = (torch.from_numpy(bn[k]) for k in ("beta", "moving_mean", "moving_variance"))
+                gamma = (
+                    torch.from_numpy(bn["gamma"]) if "gamma" in bn else torch.ones(kernel.shape[0])
+                )
+                beta, mean, var = (
+                    torch.from_numpy(bn[k]) for k in ("beta", "moving_mean", "moving_variance")
+                )
                 if kernel.shape != conv.weight.shape or beta.shape[0] != kernel.shape[0]:
                     raise ModelNotFoundError(
                         f"{where}: layer {2 * j} has shape {tuple(kernel.shape)}, "
@@ -144,7 +163,10 @@ class YAMNet(AudioEncoder):
                     bns[j].running_mean.copy_(mean)
                     bns[j].running_var.copy_(var)
             dense = layers[NUM_WEIGHT_LAYERS - 1]
-            if dense.get("kernel") is None or dense["kernel"].shape != (EMBEDDING_DIM, self.config.num_classes):
+            if dense.get("kernel") is None or dense["kernel"].shape != (
+                EMBEDDING_DIM,
+                self.config.num_classes,
+            ):
                 raise ModelNotFoundError(f"{where}: the classifier layer is not YAMNet's")
             self.classifier.weight.copy_(torch.from_numpy(dense["kernel"].T.copy()))
             self.classifier.bias.copy_(torch.from_numpy(dense["bias"]))
@@ -175,7 +197,9 @@ def read_class_map(csv_path: str | Path) -> list[tuple[str, str]]:
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        return [(row["mid"], row["display_name"]) for row in sorted(rows, key=lambda r: int(r["index"]))]
+        return [
+            (row["mid"], row["display_name"]) for row in sorted(rows, key=lambda r: int(r["index"]))
+        ]
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ModelNotFoundError(f"{csv_path}: unreadable YAMNet class map ({e!r})") from e
 
@@ -185,15 +209,20 @@ def read_class_names(csv_path: str | Path) -> list[str]:
     return [name for _, name in read_class_map(csv_path)]
 
 
-def load_yamnet(weights: str | Path, device: str = "cpu", fused: bool = True,
-                channels_last: bool = True) -> YAMNet:
+def load_yamnet(
+    weights: str | Path, device: str = "cpu", fused: bool = True, channels_last: bool = True
+) -> YAMNet:
     """YAMNet from a SavedModel / checkpoint dir (``variables/variables.index`` inside, class
     map at ``assets/yamnet_class_map.csv``) or a checkpoint prefix ``.../variables``."""
     path = Path(weights)
     prefix = path / "variables" / "variables" if path.is_dir() else path
     if not prefix.with_name(prefix.name + ".index").is_file():
-        raise ModelNotFoundError(f"{weights}: no YAMNet checkpoint (variables/variables.index) found")
-    class_map = (path if path.is_dir() else prefix.parent.parent) / "assets" / "yamnet_class_map.csv"
+        raise ModelNotFoundError(
+            f"{weights}: no YAMNet checkpoint (variables/variables.index) found"
+        )
+    class_map = (
+        (path if path.is_dir() else prefix.parent.parent) / "assets" / "yamnet_class_map.csv"
+    )
     if not class_map.is_file():
         raise ModelNotFoundError(f"{class_map}: YAMNet class map not found")
     variables = read_checkpoint(prefix)  # raises on a bad index or a missing data shard
