@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("corpus", type=Path, nargs="?")
     ap.add_argument("--name", default=models.DEFAULT_MODEL)
     ap.add_argument(
-        "--report", type=Path, default=None, help="JSON written by bench/grounded_report.py --json"
+        "--report", type=Path, default=None, help="JSON written by bench/quality/grounded_report.py --json"
     )
     ap.add_argument("--command", default="", help="the command that trained MODEL")
     ap.add_argument(
@@ -94,14 +94,14 @@ def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
         ),
         "validation": validation,
         "command": args.command,
-        "measured_by": "python bench/grounded_report.py -m " + args.name,
+        "measured_by": "python bench/quality/grounded_report.py -m " + args.name,
     }
     (out / models.MODEL_INFO).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
 def validation_of(report: Path) -> dict[str, float]:
     """The METEOR and CIDEr-D (x100) of the generated and consensus rows of a
-    ``bench/grounded_report.py --json`` report, as model.json records them."""
+    ``bench/quality/grounded_report.py --json`` report, as model.json records them."""
     validation = {}
     for row in json.loads(report.read_text()):
         if row["system"] in ("generated", "consensus guidance") and "meteor" in row:

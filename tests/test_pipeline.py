@@ -44,7 +44,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_workspace(root: Path) -> Path:
     """The synthetic dataset in ``root``: 3 sound classes, train/val/test = 18/6/6 clips of
-    1-2.5 s (also used by bench/bench_long_audio.py)."""
+    1-2.5 s (also used by bench/speed/bench_long_audio.py)."""
     rng = np.random.default_rng(0)
     counts = {"train": 6, "val": 2, "test": 2}
     for split, n in counts.items():

@@ -30,20 +30,20 @@ class CaptionOptions:
 
     # The paper's beam width; 1 = greedy. Beam 8 gives the hypothesis selection more to choose
     # from, for twice the decoding: METEOR / CIDEr-D val 22.0 / 66.1 -> 22.0 / 67.1, real clips
-    # 12.6 / 32.5 -> 12.3 / 33.3 (`python bench/grounded_report.py --no-ablations --beam 8
+    # 12.6 / 32.5 -> 12.3 / 33.3 (`python bench/quality/grounded_report.py --no-ablations --beam 8
     # --repeat-penalty 0`, measured before the penalty).
     beam_size: int = 4
     max_len: int = 30  # tokens per caption
     no_repeat_ngram: int = 3  # see decoding.DecodingOptions
     # which beam hypothesis is printed (decoding.DecodingOptions.select); compare with
-    # `python bench/grounded_report.py --no-ablations --select consensus|guidance|score`
+    # `python bench/quality/grounded_report.py --no-ablations --select consensus|guidance|score`
     select: str = "consensus"
     agreement: str = "ciderd"  # decoding.DecodingOptions.agreement: CIDEr-D, the index's idf
     recall_weight: float = 3.0  # decoding.DecodingOptions.recall_weight
     # The retrieved pool's own most typical caption (CIDEr-D + 3 F-mean against the rest of the
     # pool) is printed instead of the decoder's when it agrees with the pool by more than this
     # margin above the chosen hypothesis (decoding.DecodingOptions.pool_margin; None: never).
-    # On the default model (METEOR / CIDEr-D; `python bench/grounded_report.py --no-ablations
+    # On the default model (METEOR / CIDEr-D; `python bench/quality/grounded_report.py --no-ablations
     # --pool-margin M`), AudioCaps val with simulated input, three draws: never 21.9 / 68.5,
     # 21.8 / 68.7, 22.0 / 69.3; 0.1 22.5 / 70.2, 22.3 / 70.9, 22.1 / 70.7. The 137 real sound
     # events 19.4 / 78.1 -> 19.7 / 79.7; the 200 one-second urban scenes lose METEOR 10.4 ->
@@ -56,7 +56,7 @@ class CaptionOptions:
     # went from 16.4% of val captions to 7.9% (human references: 6.4%) and distinct words from
     # 196 to 207; METEOR / CIDEr-D val 22.0 / 66.1 -> 22.0 / 66.2, real clips 12.6 / 32.5 ->
     # 12.8 / 32.7, paired intervals holding 0 but for real METEOR (+0.3, +0.1 .. +0.5). Penalty
-    # 1: val 21.9 / 66.8, real 12.8 / 32.4, 12.9% repeats (`python bench/grounded_report.py
+    # 1: val 21.9 / 66.8, real 12.8 / 32.4, 12.9% repeats (`python bench/quality/grounded_report.py
     # --no-ablations --repeat-penalty P`; exact-word matching then, stems now). The real-clip
     # figures in these comments were measured with short clips' padding in the scores (see
     # Captioner.window_scores), which the report no longer includes.

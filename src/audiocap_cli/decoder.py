@@ -118,8 +118,8 @@ class DecoderTrainConfig:
     # > 0: the decoder kept is the mean of the weights at the end of the last N epochs
     # (checkpoint averaging, as Vaswani et al. 2017 average their last checkpoints), not the
     # lowest-NLL epoch; its validation NLL is logged. 0: the paper's best-validation epoch.
-    # Measured on the default model (12 epochs, mean of 8-12; bench/grounded_report.py, then
-    # bench/compare_predictions.py against the shipped 8-epoch decoder): val 21.9 / 65.5 against
+    # Measured on the default model (12 epochs, mean of 8-12; bench/quality/grounded_report.py, then
+    # bench/quality/compare_predictions.py against the shipped 8-epoch decoder): val 21.9 / 65.5 against
     # 22.0 / 66.1 METEOR / CIDEr-D, real clips 12.2 / 31.7 against 12.6 / 32.5 (decoded without
     # the repeat penalty); no gain, so the default model keeps the lowest-NLL epoch.
     average_last: int = 0

@@ -88,7 +88,7 @@ class DecodingOptions:
     # real sound events): tfidf + 0.3 F-mean 21.9 / 67.0, 12.9 / 32.8, 19.0 / 77.2; ciderd + 3
     # F-mean 21.9 / 68.5, 13.0 / 33.2, 19.4 / 78.1; on two more draws of val's simulated input,
     # 21.8 / 66.9 -> 21.8 / 68.7 and 21.8 / 66.8 -> 22.0 / 69.3 (`python
-    # bench/grounded_report.py --no-ablations --agreement A --recall-weight W`).
+    # bench/quality/grounded_report.py --no-ablations --agreement A --recall-weight W`).
     agreement: str = "ciderd"
     # Weight of the unigram F-mean (METEOR's recall-weighted harmonic mean) beside that
     # agreement. With "ciderd", val CIDEr-D by weight: 0.5: 60.5, 1: 60.8, 1.25: 68.2, 1.5:

@@ -39,7 +39,7 @@ VAL_SIM_SEED = 1
 # Query calibration power (LabelSpaceConfig.score_power) with which the decoder's training and
 # validation guidance is retrieved from simulated scores. Captioning queries real scores with
 # the index's own power (4 by default). Measured on the shipped decoder recipe (METEOR /
-# CIDEr-D x100, bench/grounded_report.py --no-ablations, paired: bench/compare_predictions.py):
+# CIDEr-D x100, bench/quality/grounded_report.py --no-ablations, paired: bench/quality/compare_predictions.py):
 # trained at 3 and queried at 4, val 21.9 / 67.0 and real 12.6 / 34.9; trained and queried at
 # 4, val 21.4 / 61.4 and real 12.5 / 34.2 (val CIDEr-D -5.6, -9.7 .. -2.1): a decoder that
 # learned from the softer guidance uses the sharper one better than one trained on it. (Real

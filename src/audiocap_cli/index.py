@@ -50,7 +50,7 @@ class IndexConfig:
 
     ``embedder``: e.g. ``"retriever:<sha16 of best.safetensors>"`` (``retriever.retriever_id``),
     ``"mean:<encoder fingerprint>"`` (the 1NN baseline) or a text embedder's name.
-    HNSW parameters, measured with bench/bench_index.py on 50k clustered 2560-dim unit vectors
+    HNSW parameters, measured with bench/speed/bench_index.py on 50k clustered 2560-dim unit vectors
     (M = 32, ef_construction = 200): recall@5 vs exact search 0.992 at ef_search 16, 0.999 at
     24, 1.000 at 32 and above; search time grows ~linearly with ef, so ef_search = 32 (twice
     the ef that already reaches 0.99). It is a search-time knob: ``load(expected=...)`` uses

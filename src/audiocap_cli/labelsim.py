@@ -2,7 +2,7 @@
 
 Training the label-grounded decoder and validating without audio both need what the encoder
 would output for a clip whose labels are known. Measured on the real clips of
-``../shared/data/sounds`` whose label is one AudioSet class (``bench/simulation_check.py``:
+``../shared/data/sounds`` whose label is one AudioSet class (``bench/fits/simulation_check.py``:
 50 clips, YAMNet scores max-pooled over the clip), YAMNet
 
 * scores the labelled class high but not always (mean 0.80, median 0.92, 10% below 0.39);
@@ -33,7 +33,7 @@ CONFIG_NAME = (
 
 @dataclass(frozen=True)
 class Simulation:
-    """Parameters of the label -> pooled score noise (fitted with bench/simulation_check.py)."""
+    """Parameters of the label -> pooled score noise (fitted with bench/fits/simulation_check.py)."""
 
     hit_beta: tuple[float, float] = (0.6, 4.0)  # a present class scores 1 - Beta(a, b) ...
     miss_rate: float = 0.15  # ... or, this often, U(0, miss_high): missed or scored low
@@ -62,7 +62,7 @@ class Simulation:
     )  # an ancestor scores >= its firing descendants x U(...)
 
 
-# Intruders fitted to which classes fire on the real clips (bench/simulation_check.py): 85% of
+# Intruders fitted to which classes fire on the real clips (bench/fits/simulation_check.py): 85% of
 # them confusable, temperature 0.04, 7 a clip (about as many unrelated classes above 0.1 as before,
 # since more of them now land on the ontology's relatives).
 CONFUSABLE = Simulation(intruders=7.0, confusable_share=0.85, confusion_temperature=0.04)

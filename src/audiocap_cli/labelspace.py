@@ -44,7 +44,7 @@ IDF_SMOOTH = 1.0  # idf = log((N + 1) / (df + 1)) + 1 (scikit-learn's smooth idf
 class LabelSpaceConfig:
     """How labels and encoder class scores become comparable vectors.
 
-    Defaults chosen with bench/labelspace_grid.py (consensus caption, METEOR / CIDEr-D x100) on
+    Defaults chosen with bench/fits/labelspace_grid.py (consensus caption, METEOR / CIDEr-D x100) on
     AudioCaps val with input simulated by ``labelsim`` and on the 337 labelled real clips (real
     YAMNet). YAMNet fires on a class's ontology ancestors ("Animal" for a dog), AudioSet labels
     name them for only 65% of labels that have one: closing the corpus labels under the

@@ -7,7 +7,7 @@ normalised over all caption pairs, exceeds 0.7. This module computes
   (49,838 AudioCaps captions = 1.24e9 pairs): the cosine of idf-weighted mean token vectors
   is computed for every pair with blocked matrix products, and only pairs above a cutoff
   calibrated per run (~1.3% of pairs on AudioCaps) are scored exactly (recall of truly
-  similar pairs measured by bench/bench_similarity.py: 100% of 432 on 50 anchors x 5,000);
+  similar pairs measured by bench/speed/bench_similarity.py: 100% of 432 on 50 anchors x 5,000);
 * ``clip_similarity`` -- clip-level similar lists for datasets with several captions per clip.
 
 The exact scores (and why F1 >= 0, so a global minimum of exactly 0 is the true minimum) are

@@ -78,7 +78,7 @@ _WORD = re.compile(r"[a-z0-9']+")
 class ZeroShotConfig:
     """How captions and audio class scores become vectors of one shared space."""
 
-    # Defaults are the winners of bench/bootstrap_report.py --grid (337 labelled real clips,
+    # Defaults are the winners of bench/quality/bootstrap_report.py --grid (337 labelled real clips,
     # AudioCaps train captions as the corpus): "sentence" with the top 5 classes had the best
     # CIDEr-D, top-1 and after re-ranking; the profile needs a sharp softmax (T=0.02) to compete.
     variant: str = "sentence"  # profile | sentence | hybrid (see module docstring)

@@ -1,12 +1,12 @@
 """Does the trained retriever find same-class clips better than raw encoder features?
 
 On the labelled real clips of ../shared/data/sounds (captions written from labels by
-bench/sounds_dataset.py), trains the triplet retriever on the train split with
+bench/quality/sounds_dataset.py), trains the triplet retriever on the train split with
 `audiocap train-retriever`'s code path, then for every test clip whose label occurs in train
 retrieves the k nearest train clips and reports precision@1 and @5 of "same label" for:
   1NN-raw    mean-pooled, L2-normalised YAMNet frames (the paper's 1NN baseline)
   triplet    the trained Embed network
-Usage: python bench/retrieval_quality.py [--epochs 100] [--work runs/retrieval]
+Usage: python bench/quality/retrieval_quality.py [--epochs 100] [--work runs/retrieval]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Each clip gets:
 Splits are deterministic: TAU keeps its own train/test lists (val carved out of train);
 the other clips are split per label by a hash of the file name (about 60/15/25).
 
-Usage: python bench/sounds_dataset.py OUT_DIR   (writes OUT_DIR/{train,val,test}.jsonl)
+Usage: python bench/quality/sounds_dataset.py OUT_DIR   (writes OUT_DIR/{train,val,test}.jsonl)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SOUNDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sounds"
+SOUNDS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sounds"
 
 # The clips are two kinds of audio, reported apart as well as together: sound events (sound
 # effects, animals, baby cries; 0.2-10 s, the closer kind to AudioCaps' 10 s AudioSet clips) and

@@ -3,7 +3,7 @@
 Needs ../shared/data/sounds and the ray extra (pip install 'audiocap-cli[ray]'). Builds, under
 WORK (default /tmp/audiocap-bench-scale; kept, so a rerun skips what is built):
 
-* a dataset from the real clips (bench/sounds_dataset.py) and a model: a raw-frame YAMNet index
+* a dataset from the real clips (bench/quality/sounds_dataset.py) and a model: a raw-frame YAMNet index
   of the train split plus a guided decoder on ``--lm`` (default tiny-gpt2, which keeps the runs
   short on 2 cores; smollm2 is the real one) trained for one epoch (its quality does not matter
   here; every run below uses this same model);
@@ -13,7 +13,7 @@ WORK (default /tmp/audiocap-bench-scale; kept, so a rerun skips what is built):
 * train-decoder and train-retriever with 1 process and with torchrun 2 processes (gloo), same
   global batch: seconds per epoch and the loss curves.
 
-Usage: python bench/bench_scale.py [WORK] [--lm tiny-gpt2|smollm2] [--clips 200]
+Usage: python bench/speed/bench_scale.py [WORK] [--lm tiny-gpt2|smollm2] [--clips 200]
 (tiny-gpt2: ~20 min on 2 quiet cores)
 """
 
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOUNDS = ROOT.parent / "shared" / "data" / "sounds"
 PY = sys.executable
 N_CLIPS = 200
@@ -66,7 +66,7 @@ def lines(path: Path) -> list[str]:
 def build(work: Path, env: dict[str, str], lm: str, n_clips: int) -> tuple[Path, list[str]]:
     data, model = work / "data", work / f"model-{lm}"
     if not (data / "train.jsonl").is_file():
-        run(PY, str(ROOT / "bench" / "sounds_dataset.py"), str(data), env=env)
+        run(PY, str(ROOT / "bench" / "quality" / "sounds_dataset.py"), str(data), env=env)
     if not (model / "decoder" / "decoder.json").is_file():
         run(
             PY,

@@ -2,7 +2,7 @@
 
 Training data: the AudioCaps training captions only (text; no paired audio). Evaluation: every
 labelled real clip of ../shared/data/sounds (all splits; nothing is trained on them), with the
-five captions bench/sounds_dataset.py writes from each label as references.
+five captions bench/quality/sounds_dataset.py writes from each label as references.
 
 Per variant of zeroshot.ZeroShotConfig it prints, over all clips:
   kw top1    share of clips whose top-1 retrieved caption names the labelled source
@@ -15,7 +15,7 @@ and the floor (a seeded random corpus caption) and, with --predictions FILE (JSO
 Caches (under --work, default runs/bootstrap): YAMNet clip scores and the corpus sentence
 embeddings, so a rerun takes seconds.
 
-Usage: python bench/bootstrap_report.py [--work DIR] [--grid] [--per-source] [--predictions F]
+Usage: python bench/quality/bootstrap_report.py [--work DIR] [--grid] [--per-source] [--predictions F]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "quality"))
 
 from audiocap_cli import zeroshot as zs  # noqa: E402
 from audiocap_cli.textembed import encode_cached  # noqa: E402

@@ -5,7 +5,7 @@ labels (random pairs; and every pair of random anchors against ALL captions = re
 truly similar pairs), the bert-score package's own rate on a sample of pairs with the value
 agreement, and peak RSS. ``--limit N`` uses the first N captions.
 
-    python bench/bench_similarity.py --limit 5000
+    python bench/speed/bench_similarity.py --limit 5000
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from audiocap_cli import bertscore as B
 from audiocap_cli import similarity as S
 
 DEFAULT_CSV = (
-    Path(__file__).resolve().parents[1]
+    Path(__file__).resolve().parents[2]
     / ".."
     / "shared"
     / "data"

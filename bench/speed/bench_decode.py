@@ -5,8 +5,8 @@ Guidance: K = 5 captions per clip, from ../shared/data AudioCaps val captions wh
 else a built-in list. The decoder is random (``--decoder DIR`` loads a trained one): a random
 decoder rarely emits EOS, so every clip runs the full ``max_len`` steps (the worst case).
 
-    .venv/bin/python bench/bench_decode.py [--clips 32] [--naive-clips 2] [--beam 4]
-    .venv/bin/python bench/bench_decode.py --decoder DIR DIR ...   # an ensemble, timed against its first member
+    .venv/bin/python bench/speed/bench_decode.py [--clips 32] [--naive-clips 2] [--beam 4]
+    .venv/bin/python bench/speed/bench_decode.py --decoder DIR DIR ...   # an ensemble, timed against its first member
 
 With several ``--decoder`` folders the decoder is their ensemble (``DecoderEnsemble``: one LM
 pass per step, the members' distributions averaged), and the first member alone is timed on the
@@ -34,7 +34,7 @@ from audiocap_cli.lm import load_lm
 FRAMES_10S = 20  # YAMNet: 0.96 s windows at 0.48 s hop -> 20 frames in 10 s
 YAMNET_DIM = 1024
 CAPTIONS = (
-    Path(__file__).resolve().parents[1]
+    Path(__file__).resolve().parents[2]
     / ".."
     / "shared"
     / "data"

@@ -1,7 +1,7 @@
 """Paired comparison of two systems on the same clips: per-clip METEOR and CIDEr-D differences,
 with a bootstrap 95% interval over clips (2,000 resamples, seed 0).
 
-Reads the folders that ``bench/grounded_report.py --predictions DIR`` writes (``val.jsonl``,
+Reads the folders that ``bench/quality/grounded_report.py --predictions DIR`` writes (``val.jsonl``,
 ``real.jsonl``: one line per clip with its caption and scores). A per-clip mean is not the
 corpus score the report prints (METEOR pools its statistics over the corpus), but its
 difference is what varies clip by clip, so it is what the interval is about.
@@ -10,7 +10,7 @@ The real clips are also compared by kind (``sounds_dataset.kinds``): "real event
 events) and "real scenes" (200 one-second urban scenes, on which every system scores near 0
 CIDEr-D, so they move METEOR only).
 
-Usage: python bench/compare_predictions.py BASELINE_DIR OTHER_DIR
+Usage: python bench/quality/compare_predictions.py BASELINE_DIR OTHER_DIR
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Peak RSS of `audiocap caption` on very long recordings, --long-audio crop and windows (issue 12).
 
-    .venv/bin/python bench/bench_long_audio.py [--hours 3,10] [--modes crop,windows]
+    .venv/bin/python bench/speed/bench_long_audio.py [--hours 3,10] [--modes crop,windows]
         [--rate 8000] [--format wav|flac] [--short 10] [-m MODEL] [--work DIR] [--stub-yamnet]
 
 Each run is one `audiocap caption LONG_FILE SHORT_FILES... -m MODEL --long-audio MODE` child
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from _shared import long_wav  # noqa: E402
 from test_pipeline import make_model, make_workspace  # noqa: E402

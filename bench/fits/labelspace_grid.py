@@ -3,7 +3,7 @@ retrieval on AudioCaps val (input simulated from labels by labelsim, corpus Audi
 and on the 337 labelled real clips (real YAMNet scores, label-written references). Needs
 ../shared/data; about 4 min.
 
-Usage: python bench/labelspace_grid.py
+Usage: python bench/fits/labelspace_grid.py
 """
 
 import sys
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "quality"))
 if not SHARED.is_dir():
     sys.exit(f"{SHARED}: development data not found; this script needs ../shared/data")
 

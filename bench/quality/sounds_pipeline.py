@@ -1,9 +1,9 @@
 """The whole paper pipeline, as a user runs it, on the labelled real clips of ../shared/data/sounds.
 
-Writes the dataset (captions from labels, bench/sounds_dataset.py), then runs:
+Writes the dataset (captions from labels, bench/quality/sounds_dataset.py), then runs:
   audiocap train-retriever -> build-index -> train-decoder -> caption (test split) -> eval --scope all
 and prints a few caption lines and the Table-1 layout. Usage:
-  python bench/sounds_pipeline.py [--work runs/sounds_pipeline] [--retriever-epochs 60] [--decoder-epochs 8]
+  python bench/quality/sounds_pipeline.py [--work runs/sounds_pipeline] [--retriever-epochs 60] [--decoder-epochs 8]
 """
 
 from __future__ import annotations

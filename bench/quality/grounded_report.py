@@ -23,10 +23,10 @@ sounds_dataset.kinds).
 AudioCaps val: 495 clips x 5 human captions; the input is class scores simulated from each
 clip's AudioSet labels (grounded.simulated, seed VAL_SIM_SEED + --val-draw), retrieval from the model's
 index (AudioCaps train only). Real clips: ../shared/data/sounds (337 clips), real YAMNet on the
-real audio through the Captioner, against the 5 captions bench/sounds_dataset.py writes from
+real audio through the Captioner, against the 5 captions bench/quality/sounds_dataset.py writes from
 each label. Needs ../shared/data; exits with a message without it.
 
-Usage: python bench/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
+Usage: python bench/quality/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
        [--select consensus|guidance|score] [--agreement ciderd|tfidf] [--recall-weight W] [--pool-margin M|none] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
        [--score-power P] [--rerank-pool N] [--rerank ciderd|tfidf] [--rerank-recall-weight W]
        [--simulation FIELD=VALUE,...] [--val-draw K]
@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "quality"))
 
 from bootstrap_report import load_clips, names_source  # noqa: E402
 from sounds_dataset import kinds  # noqa: E402

@@ -1,6 +1,6 @@
 """YAMNet encoder throughput on 10 s clips: batched + fused + channels-last vs a naive baseline.
 
-    .venv/bin/python bench/bench_yamnet.py [--clips 32] [--batch 16] [--threads N] [--chunks 16,64]
+    .venv/bin/python bench/speed/bench_yamnet.py [--clips 32] [--batch 16] [--threads N] [--chunks 16,64]
         [--device cuda] [--weights SAVEDMODEL_DIR] [--real]
 
 Prints clips/s and the real-time multiple (audio seconds per wall second) for
@@ -60,7 +60,7 @@ def real_clips(limit: int) -> list[np.ndarray]:
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sounds"
+    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sounds"
     if not root.is_dir():
         print(f"(no {root}: skipping real clips)")
         return []

@@ -11,7 +11,7 @@ the animal clips and on the baby cries. These numbers fitted labelsim.Simulation
 whose intruders follow label frequency) and labelsim.CONFUSABLE (most intruders drawn among the
 classes YAMNet's classifier finds alike), which is printed too.
 
-Usage: python bench/simulation_check.py   (needs ../shared/data; uses bench/bootstrap_report's cache)
+Usage: python bench/fits/simulation_check.py   (needs ../shared/data; uses bench/bootstrap_report's cache)
 """
 
 import sys
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench" / "quality"))
 if not (ROOT.parent / "shared" / "data").is_dir():
     sys.exit("../shared/data not found; this script needs the labelled real clips")
 

@@ -1,6 +1,6 @@
 """Caption index: hnswlib recall@k and latency vs exact (numpy brute-force) search.
 
-    .venv/bin/python bench/bench_index.py [--n 50000] [--dim 2560] [--queries 200] [--k 5]
+    .venv/bin/python bench/speed/bench_index.py [--n 50000] [--dim 2560] [--queries 200] [--k 5]
         [--data clustered|random] [--ef 16,32,64,128] [--M 32] [--efc 200] [--threads N]
 
 Builds a CaptionIndex over n unit vectors of the retriever's dim (20 frames x 128 = 2560) and
