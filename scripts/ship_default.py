@@ -36,7 +36,10 @@ def main() -> None:
     ap.add_argument("corpus", type=Path, nargs="?")
     ap.add_argument("--name", default=models.DEFAULT_MODEL)
     ap.add_argument(
-        "--report", type=Path, default=None, help="JSON written by bench/quality/grounded_report.py --json"
+        "--report",
+        type=Path,
+        default=None,
+        help="JSON written by bench/quality/grounded_report.py --json",
     )
     ap.add_argument("--command", default="", help="the command that trained MODEL")
     ap.add_argument(
