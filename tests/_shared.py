@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from audiocap_cli.decoder import DecoderConfig, GuidedDecoder
 from audiocap_cli.lm import FrozenLM
+
+# Generated inputs that the benchmarks use too (a sparse long WAV, the synthetic dataset and its
+# tiny model) live in bench/speed/_fixtures.py, so that bench/ never imports from tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "speed"))
+from _fixtures import CLASSES, long_wav, make_model, make_workspace  # noqa: E402, F401
 
 JAVA = shutil.which("java")
 needs_java = pytest.mark.skipif(
@@ -48,7 +54,6 @@ def clotho_validation_rows(n: int) -> list[dict[str, str]]:
     """The first ``n`` rows of the dev data's Clotho validation CSV; skips the test when the
     dev data or Java is absent."""
     import csv
-    from pathlib import Path
 
     src = (
         Path(__file__).resolve().parents[1].parent
@@ -63,38 +68,3 @@ def clotho_validation_rows(n: int) -> list[dict[str, str]]:
         pytest.skip("no `java` on PATH")
     with src.open(encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))[:n]
-
-
-def long_wav(
-    path: "str | os.PathLike[str]", seconds: float, rate: int = 8000, tone_seconds: float = 10.0
-) -> None:
-    """A 16-bit mono WAV whose header declares ``seconds`` of audio: ``tone_seconds`` of a 440 Hz
-    tone, then silence left as a sparse hole by ``truncate``, so that a 10-hour file costs a few
-    hundred KB of disk and no time to write (used by test_hostile and bench/bench_long_audio)."""
-    import struct
-
-    import numpy as np
-
-    n = int(seconds * rate)
-    data_bytes = 2 * n  # 10 h at 8 kHz: 576 MB, within RIFF's 4 GiB
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + data_bytes,
-        b"WAVE",
-        b"fmt ",
-        16,
-        1,
-        1,
-        rate,
-        2 * rate,
-        2,
-        16,
-        b"data",
-        data_bytes,
-    )
-    t = np.arange(min(n, int(tone_seconds * rate))) / rate
-    with open(path, "wb") as f:
-        f.write(header)
-        f.write((0.3 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype("<i2").tobytes())
-        f.truncate(len(header) + data_bytes)

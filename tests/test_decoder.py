@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from audiocap_cli.decoder import (
     DecoderConfig,
     DecoderTrainConfig,
-    average_weights,
     draw_guidance,
     load_decoder,
     lr_at,
@@ -215,6 +214,15 @@ def test_training_resumes_exactly(lm: FrozenLM, tmp_path: Path) -> None:
             epochs=4,
             train_cfg=tc,
         )
+    with pytest.raises(ConfigMismatchError, match="lr_max"):  # and another schedule too
+        train_decoder(
+            ex,
+            cfg,
+            lm,
+            tmp_path / "b",
+            epochs=4,
+            train_cfg=dataclasses.replace(tc, lr_max=1e-2),
+        )
 
 
 def test_training_rejects_bad_examples(lm: FrozenLM, tmp_path: Path) -> None:
@@ -226,61 +234,3 @@ def test_training_rejects_bad_examples(lm: FrozenLM, tmp_path: Path) -> None:
     ]
     with pytest.raises(DatasetError, match="3 problem"):
         train_decoder(bad, cfg, lm, tmp_path / "r", epochs=1)
-
-
-def test_checkpoint_averaging_keeps_the_mean_of_the_last_epochs(
-    lm: FrozenLM, tmp_path: Path
-) -> None:
-    cfg = DecoderConfig(lm="tiny-gpt2", d_l=64, d_a=D_A, k=2)
-    tc = DecoderTrainConfig(batch_size=4, micro_batch=2, lr_max=1e-3, average_last=2)
-    ex, val = _examples(6), _examples(2, seed=1)
-    straight = train_decoder(
-        ex, cfg, lm, tmp_path / "a", epochs=3, val_examples=val, train_cfg=tc, keep_state=True
-    )
-    weights, optim, _ = RunDir(straight).resume()
-    snaps = optim["snapshots"]
-    assert sorted(snaps) == [
-        "2"
-    ]  # only the last two epochs are kept; the last one is the state's weights
-    snaps["3"] = weights
-    kept = load_file(str(straight / "decoder.safetensors"))
-    expected = average_weights([snaps["2"], snaps["3"]])
-    assert kept.keys() == expected.keys()
-    for key in kept:
-        torch.testing.assert_close(kept[key], expected[key])
-    assert not torch.equal(kept["ref_attn.q.weight"], snaps["3"]["ref_attn.q.weight"])
-    rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 3] and rows[-1]["average_of"] == [2, 3]
-    assert rows[-1]["val_nll"] > 0
-    # interrupted after two epochs and resumed: the same average, byte for byte
-    train_decoder(
-        ex, cfg, lm, tmp_path / "b", epochs=2, val_examples=val, train_cfg=tc, keep_state=True
-    )
-    resumed = train_decoder(
-        ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc, keep_state=True
-    )
-    again = load_file(str(resumed / "decoder.safetensors"))
-    for key in kept:
-        torch.testing.assert_close(again[key], kept[key], rtol=0, atol=0)
-    # its log: epochs 1, 2, the average of 1-2 (that call's end), 3, the average of 2-3; a rerun
-    # of the finished run adds nothing
-    train_decoder(
-        ex, cfg, lm, tmp_path / "b", epochs=3, val_examples=val, train_cfg=tc, keep_state=True
-    )
-    assert (
-        sum(
-            "average_of" in json.loads(x)
-            for x in (resumed / "metrics.jsonl").read_text().splitlines()
-        )
-        == 2
-    )
-    with pytest.raises(ConfigMismatchError, match="average_last"):  # a run's window is fixed
-        train_decoder(
-            ex,
-            cfg,
-            lm,
-            tmp_path / "b",
-            epochs=4,
-            val_examples=val,
-            train_cfg=dataclasses.replace(tc, average_last=3),
-        )

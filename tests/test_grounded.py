@@ -209,62 +209,9 @@ def test_simulated_scores_follow_the_ontology_and_add_intruders(segs: Path) -> N
     assert (bare[:, a] == 0).all() and (bare[:, b] == 0).all()  # no ontology: nothing related fires
 
 
-def test_confusable_intruders_come_from_the_class_similarity() -> None:
-    from audiocap_cli import labelsim
-
-    n, c, dog, rain, other = 300, 521, 5, 7, 9
-    labels = np.zeros((n, c), np.float32)
-    labels[:, dog] = 1
-    labels[0] = 0  # a clip without labels draws every intruder from the prior
-    prior = np.zeros(c)
-    prior[other] = 1.0
-    similarity = np.zeros((c, c))
-    similarity[dog, rain] = 1.0  # the encoder confuses dog with rain, and nothing else
-    sim = labelsim.Simulation(
-        prior_floor=0.0, confusable_share=0.8, confusion_temperature=0.04, intruders=7.0
-    )
-    s = labelsim.simulate(labels, np.random.default_rng(0), prior, None, sim, similarity)
-    fired = (s > 0).mean(0)
-    assert fired[rain] > 0.95 and 0.7 < fired[other] < 0.9  # 1 - exp(-7 x 0.2) = 0.75
-    assert s[0, rain] == 0 and s[0, other] > 0
-    assert ((s > 0).sum(1) <= 3).all()  # dog, rain, the prior's class: nothing else intrudes
-    base = labelsim.simulate(
-        labels,
-        np.random.default_rng(0),
-        prior,
-        None,
-        dataclasses.replace(sim, confusable_share=0.0),
-        similarity,
-    )
-    legacy = labelsim.simulate(
-        labels,
-        np.random.default_rng(0),
-        prior,
-        None,
-        dataclasses.replace(sim, confusable_share=0.0),
-    )
-    assert (
-        np.array_equal(base, legacy) and (base[:, rain] == 0).all()
-    )  # share 0: the draws are as before
-    assert labelsim.parse("") == labelsim.Simulation()
-    assert labelsim.parse("confusable,heard_speech=1") == dataclasses.replace(
-        labelsim.CONFUSABLE, heard_speech=True
-    )
-    assert labelsim.parse("intruders=3").intruders == 3.0
-    for bad in ("hit_beta=1", "nope=1", "intruders"):
-        with pytest.raises(ValueError):
-            labelsim.parse(bad)
-    cdf = labelsim.confusion_cdf(similarity, 0.04)
-    assert (
-        cdf.shape == (c, c) and np.allclose(cdf[:, -1], 1.0) and cdf[dog, dog] == cdf[dog, dog - 1]
-    )  # never itself
-
-
-@pytest.mark.parametrize("rerank", ls.RERANKS)
-def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path, rerank: str) -> None:
-    cfg = ls.LabelSpaceConfig(
-        num_classes=4, rerank_pool=4, per_set=3, rerank=rerank, rerank_recall_weight=3.0
-    )
+@pytest.mark.parametrize("corpus_idf", [False, True])
+def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path, corpus_idf: bool) -> None:
+    cfg = ls.LabelSpaceConfig(num_classes=4, rerank_pool=4, per_set=3, corpus_idf=corpus_idf)
     labels, caps, corpus = _corpus(cfg)
     index = ls.build_index(corpus, cfg, "enc")
     index.save(tmp_path / "index", extra=lambda f: ls.save_extras(f, cfg, corpus.weights))
@@ -280,43 +227,30 @@ def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path, rerank:
     assert r.guidance(hits, 2) == ls.corpus_guidance(
         corpus, scores.max(axis=1), cfg, 2, idf=r.idf()
     )
-    assert r.idf() == (
-        index.ngram_idf() if rerank == "ciderd" else None
-    )  # CIDEr-D reads the corpus idf
+    assert r.idf() == (index.ngram_idf() if corpus_idf else None)
 
 
-def test_rerank_agreements_and_configs_saved_before_them(tmp_path: Path) -> None:
-    """CIDEr-D re-ranking puts first the caption the rest of the pool would score best; TF-IDF
-    (the default) is the consensus cosine; a config saved before the fields existed reads as the
-    default, and the fields leave the index's embedder id (so every index built before them) as it was."""
+def test_rerank_is_the_consensus_and_older_configs_load(tmp_path: Path) -> None:
+    """Guidance is the pool's TF-IDF consensus; a labelspace.json written by an older audiocap,
+    with re-ranking fields since removed, reads as the default, and the index's embedder id
+    hashes the same fields as before (so every index built before stays valid)."""
+    import hashlib
+
+    from audiocap_cli.agreement import consensus_rerank
     from audiocap_cli.config import load_config, save_config, to_dict
-    from audiocap_cli.zeroshot import ciderd_consensus, consensus_rerank, ngram_idf
 
     pool = ["a dog barks", "a dog is barking", "a dog barks twice", "rain falls", "a dog barks"]
     w = [1.0, 1.0, 0.5, 1.0, 1.0]
-    idf = ngram_idf(pool + ["a cat meows", "wind blows"])
+    assert ls.rerank([(pool, w)], 3) == consensus_rerank([pool], top=3, weights=[w])
     cfg = ls.LabelSpaceConfig()
-    assert cfg.rerank == "tfidf" and not ls.uses_corpus_idf(cfg)
-    assert ls.rerank([(pool, w)], 3, cfg) == consensus_rerank([pool], top=3, weights=[w])
-    cider = dataclasses.replace(cfg, rerank="ciderd", rerank_recall_weight=3.0)
-    assert ls.uses_corpus_idf(cider)
-    s = ciderd_consensus([pool], [w], idf, 3.0)[0]
-    want = [pool[i] for i in np.argsort(-s, kind="stable")[:3]]
-    assert ls.rerank([(pool, w)], 3, cider, idf) == [want] and want[0] == "a dog barks"
-    with pytest.raises(Exception, match="rerank"):
-        ls.LabelSpaceConfig(rerank="bleu")
     path = tmp_path / ls.CONFIG_NAME
-    save_config(cider, path)
-    assert load_config(ls.LabelSpaceConfig, path) == cider
+    save_config(cfg, path)
     payload = json.loads(path.read_text())
-    for k in ls.RERANK_FIELDS:  # as saved before the fields existed
-        del payload["config"][k]
+    payload["config"] |= {"rerank": "tfidf", "rerank_recall_weight": 0.0}  # as saved before
     path.write_text(json.dumps(payload))
     assert load_config(ls.LabelSpaceConfig, path) == cfg
-    weights = np.ones(cfg.num_classes, np.float32)
-    assert ls.embedder_id(cfg, weights) == ls.embedder_id(cider, weights)
-    before = {k: v for k, v in to_dict(cfg).items() if k not in ls.RERANK_FIELDS}
-    assert set(before) == {
+    fields = to_dict(cfg)
+    assert set(fields) == {
         "audio_encoder",
         "num_classes",
         "pool",
@@ -327,7 +261,10 @@ def test_rerank_agreements_and_configs_saved_before_them(tmp_path: Path) -> None
         "corpus_idf",
         "ancestors",
         "set_power",
-    }  # the fields of configs saved before
+    }  # the fields the embedder id of every index built so far hashes
+    weights = np.ones(cfg.num_classes, np.float32)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert ls.embedder_id(cfg, weights).startswith(f"labels-{digest}-")
 
 
 def test_lowrank_head_predicts_only_its_vocabulary(lm: FrozenLM, tmp_path: Path) -> None:
@@ -432,7 +369,7 @@ def test_decoder_job_trains_with_the_schedule_it_is_given(lm: FrozenLM, tmp_path
         guidance="separate",
         residual=True,
     )
-    p = grounded.Plan(corpus=None, train=ex, val=[], val_clips=[], scst=[])  # type: ignore[arg-type]
+    p = grounded.Plan(corpus=None, train=ex, val=[], val_clips=[])  # type: ignore[arg-type]
     job = grounded.DecoderJob(
         p,
         lm,
@@ -440,7 +377,6 @@ def test_decoder_job_trains_with_the_schedule_it_is_given(lm: FrozenLM, tmp_path
         None,
         grounded.vocabulary(lm, caps, 30),
         2,
-        0,
         lambda name, total: lambda n: None,
     )
     recorded = []
@@ -532,21 +468,17 @@ def test_shipped_default_matches_the_code() -> None:
     m = _shipped_default()
     info = json.loads((m.path / "model.json").read_text())
     assert to_dict(from_dict(ModelConfig, info["model"])) == info["model"]
-    # every decoder (an ensemble's members too; a retrieval-only default ships none)
-    configs = [(DecoderConfig, d / DECODER_CONFIG) for d in ModelDir(m.path).decoders()]
+    md = ModelDir(m.path)  # its decoder, if any (a retrieval-only default ships none)
+    configs = [(DecoderConfig, md.decoder / DECODER_CONFIG)] if md.has_decoder() else []
     for cls, path in configs + [(ls.LabelSpaceConfig, m.path / ls.CONFIG_NAME)]:
         saved = json.loads(path.read_text())["config"]
-        loaded = to_dict(from_dict(cls, saved))
-        if cls is ls.LabelSpaceConfig:  # saved before the re-ranking fields: it used their defaults
-            defaults = to_dict(ls.LabelSpaceConfig())
-            saved = {**{k: defaults[k] for k in ls.RERANK_FIELDS}, **saved}
-        assert loaded == saved, path
+        assert to_dict(from_dict(cls, saved)) == saved, path
     assert m.size_bytes < 40 * 2**20
 
 
 @pytest.mark.slow
 def test_shipped_default_captions_real_audio_without_m(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_with_smollm2: Path
 ) -> None:
     """`audiocap caption FILE` with no -m: the default is materialised and its weights load."""
     import subprocess
@@ -557,7 +489,7 @@ def test_shipped_default_captions_real_audio_without_m(
     m = _shipped_default()
     long_wav(tmp_path / "tone.wav", 3.0)
     env = {k: v for k, v in __import__("os").environ.items() if k != "AUDIOCAP_MODEL"}
-    env["AUDIOCAP_CACHE"] = str(tmp_path / "cache")
+    env["AUDIOCAP_CACHE"] = str(cache_with_smollm2)  # empty but for the converted SmolLM2
     run = subprocess.run(
         [sys.executable, "-m", "audiocap_cli", "caption", str(tmp_path / "tone.wav"), "-q"],
         capture_output=True,
@@ -575,10 +507,8 @@ def test_shipped_default_captions_real_audio_without_m(
 
     built = next(
         (tmp_path / "cache" / "models").glob(f"{m.name}-*")
-    )  # links to every shipped decoder
-    assert [d.relative_to(built) for d in ModelDir(built).decoders()] == [
-        d.relative_to(m.path) for d in ModelDir(m.path).decoders()
-    ]
+    )  # links to the shipped decoder
+    assert ModelDir(built).has_decoder() == ModelDir(m.path).has_decoder()
     listed = subprocess.run(
         [sys.executable, "-m", "audiocap_cli", "models", "--json"],
         capture_output=True,
@@ -587,27 +517,6 @@ def test_shipped_default_captions_real_audio_without_m(
     )
     rows = [json.loads(x) for x in listed.stdout.splitlines()]
     assert any(r["default"] and r["validation"] for r in rows)
-
-
-def test_scst_clips_borrow_references_from_clips_of_the_same_label_set() -> None:
-    """AudioCaps train has one caption per clip; SCST's references add the captions of other
-    training clips with the same label set, up to SCST_REFERENCES, never a held-out clip's."""
-    caps = ["a dog barks", "dogs bark loudly", "a dog is barking", "rain falls", "a dog yaps"]
-    labels = np.zeros((5, 4), np.float32)
-    labels[[0, 1, 2, 4], 1] = 1  # clips 0, 1, 2, 4: the same set; clip 3 alone
-    labels[3, 2] = 1
-    lab = grounded.LabelledCaptions(caps, labels, np.arange(5), [f"c{i}" for i in range(5)], None)  # type: ignore[arg-type]
-    guid = [[f"g{i}"] for i in range(5)]
-    scores = np.eye(5, 4, dtype=np.float32)
-    out = grounded.scst_clips(lab, labels, guid, scores, rows=[3, 2, 1, 0])  # clip 4 held out
-    assert [g for g, _, _ in out] == [["g0"], ["g1"], ["g2"], ["g3"]]
-    assert out[0][1].shape == (1, 4) and np.array_equal(out[2][1][0], scores[2])
-    refs = [r for _, _, r in out]
-    assert refs[3] == ["rain falls"]
-    for i in range(3):
-        assert refs[i][0] == caps[i] and sorted(refs[i][1:]) == sorted(
-            c for j, c in enumerate(caps[:3]) if j != i
-        )
 
 
 def test_decoder_guidance_is_retrieved_at_the_training_power(
@@ -643,50 +552,24 @@ def test_decoder_guidance_is_retrieved_at_the_training_power(
     assert [c[1] for c in plans[0].val_clips] == [c[1] for c in plans[1].val_clips]
 
 
-def test_training_input_hears_the_speech_its_caption_mentions() -> None:
-    caps = [
-        "A man speaks as a dog barks",
-        "A dog barks",
-        "People talking and a car passes",
-        "Music from a loudspeaker",
-        "A woman's voice and rain",
-    ]
-    mids = audioset.class_mids()
-    speech, dog = mids.index(grounded.SPEECH_MID), mids.index(DOG)
-    labels = np.zeros((5, 521), np.float32)
-    labels[:, dog] = 1
-    lab = grounded.LabelledCaptions(caps, labels, np.arange(5), [f"c{i}" for i in range(5)], None)  # type: ignore[arg-type]
-    heard = grounded.heard_labels(lab)
-    assert heard[:, speech].tolist() == [1, 0, 1, 0, 1] and labels[:, speech].sum() == 0  # a copy
-    assert np.array_equal(np.delete(heard, speech, axis=1), np.delete(labels, speech, axis=1))
-
-
-def test_plan_simulates_training_from_heard_labels_and_validation_from_labels(
+def test_plan_simulates_training_and_validation_input_from_labels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With Simulation.heard_speech only the training input reads its captions (heard_labels);
-    validation's input is simulated from the labels alone, never from its references."""
-    from audiocap_cli import labelsim
-
+    """Training and validation input are simulated from the clips' labels alone, each with its
+    own seed; never from the captions, which are validation's references."""
     labels, caps, _ = _corpus()
     lab = grounded.LabelledCaptions(caps, labels, np.arange(6), [f"c{i}" for i in range(6)], None)  # type: ignore[arg-type]
     val = grounded.LabelledCaptions(caps[:2], labels[:2], np.arange(2), ["v0", "v1"], None)  # type: ignore[arg-type]
     seen: dict[int, np.ndarray] = {}
-    monkeypatch.setattr(
-        grounded, "heard_labels", lambda lb, encoder="yamnet": np.clip(lb.labels + 0.5, 0, 1)
-    )
 
     def fake(lb: np.ndarray, prior: np.ndarray, seed: int, sim: object = None) -> np.ndarray:
         seen[seed] = lb.copy()
         return np.asarray(lb, np.float32)
 
     monkeypatch.setattr(grounded, "simulated", fake)
-    lcfg = ls.LabelSpaceConfig(num_classes=4, ancestors=False)
-    grounded.plan(lab, lcfg, 2, None, val, sim=labelsim.Simulation(heard_speech=True))
-    assert np.array_equal(seen[grounded.TRAIN_SIM_SEED], np.clip(labels + 0.5, 0, 1))
-    assert np.array_equal(seen[grounded.VAL_SIM_SEED], val.clip_labels)
-    grounded.plan(lab, lcfg, 2, None, val)  # the default: the labels alone
+    grounded.plan(lab, ls.LabelSpaceConfig(num_classes=4, ancestors=False), 2, None, val)
     assert np.array_equal(seen[grounded.TRAIN_SIM_SEED], labels)
+    assert np.array_equal(seen[grounded.VAL_SIM_SEED], val.clip_labels)
 
 
 def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
@@ -702,6 +585,7 @@ def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
     from audiocap_cli.captioner import Captioner
     from audiocap_cli.encoders import load_encoder
     from audiocap_cli.features import FeatureCache
+    from audiocap_cli.retrieval import LabelSpace, MeanPool
 
     enc = load_encoder("yamnet")
     long_wav(tmp_path / "tone.wav", 3.0)
@@ -709,7 +593,8 @@ def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
     assert f.scores is not None and f.scores.shape[1] == 20
     silence = enc.class_names().index("Silence")
     assert f.scores[0].max(axis=0)[silence] > 0.9  # the padding, pooled over all 20 frames
-    me = SimpleNamespace(labels=SimpleNamespace(cfg=ls.LabelSpaceConfig()), zcfg=None, encoder=enc)
+    labels = LabelSpace(SimpleNamespace(cfg=ls.LabelSpaceConfig()))
+    me = SimpleNamespace(retrieval=labels, encoder=enc)
     got = Captioner.window_scores(me, f, 0)  # type: ignore[arg-type]
     assert got is not None and got.shape == (1, 521)
     with torch.inference_mode():
@@ -721,7 +606,6 @@ def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
     assert alone.shape[0] == enc.num_frames(3.0) == 6
     np.testing.assert_allclose(got[0], alone.max(axis=0), atol=1e-4)
     assert got[0, silence] < 0.5
-    paper = SimpleNamespace(
-        labels=None, zcfg=None, encoder=enc
-    )  # frame retrievers: scores as cached
+    paper = SimpleNamespace(retrieval=MeanPool(lambda fr: fr, "mean:x"), encoder=enc)
+    # frame retrievers: scores as cached
     assert Captioner.window_scores(paper, f, 0).shape == (20, 521)  # type: ignore[arg-type,union-attr]

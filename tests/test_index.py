@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ def test_rebuild_gives_the_same_graph(tmp_path: Path) -> None:
 
 
 def test_ngram_idf_covers_every_caption_and_follows_adds() -> None:
-    from audiocap_cli.zeroshot import ngram_idf
+    from audiocap_cli.agreement import ngram_idf
 
     ids, caps = _entries(6)
     index = CaptionIndex.build(_unit(6, 13), ids, caps, _cfg())
@@ -217,15 +218,19 @@ def test_ngram_idf_covers_every_caption_and_follows_adds() -> None:
 
 def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -> None:
     """`caption`'s consensus selection decodes with CIDEr-D agreement and the idf of the model's
-    index (what the measured default used); "score" selection needs no idf."""
-    from audiocap_cli import decoding
+    index (what the measured default used); "score" selection needs no idf. The pool's own
+    caption (pool_margin) is for retrievals whose pool_caption holds (label space) only."""
+    from types import SimpleNamespace
+
+    from audiocap_cli import captioner, decoding
     from audiocap_cli.captioner import Captioner, CaptionOptions
+    from audiocap_cli.decoding import DecodingOptions
 
     ids, caps = _entries(4)
     cap = Captioner.__new__(Captioner)  # the parts generate() reads, without loading a model
     cap.index = CaptionIndex.build(_unit(4, 15), ids, caps, _cfg())
     cap.decoder = object()  # type: ignore[assignment]
-    cap.labels = None  # the paper's kind of index: no pool of its own
+    cap.retrieval = SimpleNamespace(pool_caption=False)  # the paper's kind: no pool of its own
     monkeypatch.setattr(cap, "decoder_audio", lambda frames, scores: None)
     seen: dict = {}
 
@@ -233,26 +238,22 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
         seen.update(opts=opts, idf=idf)
         return [decoding.Decoded("x", 0.0, 0.0, ()) for _ in guid]
 
-    monkeypatch.setattr(decoding, "decode", fake_decode)
+    monkeypatch.setattr(captioner, "decode", fake_decode)
     cap.opts = CaptionOptions()
     assert cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None) == ["x"]
     assert seen["idf"] is cap.index.ngram_idf()
-    assert (seen["opts"].select, seen["opts"].agreement, seen["opts"].recall_weight) == (
-        "consensus",
-        "ciderd",
-        3.0,
-    )
-    assert seen["opts"].pool_margin is None  # the pool's own caption: label-space pools only
-    cap.labels = object()  # type: ignore[assignment]
+    assert (seen["opts"].select, seen["opts"].recall_weight) == ("consensus", 3.0)
+    assert seen["opts"].pool_margin == math.inf  # the pool's own caption: label-space pools only
+    cap.retrieval = SimpleNamespace(pool_caption=True)
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
-    assert seen["opts"].pool_margin == CaptionOptions.pool_margin == 0.1
-    cap.labels = None
+    assert seen["opts"].pool_margin == CaptionOptions().decoding.pool_margin == 0.1
+    cap.retrieval = SimpleNamespace(pool_caption=False)
     cap.decoder = None  # a retrieval-only model prints its first guidance caption, retrieved
     got = cap.decode_windows(
         [["caption of clip0", "caption of clip1"], []], np.zeros((2, 1, 1), np.float32), None
     )
     assert [(d.text, d.retrieved) for d in got] == [("caption of clip0", True), ("", False)]
     cap.decoder = object()  # type: ignore[assignment]
-    cap.opts = CaptionOptions(select="score")
+    cap.opts = CaptionOptions(DecodingOptions(select="score"))
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
     assert seen["idf"] is None

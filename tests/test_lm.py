@@ -79,12 +79,7 @@ def test_missing_model_is_a_typed_error(tmp_path: Path) -> None:
         load_lm(str(tmp_path))  # an empty folder is not a model
 
 
-# ---- the shipped SmolLM2 (slow: dequantising the GGUF takes ~30 s) ----------------------------
-@pytest.fixture(scope="module")
-def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
+# ---- the shipped SmolLM2 (slow: dequantising the GGUF takes ~30 s, in conftest.smollm2_cache) --
 @pytest.fixture(scope="module")
 def smollm2(smollm2_cache: Path) -> Iterator[FrozenLM]:
     with pytest.MonkeyPatch.context() as mp:

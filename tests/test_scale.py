@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_pipeline import cli, env, workspace  # noqa: F401 - fixtures, one instance per module
+from _shared import make_workspace
+from test_pipeline import cli, env  # noqa: F401 - fixtures, one instance per module
 
 pytestmark = pytest.mark.slow
 # One file per batch: batching changes float rounding in padded attention, which can flip a
@@ -23,9 +24,15 @@ ARGS = ("--beam-size", "2", "--max-len", "8", "--batch-size", "1", "-q")
 
 
 @pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own copy of the synthetic dataset: it adds a broken file to the audio."""
+    return make_workspace(tmp_path_factory.mktemp("scale"))
+
+
+@pytest.fixture(scope="module")
 def setup(workspace: Path, env: dict[str, str]) -> tuple[Path, list[str]]:
-    """test_pipeline's synthetic dataset (this module's own copy), a raw-frame index and a
-    tiny-gpt2 decoder, and one file that is not audio."""
+    """The synthetic dataset, a raw-frame index and a tiny-gpt2 decoder, and one file that is
+    not audio."""
     m = workspace / "scale_model"
     cli("build-index", str(workspace), "-m", str(m), "--raw", "-q", env=env)
     cli(

@@ -6,11 +6,15 @@ and on the 337 labelled real clips (real YAMNet scores, label-written references
 Usage: python bench/fits/labelspace_grid.py
 """
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+).parse_args()
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "bench" / "quality"))
@@ -21,7 +25,7 @@ from bootstrap_report import load_clips, yamnet_scores  # noqa: E402
 
 from audiocap_cli import grounded, metrics  # noqa: E402
 from audiocap_cli import labelspace as ls  # noqa: E402
-from audiocap_cli.zeroshot import ngram_idf  # noqa: E402
+from audiocap_cli.agreement import ngram_idf  # noqa: E402
 
 trl = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
 val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
@@ -49,15 +53,11 @@ def run(name, cfg):
         ("val", sim, val.clip_ids, vrefs),
         ("real", real, [c["id"] for c in clips], rrefs),
     ):
-        best = ls.corpus_guidance(corpus, q, cfg, 1, idf=idf if ls.uses_corpus_idf(cfg) else None)
+        best = ls.corpus_guidance(corpus, q, cfg, 1, idf=idf if cfg.corpus_idf else None)
         jobs[f"{tag}/{name}"] = ({i: b[0] for i, b in zip(ids, best)}, refs)
 
 
-P3 = 3.0  # the grid was run around power 3; the default's power 4 is in its last rows
-CIDER_D = {
-    "rerank": "ciderd",
-    "rerank_recall_weight": 3.0,
-}  # pool re-ranked by the selection's agreement
+P3 = 3.0  # the grid was run around power 3; the default's power 4 is in its last row
 
 
 def C(**kw) -> ls.LabelSpaceConfig:
@@ -80,11 +80,6 @@ grid = {
     "p100 pow3 corpus idf": C(corpus_idf=True),
     "p100 pow3 idf class weights": C(idf_power=1.0),
     "p100 pow4 (default: captioning)": ls.LabelSpaceConfig(),
-    "p100 pow3 CIDEr-D + 3 F-mean re-ranking": C(**CIDER_D),
-    "p100 pow4 CIDEr-D + 2 F-mean re-ranking": ls.LabelSpaceConfig(
-        **CIDER_D | {"rerank_recall_weight": 2.0}
-    ),
-    "p100 pow4 CIDEr-D + 3 F-mean re-ranking": ls.LabelSpaceConfig(**CIDER_D),
 }
 for n, cfg in grid.items():
     run(n, cfg)

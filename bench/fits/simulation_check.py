@@ -4,21 +4,22 @@ labelsim.simulate produces for the same labels (10 draws per clip).
 
 Per kind of class, relative to the labelled one: the class itself (T), its ontology ancestors
 (A), children (C), siblings (S); then the unrelated classes firing per clip, how often the
-labelled class is the top-1 score, and all classes above 0.1; then which unrelated classes fire
-(above 0.3): how alike YAMNet's classifier finds them and the labelled class (the percentile of
-their weight cosine among all unrelated classes: 0.5 is chance), and how often "Speech" fires on
-the animal clips and on the baby cries. These numbers fitted labelsim.Simulation (the default,
-whose intruders follow label frequency) and labelsim.CONFUSABLE (most intruders drawn among the
-classes YAMNet's classifier finds alike), which is printed too.
+labelled class is the top-1 score, and all classes above 0.1; then how often "Speech" fires on
+the animal clips and on the baby cries. These numbers fitted labelsim.Simulation (whose
+intruders follow label frequency).
 
-Usage: python bench/fits/simulation_check.py   (needs ../shared/data; uses bench/bootstrap_report's cache)
+Usage: python bench/fits/simulation_check.py   (needs ../shared/data; uses bench/quality/bootstrap_report's cache)
 """
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+).parse_args()
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "quality"))
 if not (ROOT.parent / "shared" / "data").is_dir():
@@ -26,7 +27,7 @@ if not (ROOT.parent / "shared" / "data").is_dir():
 
 from bootstrap_report import load_clips, yamnet_scores  # noqa: E402
 
-from audiocap_cli import grounded, labelsim  # noqa: E402
+from audiocap_cli import grounded  # noqa: E402
 from audiocap_cli.zeroshot import class_names  # noqa: E402
 
 CLASS = {
@@ -60,15 +61,13 @@ train = grounded.read_labelled(ROOT.parent / "shared" / "data" / "captions" / "a
 labels = np.zeros((len(clips) * DRAWS, scores.shape[1]), np.float32)
 labels[np.arange(len(labels)), np.repeat(true, DRAWS)] = 1
 sim = grounded.simulated(labels, train.labels, 0)
-confusable = grounded.simulated(labels, train.labels, 0, labelsim.CONFUSABLE)
-similarity = grounded.class_similarity()
 SPEECH = names.index("Speech")
 animal = np.array(["baby" not in c["path"] for c in clips])
 
 
 def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
     kinds: dict[str, list[float]] = {k: [] for k in "TACS"}
-    unrelated, alike = [], []
+    unrelated = []
     for row, c in zip(s, t):
         a, ch, sb = h.ancestors[c], h.children[c], h.siblings[c]
         kinds["T"].append(row[c])
@@ -79,8 +78,6 @@ def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
         other[c] = False
         other &= ~a & ~ch & ~sb
         unrelated.append([(row[other] > x).sum() for x in (0.1, 0.3, 0.6)])
-        sim_c = similarity[c, other]
-        alike += [float(np.mean(sim_c < v)) for v in sim_c[row[other] > 0.3]]
     print(what)
     for k, label in zip("TACS", ("labelled", "ancestors", "children", "siblings")):
         v = np.array(kinds[k])
@@ -95,12 +92,10 @@ def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
     )
     an = np.repeat(animal, len(s) // len(clips))
     print(
-        f"  unrelated classes >0.3: classifier-weight cosine percentile mean {np.mean(alike):.2f}, median {np.median(alike):.2f}; "
-        f"Speech >0.3 / >0.1 on animals {np.mean(s[an, SPEECH] > 0.3):.2f} / {np.mean(s[an, SPEECH] > 0.1):.2f}, "
+        f"  Speech >0.3 / >0.1 on animals {np.mean(s[an, SPEECH] > 0.3):.2f} / {np.mean(s[an, SPEECH] > 0.1):.2f}, "
         f"on baby cries {np.mean(s[~an, SPEECH] > 0.3):.2f} / {np.mean(s[~an, SPEECH] > 0.1):.2f}"
     )
 
 
 describe(scores, true, f"YAMNet on {len(clips)} real clips")
 describe(sim, np.repeat(true, DRAWS), f"labelsim.simulate, {DRAWS} draws per clip")
-describe(confusable, np.repeat(true, DRAWS), f"labelsim.CONFUSABLE, {DRAWS} draws per clip")

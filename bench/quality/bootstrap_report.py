@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "bench" / "quality"))
 
+from audiocap_cli import agreement  # noqa: E402
 from audiocap_cli import zeroshot as zs  # noqa: E402
 from audiocap_cli.textembed import encode_cached  # noqa: E402
 
@@ -245,11 +246,13 @@ def main() -> None:
         pool = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         pool = np.take_along_axis(pool, np.argsort(-np.take_along_axis(sims, pool, 1), axis=1), 1)
         systems[f"{name} | a top-1"] = [texts[p[0]] for p in pool]
-        reranked = zs.consensus_rerank([[texts[i] for i in p] for p in pool], top=1)
+        reranked = agreement.consensus_rerank([[texts[i] for i in p] for p in pool], top=1)
         systems[f"{name} | a' rerank"] = [r[0] for r in reranked]
         if name == DEFAULT:
-            idf = zs.ngram_idf(texts)
-            reranked = zs.consensus_rerank([[texts[i] for i in p] for p in pool], top=1, idf=idf)
+            idf = agreement.ngram_idf(texts)
+            reranked = agreement.consensus_rerank(
+                [[texts[i] for i in p] for p in pool], top=1, idf=idf
+            )
             systems[f"{name} | a' rerank, corpus idf"] = [r[0] for r in reranked]
             index_line = index_check(cap, aud, pool, work)
     t_retrieve = time.perf_counter() - t2

@@ -5,8 +5,8 @@ Rows, per set:
   consensus guidance      guidance[0]: the most typical caption of the retrieved pool
   generated               what `audiocap caption` prints (its defaults): the decoder's caption, or
                           the pool's own most typical caption where that agrees with the pool by
-                          --pool-margin more (captioner.CaptionOptions.pool_margin)
-  generated, decoder only the decoder's caption alone (--pool-margin none); the ablations below
+                          --pool-margin more (decoding.DecodingOptions.pool_margin)
+  generated, decoder only the decoder's caption alone (--pool-margin inf); the ablations below
                           switch parts of it off
   generated, audio off    the decoder with its audio branch switched off (inference-time ablation)
   generated, guidance off the decoder with empty guidance
@@ -27,9 +27,8 @@ real audio through the Captioner, against the 5 captions bench/quality/sounds_da
 each label. Needs ../shared/data; exits with a message without it.
 
 Usage: python bench/quality/grounded_report.py [-m MODEL] [--limit N] [--sets val,real] [--json OUT] [--predictions DIR]
-       [--select consensus|guidance|score] [--agreement ciderd|tfidf] [--recall-weight W] [--pool-margin M|none] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
-       [--score-power P] [--rerank-pool N] [--rerank ciderd|tfidf] [--rerank-recall-weight W]
-       [--simulation FIELD=VALUE,...] [--val-draw K]
+       [--select consensus|guidance|score] [--recall-weight W] [--pool-margin M|inf] [--repeat-penalty P] [--beam K] [--min-len N] [--no-ablations]
+       [--score-power P] [--rerank-pool N] [--val-draw K]
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import sys
 import time
@@ -52,12 +52,13 @@ sys.path.insert(0, str(ROOT / "bench" / "quality"))
 from bootstrap_report import load_clips, names_source  # noqa: E402
 from sounds_dataset import kinds  # noqa: E402
 
-from audiocap_cli import grounded, labelsim  # noqa: E402
+from audiocap_cli import grounded  # noqa: E402
+from audiocap_cli.agreement import is_content_word  # noqa: E402
 from audiocap_cli.captioner import Captioner, CaptionOptions  # noqa: E402
-from audiocap_cli.decoding import is_content_word, select_mbr  # noqa: E402
-from audiocap_cli.labelspace import RERANKS  # noqa: E402
+from audiocap_cli.decoding import DecodingOptions, choose  # noqa: E402
 from audiocap_cli.metrics import score_batch  # noqa: E402
 from audiocap_cli.models import resolve  # noqa: E402
+from audiocap_cli.retrieval import LabelSpace  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 COLUMNS = (
@@ -66,7 +67,7 @@ COLUMNS = (
     ("ROUGE-L", "rouge_l"),
     ("CIDEr-D", "cider_d"),
 )
-DECODER_ONLY = "generated, decoder only"  # --pool-margin none: never the pool's own caption
+DECODER_ONLY = "generated, decoder only"  # --pool-margin inf: never the pool's own caption
 KIND_ROWS = (
     "top-1 retrieved",
     "consensus guidance",
@@ -74,6 +75,28 @@ KIND_ROWS = (
     DECODER_ONLY,
 )  # repeated per kind of real clip
 _WORD = re.compile(r"[a-z']+")
+# (flag, DecodingOptions field, help): the options `caption` decodes with
+DECODING_FLAGS = (
+    ("--select", "select", "beam hypothesis printed: consensus, guidance or score"),
+    (
+        "--recall-weight",
+        "recall_weight",
+        "weight of the unigram F-mean in the hypothesis selection",
+    ),
+    (
+        "--pool-margin",
+        "pool_margin",
+        "the pool's own most typical caption is printed when it beats the chosen hypothesis' "
+        "agreement by this margin (inf: never)",
+    ),
+    (
+        "--repeat-penalty",
+        "repeat_penalty",
+        "log-prob off a caption each time it says a content word again (0: off)",
+    ),
+    ("--beam", "beam_size", "beam width (1: greedy)"),
+    ("--min-len", "min_len", "tokens before a caption may end"),
+)
 
 
 def systems(
@@ -90,20 +113,21 @@ def systems(
         "top-1 retrieved": [row[0].captions[0] if row else "" for row in hits],
         "consensus guidance": [g[0] if g else "" for g in guid],
     }
-    opts = cap.opts
-    if cap.decoder is None or opts.pool_margin is None or opts.select != "consensus":
+    opts, dopts = cap.opts, cap.opts.decoding
+    if cap.decoder is None or math.isinf(dopts.pool_margin) or dopts.select != "consensus":
         out["generated"] = cap.generate(guid, frames, sc, ev)  # what `caption` prints
         if cap.decoder is None:
             return out, guid
     else:
         # One decode serves both rows: the decoder's own choice, then the pool's caption against
-        # it with the same select_mbr that `caption` runs (each Decoded keeps the clip's beam).
-        cap.opts = dataclasses.replace(opts, pool_margin=None)
+        # it with the same choice that `caption` makes (each Decoded keeps the clip's beam).
+        cap.opts = dataclasses.replace(
+            opts, decoding=dataclasses.replace(dopts, pool_margin=math.inf)
+        )
         own = cap.decode_windows(guid, frames, sc, ev)
-        idf = cap.index.ngram_idf() if opts.agreement == "ciderd" else None
+        idf = cap.index.ngram_idf()
         out["generated"] = [
-            d.text
-            for d in select_mbr(own, ev, opts.recall_weight, opts.agreement, idf, opts.pool_margin)
+            d.text for d in choose(own, ev, dopts.recall_weight, idf, dopts.pool_margin)
         ]
         out[DECODER_ONLY] = [d.text for d in own]  # the ablations switch parts of it off
     try:
@@ -123,29 +147,23 @@ def ablate(
     out: dict[str, list[str]],
 ) -> None:
     """The generated rows with a part of the decoder switched off at inference time."""
-    decs = list(
-        getattr(cap.decoder, "members", [cap.decoder])
-    )  # an ensemble: switch it off in each member
-    cfgs = [d.cfg for d in decs]
-    for d, cfg in zip(decs, cfgs):
-        d.cfg = dataclasses.replace(cfg, use_audio=False)
+    dec = cap.decoder
+    cfg = dec.cfg
+    dec.cfg = dataclasses.replace(cfg, use_audio=False)
     out["generated, audio off"] = cap.generate(guid, frames, sc, ev)
-    for d, cfg in zip(decs, cfgs):
-        d.cfg = cfg
+    dec.cfg = cfg
     out["generated, guidance off"] = cap.generate(
         [[] for _ in guid], frames, sc, [([], []) for _ in guid]
     )
-    if all(getattr(d, "vocab_ids", None) is not None for d in decs):
-        saved = [(d.head_b.detach().clone(), d.head_bias.detach().clone()) for d in decs]
+    if dec.vocab_ids is not None:
+        b, bias = dec.head_b.detach().clone(), dec.head_bias.detach().clone()
         with torch.no_grad():
-            for d in decs:
-                d.head_b.zero_()
-                d.head_bias.zero_()
+            dec.head_b.zero_()
+            dec.head_bias.zero_()
         out["generated, head frozen"] = cap.generate(guid, frames, sc, ev)
         with torch.no_grad():
-            for d, (b, bias) in zip(decs, saved):
-                d.head_b.copy_(b)
-                d.head_bias.copy_(bias)
+            dec.head_b.copy_(b)
+            dec.head_bias.copy_(bias)
 
 
 def distribution(
@@ -172,12 +190,10 @@ def repeats_a_word(words: list[str]) -> bool:
     return len(set(content)) < len(content)
 
 
-def val_set(
-    limit: int | None, sim: labelsim.Simulation, draw: int = 0
-) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+def val_set(limit: int | None, draw: int = 0) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
     train = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
     val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
-    scores = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED + draw, sim)
+    scores = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED + draw)
     ids, refs = val.clip_ids, dict(zip(val.clip_ids, val.clip_captions()))
     n = limit or len(ids)
     return ids[:n], scores[:n], refs
@@ -204,37 +220,10 @@ def main() -> None:
         default=None,
         help="write each generated caption with its clip's METEOR and CIDEr-D here (SET.jsonl), for paired comparisons",
     )
-    ap.add_argument(
-        "--select",
-        default=CaptionOptions.select,
-        help="beam hypothesis printed: consensus, guidance or score",
-    )
-    ap.add_argument(
-        "--agreement",
-        default=CaptionOptions.agreement,
-        help="how a hypothesis' agreement with the retrieved pool is measured: ciderd or tfidf",
-    )
-    ap.add_argument(
-        "--recall-weight",
-        type=float,
-        default=CaptionOptions.recall_weight,
-        help="weight of the unigram F-mean in the hypothesis selection",
-    )
-    ap.add_argument(
-        "--pool-margin",
-        type=lambda v: None if v.lower() == "none" else float(v),
-        default=...,
-        help="the pool's own most typical caption is printed when it beats the chosen hypothesis' agreement "
-        "by this margin; none: never (default: caption's, none with --agreement tfidf)",
-    )
-    ap.add_argument(
-        "--repeat-penalty",
-        type=float,
-        default=CaptionOptions.repeat_penalty,
-        help="log-prob off a caption each time it says a content word again (0: off)",
-    )
-    ap.add_argument("--beam", type=int, default=CaptionOptions.beam_size)
-    ap.add_argument("--min-len", type=int, default=1, help="tokens before a caption may end")
+    # `caption`'s decoding options: each flag's default is the DecodingOptions field's
+    for flag, field, help_ in DECODING_FLAGS:
+        default = getattr(DecodingOptions, field)
+        ap.add_argument(flag, dest=field, type=type(default), default=default, help=help_)
     ap.add_argument(
         "--score-power",
         type=float,
@@ -248,70 +237,40 @@ def main() -> None:
         help="captions gathered per query, changed at captioning time only (default: the model's)",
     )
     ap.add_argument(
-        "--rerank",
-        default=None,
-        choices=RERANKS,
-        help="how guidance is re-ranked from the pool, changed at captioning time only (default: the model's)",
-    )
-    ap.add_argument(
-        "--rerank-recall-weight",
-        type=float,
-        default=None,
-        help="F-mean weight of --rerank ciderd, changed at captioning time only (default: the model's)",
-    )
-    ap.add_argument(
         "--val-draw",
         type=int,
         default=0,
         help="another draw of val's simulated input: seed VAL_SIM_SEED + K (0: the one the README's table uses)",
     )
-    ap.add_argument(
-        "--simulation",
-        default="",
-        help="val input simulated with these labelsim.Simulation fields changed, e.g. 'confusable' or 'intruders=7'",
-    )
     args = ap.parse_args()
-    try:
-        sim = labelsim.parse(args.simulation)
-    except ValueError as e:
-        sys.exit(f"--simulation: {e}")
-    if args.pool_margin is ...:
-        args.pool_margin = CaptionOptions.pool_margin if args.agreement == "ciderd" else None
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: development data not found; this report needs ../shared/data")
     cap = Captioner(
         resolve(args.model),
         CaptionOptions(
+            DecodingOptions(**{field: getattr(args, field) for _, field, _ in DECODING_FLAGS}),
             batch_size=64,
-            select=args.select,
-            beam_size=args.beam,
-            min_len=args.min_len,
-            recall_weight=args.recall_weight,
-            repeat_penalty=args.repeat_penalty,
-            agreement=args.agreement,
-            pool_margin=args.pool_margin,
         ),
     )
-    if cap.labels is None:
+    if not isinstance(cap.retrieval, LabelSpace):
         sys.exit("this report is for label-grounded models (retrieval 'labels')")
+    labels = cap.retrieval.labels
     # query-side settings only: the index (label vectors, class weights) is the model's as built
     changes = {
         k: v
         for k, v in (
             ("score_power", args.score_power),
             ("rerank_pool", args.rerank_pool),
-            ("rerank", args.rerank),
-            ("rerank_recall_weight", args.rerank_recall_weight),
         )
         if v is not None
     }
-    cap.labels.cfg = dataclasses.replace(cap.labels.cfg, **changes)
+    labels.cfg = dataclasses.replace(labels.cfg, **changes)
     jobs, dists, timing = {}, {}, {}
     for name in args.sets.split(","):
         t0 = time.perf_counter()
         keywords = None
         if name == "val":
-            ids, scores, refs = val_set(args.limit, sim, args.val_draw)
+            ids, scores, refs = val_set(args.limit, args.val_draw)
         else:
             clips = load_clips(ROOT / "runs" / "sounds")[: args.limit or None]
             ids, refs = [c["id"] for c in clips], {c["id"]: c["captions"] for c in clips}

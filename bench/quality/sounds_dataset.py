@@ -17,6 +17,7 @@ Usage: python bench/quality/sounds_dataset.py OUT_DIR   (writes OUT_DIR/{train,v
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -673,5 +674,16 @@ def write_dataset(out: Path, root: Path = SOUNDS) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/sounds")
-    print(json.dumps(write_dataset(target)), file=sys.stderr)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "out_dir",
+        nargs="?",
+        type=Path,
+        default=Path("runs/sounds"),
+        metavar="OUT_DIR",
+        help="where {train,val,test}.jsonl go (default: runs/sounds)",
+    )
+    args = ap.parse_args()
+    print(json.dumps(write_dataset(args.out_dir)), file=sys.stderr)

@@ -8,12 +8,12 @@ process with an empty feature cache; its peak RSS is the child's own ru_maxrss (
 wall time the child's. Goal: <= 1.5 GB whatever the duration.
 
 Inputs are generated, never stored: the long file is a 16-bit mono WAV whose header declares
-the duration, 10 s of tone then a sparse hole (silence) (tests/_shared.long_wav), at --rate
+the duration, 10 s of tone then a sparse hole (silence) (_fixtures.long_wav), at --rate
 (8 kHz by default, so the 16 kHz resampler runs over the whole file in windows mode);
 --format flac re-encodes it block by block. --short adds that many 2 s clips to the same
 batch, as in the issue's report (one long file among ten short ones). Without -m, a tiny
-triplet-retriever model of a synthetic dataset is built first (~1 min, as in
-tests/test_pipeline.py), so captions come from retrieval (no decoder): the features, the
+triplet-retriever model of a synthetic dataset is built first (~1 min, _fixtures.make_model,
+as in tests/test_pipeline.py), so captions come from retrieval (no decoder): the features, the
 cache and the captioner's batching are what is measured, not a language model.
 
 --stub-yamnet replaces YAMNet's network (forward_patches) in the child by a stand-in of the
@@ -36,11 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from _shared import long_wav  # noqa: E402
-from test_pipeline import make_model, make_workspace  # noqa: E402
+from _fixtures import long_wav, make_model, make_workspace
 
 GOAL_BYTES = 1.5e9
 # Child program for --stub-yamnet: `audiocap` with YAMNet's network replaced (see above).

@@ -3,13 +3,18 @@ clips' captions -> guided decoder -> one record per window.
 
 ``Captioner`` loads a model directory once; ``caption_files`` streams records of many files to
 a writer, batching files through the encoder, the index and the decoder, and turning each file
-that fails into an error record instead of stopping the run.
+that fails into an error record instead of stopping the run (``Captioner.caption`` yields the
+same records to Python callers). How a window finds its guidance is the model's
+:class:`retrieval.Retrieval`, chosen once when the model loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,51 +22,22 @@ from typing import Any
 import numpy as np
 
 from .config import fingerprint
+from .decoding import Decoded, DecodingOptions, decode
 from .errors import AudiocapError, AudioError
 from .features import ClipFeatures, FeatureCache
-from .index import CaptionIndex, Hit, guidance
+from .index import CaptionIndex, Hit
 from .model import ModelDir
 from .records import CaptionRecord, Guide, RecordWriter
+from .retrieval import Retrieval, load_retrieval
 
 
 @dataclass(frozen=True)
 class CaptionOptions:
     """How ``audiocap caption`` runs (none of these change a model)."""
 
-    # The paper's beam width; 1 = greedy. Beam 8 gives the hypothesis selection more to choose
-    # from, for twice the decoding: METEOR / CIDEr-D val 22.0 / 66.1 -> 22.0 / 67.1, real clips
-    # 12.6 / 32.5 -> 12.3 / 33.3 (`python bench/quality/grounded_report.py --no-ablations --beam 8
-    # --repeat-penalty 0`, measured before the penalty).
-    beam_size: int = 4
-    max_len: int = 30  # tokens per caption
-    no_repeat_ngram: int = 3  # see decoding.DecodingOptions
-    # which beam hypothesis is printed (decoding.DecodingOptions.select); compare with
-    # `python bench/quality/grounded_report.py --no-ablations --select consensus|guidance|score`
-    select: str = "consensus"
-    agreement: str = "ciderd"  # decoding.DecodingOptions.agreement: CIDEr-D, the index's idf
-    recall_weight: float = 3.0  # decoding.DecodingOptions.recall_weight
-    # The retrieved pool's own most typical caption (CIDEr-D + 3 F-mean against the rest of the
-    # pool) is printed instead of the decoder's when it agrees with the pool by more than this
-    # margin above the chosen hypothesis (decoding.DecodingOptions.pool_margin; None: never).
-    # On the default model (METEOR / CIDEr-D; `python bench/quality/grounded_report.py --no-ablations
-    # --pool-margin M`), AudioCaps val with simulated input, three draws: never 21.9 / 68.5,
-    # 21.8 / 68.7, 22.0 / 69.3; 0.1 22.5 / 70.2, 22.3 / 70.9, 22.1 / 70.7. The 137 real sound
-    # events 19.4 / 78.1 -> 19.7 / 79.7; the 200 one-second urban scenes lose METEOR 10.4 ->
-    # 9.7. Margins 0, 0.05, 0.1, 0.15, 0.2 on draw 0: val METEOR 22.2, 22.4, 22.5, 22.5, 22.4.
-    # Label-space models only: their pools hold 100 captions, for which the margin was measured;
-    # the paper's retrievers' evidence is the K guidance captions themselves.
-    pool_margin: float | None = 0.1
-    # Log-prob off a hypothesis each time it says a content word again (decoding.DecodingOptions
-    # .repeat_penalty). On the default model the degenerate "A baby laughs and a baby laughs"
-    # went from 16.4% of val captions to 7.9% (human references: 6.4%) and distinct words from
-    # 196 to 207; METEOR / CIDEr-D val 22.0 / 66.1 -> 22.0 / 66.2, real clips 12.6 / 32.5 ->
-    # 12.8 / 32.7, paired intervals holding 0 but for real METEOR (+0.3, +0.1 .. +0.5). Penalty
-    # 1: val 21.9 / 66.8, real 12.8 / 32.4, 12.9% repeats (`python bench/quality/grounded_report.py
-    # --no-ablations --repeat-penalty P`; exact-word matching then, stems now). The real-clip
-    # figures in these comments were measured with short clips' padding in the scores (see
-    # Captioner.window_scores), which the report no longer includes.
-    repeat_penalty: float = 2.0
-    min_len: int = 1  # tokens before EOS may end a caption (decoding.DecodingOptions.min_len)
+    # How captions are searched for and which hypothesis is printed; its defaults are caption's
+    # (fitted with bench/quality/grounded_report.py, see decoding.DecodingOptions).
+    decoding: DecodingOptions = DecodingOptions()
     batch_size: int = 16  # files per batch through encoder, index and decoder
     k: int | None = None  # guidance captions per clip (default: the model's K)
     long_audio: str = "crop"  # "crop": first window only; "windows": caption every window
@@ -110,65 +86,24 @@ class Captioner:
                 f"{self.md.index}: built with encoder features {self.index.config.encoder}, "
                 f"but {self.cfg.encoder} gives {enc_fp}; rebuild it with `audiocap build-index`"
             )
-        self._embed: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
-        self.zcfg = None
-        self.labels = None  # label-space retrieval (labelspace.LabelRetriever)
-        if self.cfg.retrieval == "triplet":
-            from .retriever import embed, load_retriever, retriever_id
-
-            net = load_retriever(self.md.retriever, enc_fp)
-            self._check_embedder(retriever_id(self.md.retriever))
-            self._embed = lambda frames, scores: embed(net, frames)
-        elif self.cfg.retrieval == "mean":
-            from .retriever import mean_pool
-
-            self._check_embedder(f"mean:{enc_fp}")
-            self._embed = lambda frames, scores: mean_pool(frames)
-        elif self.cfg.retrieval == "labels":
-            from .labelspace import LabelRetriever
-
-            self.labels = LabelRetriever(self.index, self.md.index)
-            self._check_embedder(self.labels.embedder)
-            self._embed = lambda frames, scores: self.labels.vectors(scores)  # type: ignore[union-attr]
-        else:
-            from . import zeroshot
-
-            self.zcfg = zeroshot.load_config_of(self.md.index)
-            self._check_embedder(zeroshot.embedder_id(self.zcfg))
-            self._embed = lambda frames, scores: zeroshot.audio_vectors(scores, self.zcfg)  # type: ignore[arg-type]
+        self.retrieval: Retrieval = load_retrieval(self.md, self.cfg, self.index, enc_fp)
         self.decoder = None
-        if decoders := self.md.decoders():
-            from .decoder import load_decoders
+        if self.md.has_decoder():
+            from .decoder import load_decoder
 
-            self.decoder = load_decoders(decoders, device=opts.device)
-
-    def _check_embedder(self, expected: str) -> None:
-        if self.index.config.embedder != expected:
-            raise AudiocapError(
-                f"{self.md.index}: built with embedder {self.index.config.embedder}, but the model's "
-                f"retriever is {expected}; rebuild it with `audiocap build-index`"
-            )
+            self.decoder = load_decoder(self.md.decoder, device=opts.device)
 
     def window_scores(self, f: ClipFeatures, w: int) -> np.ndarray | None:
-        """Class scores of window ``w`` as retrieval and the decoder read them: for a model that
-        reads scores (label-space, zero-shot), ``[1, C]`` pooled over the frames that hold audio;
-        else the window's ``[T, C]`` as cached (None for an encoder without a classifier).
-
-        A window shorter than the policy's length (a clip under 10 s, a long file's tail) is
-        zero-padded before the encoder, and YAMNet scores the padding "Silence" at ~1.0. Pooled
-        over all 20 frames, that reached the query and the decoder input of every short clip: on
-        the 337 labelled real clips (0.2-10 s) the pooled scores differed by up to 1.0 in 328.
-        """
+        """Class scores of window ``w`` as retrieval and the decoder read them
+        (:meth:`retrieval.Retrieval.window_scores`: for a model that reads scores, ``[1, C]``
+        pooled over the frames that hold audio; else the window's ``[T, C]`` as cached), None
+        for an encoder without a classifier. A window shorter than the policy's length (a clip
+        under 10 s, a long file's tail) is zero-padded before the encoder."""
         if f.scores is None:
             return None
         s = f.scores[w]
-        cfg = self.labels.cfg if self.labels is not None else self.zcfg
-        if cfg is None:  # the paper's retrievers read frames; their training saw padded windows too
-            return s
-        from .zeroshot import pool_scores
-
         audible = max(1, min(len(s), self.encoder.num_frames(f.ends[w] - f.starts[w])))
-        return pool_scores(s[None, :audible], cfg)  # type: ignore[arg-type]
+        return self.retrieval.window_scores(s, audible)
 
     # -- one batch of files ------------------------------------------------------------------
 
@@ -179,11 +114,10 @@ class Captioner:
         exclude_ids: Sequence[str | None] | None = None,
     ) -> list[list[Hit]]:
         """Nearest index entries of windows ``frames [W, T, D]`` (class ``scores [W, T, C]``)."""
-        vectors = np.asarray(self._embed(frames, scores), dtype=np.float32)
-        pool = self.zcfg.rerank_pool if self.zcfg is not None and self.zcfg.rerank_pool else self.k
-        if self.labels is not None:
-            pool = self.labels.sets_per_query
-        return self.index.query(vectors, k=max(pool, self.k), exclude_ids=exclude_ids)
+        vectors = np.asarray(self.retrieval.vectors(frames, scores), dtype=np.float32)
+        return self.index.query(
+            vectors, k=self.retrieval.query_size(self.k), exclude_ids=exclude_ids
+        )
 
     def guidance_of(self, hits: list[list[Hit]]) -> list[list[str]]:
         """K guidance captions per window (see :meth:`retrieval_of`)."""
@@ -196,23 +130,11 @@ class Captioner:
         or for the label and zero-shot indexes the K most typical of the retrieved pool
         (consensus re-ranking). Evidence, what ``select="consensus"`` weighs hypotheses
         against: that pool with its weights, else the guidance itself."""
-        if self.labels is not None:
-            pools = self.labels.pools(hits)
-            return self.labels.rerank(pools, self.k), pools
-        if self.zcfg is not None and self.zcfg.rerank_pool:
-            from .zeroshot import consensus_rerank
-
-            pools = [([h.captions[0] for h in row], [1.0] * len(row)) for row in hits]
-            return consensus_rerank([p for p, _ in pools], top=self.k), pools
-        guid = [guidance(row, self.k) for row in hits]
-        return guid, [(g, [1.0] * len(g)) for g in guid]
+        return self.retrieval.retrieval_of(hits, self.k)
 
     def distances(self, row: list[Hit]) -> dict[str, float]:
         """Guidance caption -> distance of the index entry it came from (the nearest one)."""
-        if self.labels is not None:  # an entry is a label set: any of its pooled captions
-            per = self.labels.cfg.per_set
-            return {c: h.distance for h in reversed(row) for c in h.captions[:per]}
-        return {h.captions[0]: h.distance for h in row}
+        return self.retrieval.distances(row)
 
     def generate(
         self,
@@ -231,39 +153,26 @@ class Captioner:
         frames: np.ndarray,
         scores: np.ndarray | None,
         evidence: list[tuple[list[str], list[float]]] | None = None,
-    ) -> list[Any]:
+    ) -> list[Decoded]:
         """:meth:`generate`'s captions as ``decoding.Decoded``, ``retrieved`` where the caption
         is a retrieved one (the pool's own, or the first guidance caption without a decoder)."""
-        from .decoding import Decoded, DecodingOptions, decode
-
         if self.decoder is None:
             return [
                 Decoded(g[0] if g else "", float("nan"), float("nan"), (), retrieved=bool(g))
                 for g in guid
             ]
         audio = self.decoder_audio(frames, scores)
-        opts = DecodingOptions(
-            beam_size=self.opts.beam_size,
-            max_len=self.opts.max_len,
-            no_repeat_ngram=self.opts.no_repeat_ngram,
-            select=self.opts.select,
-            min_len=self.opts.min_len,
-            recall_weight=self.opts.recall_weight,
-            repeat_penalty=self.opts.repeat_penalty,
-            agreement=self.opts.agreement,
-            pool_margin=self.opts.pool_margin if self.labels is not None else None,
-        )
+        opts = self.opts.decoding
+        if not self.retrieval.pool_caption:
+            opts = dataclasses.replace(opts, pool_margin=math.inf)
         # CIDEr-D's idf: of every caption the index holds (about 1 s, once, for 50k captions)
-        idf = (
-            self.index.ngram_idf()
-            if opts.select != "score" and opts.agreement == "ciderd"
-            else None
-        )
+        idf = self.index.ngram_idf() if opts.select != "score" else None
         return decode(self.decoder, guid, audio, opts, evidence=evidence, idf=idf)
 
     def decoder_audio(self, frames: np.ndarray, scores: np.ndarray | None) -> Any:
         """What the decoder's audio branch reads: encoder frames ``[W, T, D]``, or for a
-        text-only decoder the zero-shot audio vector as one frame ``[W, 1, E]``."""
+        text-only decoder one vector per window ``[W, 1, E]`` (the retrieval's
+        :meth:`~retrieval.Retrieval.audio_vector`)."""
         import torch
 
         cfg = self.decoder.cfg  # type: ignore[union-attr]
@@ -271,21 +180,21 @@ class Captioner:
             return None
         if cfg.d_a == frames.shape[-1]:
             return torch.from_numpy(np.ascontiguousarray(frames)).to(self.opts.device)
-        if self.labels is not None and scores is not None and cfg.d_a == scores.shape[-1]:
-            from .labelspace import pool_scores  # the clip's pooled class scores, one frame
-
-            vec = np.clip(pool_scores(scores, self.labels.cfg), 0.0, 1.0)[:, None, :]
-            return torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)).to(
-                self.opts.device
+        vec = self.retrieval.audio_vector(scores, cfg.d_a)
+        if vec is None:
+            raise AudiocapError(
+                f"decoder expects {cfg.d_a}-dim audio frames, the encoder gives {frames.shape[-1]}"
             )
-        if self.zcfg is not None and scores is not None:
-            from .zeroshot import audio_vectors
+        return torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)).to(self.opts.device)
 
-            vec = audio_vectors(scores, self.zcfg).astype(np.float32)[:, None, :]
-            return torch.from_numpy(vec).to(self.opts.device)
-        raise AudiocapError(
-            f"decoder expects {cfg.d_a}-dim audio frames, the encoder gives {frames.shape[-1]}"
-        )
+    def caption(self, paths: str | Path | Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+        """The records ``audiocap caption`` prints for audio files ``paths`` (not expanded:
+        no directories or globs), as dicts: one per window, or one error record per file that
+        fails. Lazy: ``opts.batch_size`` files at a time."""
+        todo = iter([paths] if isinstance(paths, (str, Path)) else paths)
+        while batch := [str(p) for p in itertools.islice(todo, max(1, self.opts.batch_size))]:
+            for recs in self.caption_batch(batch):
+                yield from recs
 
     def caption_batch(self, paths: Sequence[str]) -> list[list[dict[str, Any]]]:
         """Records of each path: one per window, or one error record."""
@@ -313,7 +222,7 @@ class Captioner:
         # windows mode is 3,600 windows, and stacking them all would copy its features again.
         hits: list[list[Hit]] = []
         guid: list[list[str]] = []
-        captions: list[Any] = []  # decoding.Decoded
+        captions: list[Decoded] = []
         t_ret = t_dec = 0.0
         for c in range(0, len(windows), _WINDOW_CHUNK):
             part = windows[c : c + _WINDOW_CHUNK]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import sys
@@ -195,12 +194,6 @@ KeepStateOpt = typer.Option(
     "--keep-state",
     help="Keep the resumable training state of a finished run (to train it further later).",
 )
-AverageLastOpt = typer.Option(
-    0,
-    "--average-last",
-    min=0,
-    help="Keep the mean of the last N epochs' decoder weights (checkpoint averaging) instead of the lowest-NLL epoch; 0: the lowest-NLL epoch (the paper).",
-)
 
 
 @app.command("train-retriever")
@@ -343,7 +336,6 @@ def train_decoder(
     ),
     resume: bool = typer.Option(True, help="Continue an interrupted run."),
     keep_state: bool = KeepStateOpt,
-    average_last: int = AverageLastOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Train the guided decoder on a frozen language model (paper, sec. 3.3)."""
@@ -366,7 +358,6 @@ def train_decoder(
             rep=rep,
             residual=residual,
             keep_state=keep_state,
-            average_last=average_last,
         )
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
         err.print(f"decoder: {run}", markup=False)
@@ -414,19 +405,6 @@ def bootstrap(
         True, help="Add the LM's own features before the head (not in the paper; trains faster)."
     ),
     keep_state: bool = KeepStateOpt,
-    average_last: int = AverageLastOpt,
-    scst_steps: int = typer.Option(
-        0,
-        "--scst-steps",
-        min=0,
-        help="Then fine-tune the decoder by self-critical sequence training on CIDEr-D for this many steps of 32 clips (label-grounded only; 0: none; no clear gain measured on the default model).",
-    ),
-    ensemble: int = typer.Option(
-        1,
-        "--ensemble",
-        min=1,
-        help="Train this many decoders (seeds 0..N-1) and caption with the mean of their next-token distributions (label-grounded only).",
-    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus without audio: label-grounded when its clips have
@@ -448,9 +426,6 @@ def bootstrap(
             labels=labels,
             val=val,
             text_bridge=text_bridge,
-            average_last=average_last,
-            scst_steps=scst_steps,
-            ensemble=ensemble,
         )
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
@@ -521,6 +496,7 @@ def caption(
 ) -> None:
     """Caption audio files: one JSON line per clip (or window) on stdout."""
     from .captioner import Captioner, CaptionOptions, caption_files
+    from .decoding import DecodingOptions
     from .records import RecordWriter, expand_inputs
 
     if resume and output is None:
@@ -533,12 +509,14 @@ def caption(
     if not paths and shard is None:
         fatal("no input files", 2)
     opts = CaptionOptions(
-        beam_size=beam_size,
-        max_len=max_len,
-        no_repeat_ngram=no_repeat_ngram,
-        repeat_penalty=repeat_penalty,
-        select=select,
-        pool_margin=None if math.isinf(pool_margin) else pool_margin,
+        DecodingOptions(
+            beam_size=beam_size,
+            max_len=max_len,
+            no_repeat_ngram=no_repeat_ngram,
+            repeat_penalty=repeat_penalty,
+            select=select,
+            pool_margin=pool_margin,
+        ),
         batch_size=batch_size,
         k=k,
         long_audio=long_audio,

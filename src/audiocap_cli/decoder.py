@@ -115,14 +115,6 @@ class DecoderTrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     seed: int = 0
-    # > 0: the decoder kept is the mean of the weights at the end of the last N epochs
-    # (checkpoint averaging, as Vaswani et al. 2017 average their last checkpoints), not the
-    # lowest-NLL epoch; its validation NLL is logged. 0: the paper's best-validation epoch.
-    # Measured on the default model (12 epochs, mean of 8-12; bench/quality/grounded_report.py, then
-    # bench/quality/compare_predictions.py against the shipped 8-epoch decoder): val 21.9 / 65.5 against
-    # 22.0 / 66.1 METEOR / CIDEr-D, real clips 12.2 / 31.7 against 12.6 / 32.5 (decoded without
-    # the repeat penalty); no gain, so the default model keeps the lowest-NLL epoch.
-    average_last: int = 0
 
 
 class CrossAttention(nn.Module):
@@ -429,91 +421,6 @@ class GuidedDecoder(nn.Module):
         return folder
 
 
-# Fields every member of an ensemble must share: they read the same LM features of the same
-# guidance layout and the same audio input. Head, dropout and residual may differ.
-ENSEMBLE_SHARED = ("lm", "d_l", "d_a", "k", "guidance", "max_len", "use_audio")
-
-
-@dataclass
-class EnsembleContext:
-    """One :class:`Context` per ensemble member, for the same clips."""
-
-    members: list[Context]
-
-    def select(self, idx: torch.Tensor) -> EnsembleContext:
-        return EnsembleContext([c.select(idx) for c in self.members])
-
-    @property
-    def clips(self) -> int:
-        return self.members[0].clips
-
-
-class DecoderEnsemble(nn.Module):
-    """Decoders trained alike with different seeds, decoded as one.
-
-    The frozen LM runs once per step for all members (its features do not depend on the
-    member), and the next-token distribution is the members' mean probability,
-    ``log(mean_i softmax(z_i))`` ``[B, Q, V]``. Each member costs only its fusion layers and
-    head, a small part of a decoding step next to the LM.
-    """
-
-    def __init__(self, members: Sequence[GuidedDecoder]) -> None:
-        super().__init__()
-        if not members:
-            raise AudiocapError("a decoder ensemble needs at least one member")
-        first = members[0]
-        for m in members[1:]:
-            if m.lm is not first.lm:
-                raise AudiocapError("decoder ensemble members must share one frozen LM")
-            check_config(first.cfg, m.cfg, "decoder ensemble member", fields=ENSEMBLE_SHARED)
-        self.members = nn.ModuleList(members)
-        self.lm = first.lm
-        self.cfg = first.cfg
-        ids = [m.vocab_ids for m in members]
-        self.vocab_ids = None if any(v is None for v in ids) else torch.cat(ids).unique()
-        # members trained on one corpus share its vocabulary: then mix over those ~5k tokens and
-        # widen once, instead of a 49k-wide softmax per member
-        self._shared_vocab = self.vocab_ids is not None and all(
-            torch.equal(v, self.vocab_ids) for v in ids
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return self.members[0].device
-
-    def hyp_tokens(self, captions: Sequence[str]) -> list[list[int]]:
-        return self.members[0].hyp_tokens(captions)
-
-    def ref_features(self, guidance: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.members[0].ref_features(guidance)  # the same for every member (ENSEMBLE_SHARED)
-
-    def context(
-        self,
-        ref: torch.Tensor,
-        ref_pad: torch.Tensor | None,
-        frames: torch.Tensor | None,
-        frames_pad: torch.Tensor | None = None,
-    ) -> EnsembleContext:
-        return EnsembleContext([m.context(ref, ref_pad, frames, frames_pad) for m in self.members])
-
-    def fuse(self, hyp: torch.Tensor, ctx: EnsembleContext, full: bool = True) -> torch.Tensor:
-        """Ψ_hyp ``[B, Q, D_l]`` -> log mean probability ``[B, Q, V]`` (members' vocabularies may
-        differ, so only the full vocabulary is offered)."""
-        if not full:
-            raise AudiocapError("a decoder ensemble is for decoding; train its members one by one")
-        narrow = self._shared_vocab
-        logp = [
-            F.log_softmax(m.fuse(hyp, c, full=not narrow).float(), dim=-1)
-            for m, c in zip(self.members, ctx.members)
-        ]
-        mixed = torch.logsumexp(torch.stack(logp), dim=0) - math.log(len(logp))
-        if not narrow:
-            return mixed
-        out = mixed.new_full((*mixed.shape[:-1], self.lm.vocab_size), -torch.inf)
-        out[..., self.vocab_ids] = mixed
-        return out
-
-
 def _init(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, 0.0, INIT_STD)
@@ -550,18 +457,6 @@ def load_decoder(
     dec = GuidedDecoder(cfg, lm, weights.get("vocab_ids"))
     dec.load_state_dict(weights)  # float16 (shipped) weights are cast to the float32 parameters
     return dec.eval()
-
-
-def load_decoders(
-    folders: Sequence[str | Path], lm: FrozenLM | None = None, device: str | torch.device = "cpu"
-) -> GuidedDecoder | DecoderEnsemble:
-    """One decoder, or the ensemble of several (:class:`DecoderEnsemble`) sharing one LM."""
-    if not folders:
-        raise ModelNotFoundError("no decoder to load")
-    first = load_decoder(folders[0], lm, device=device)
-    if len(folders) == 1:
-        return first
-    return DecoderEnsemble([first] + [load_decoder(f, first.lm) for f in folders[1:]]).eval()
 
 
 def export_float16(src: str | Path, dst: str | Path) -> Path:
@@ -714,7 +609,6 @@ def train_decoder(
     keep_state: bool = False,
     vocab_ids: Sequence[int] | None = None,
     features: Callable[[str], torch.Tensor | None] | None = None,
-    average_last: int = 0,
 ) -> Path:
     """Train a :class:`GuidedDecoder` by teacher forcing; returns ``run_dir`` holding the best
     epoch's ``decoder.safetensors`` + ``decoder.json`` (load with :func:`load_decoder`).
@@ -723,14 +617,13 @@ def train_decoder(
 
     ``examples``: (target caption, guidance pool, frames ``[T, D_a]`` or None). Each epoch
     draws K pool captions at random, in random order (see :func:`draw_guidance`).
-    Best = lowest validation NLL, or lowest training loss without ``val_examples``; with
-    ``average_last`` N (or ``train_cfg.average_last``), the mean of the last N epochs' weights.
+    Best = lowest validation NLL, or lowest training loss without ``val_examples``.
     ``progress(n)`` is called with the number of examples just processed.
     ``vocab_ids``: what a low-rank head predicts over; ``features(text)``: precomputed frozen-LM
     features of ``[bos] text`` (an ``lmfeatures.LMFeatureStore``), used before running the LM.
     """
     tcfg = train_cfg or DecoderTrainConfig(
-        batch_size=batch_size, micro_batch=micro_batch, seed=seed, average_last=average_last
+        batch_size=batch_size, micro_batch=micro_batch, seed=seed
     )
     if not examples:
         raise DatasetError("decoder training", ["no training examples"])
@@ -742,7 +635,7 @@ def train_decoder(
     dec = GuidedDecoder(cfg, lm, vocab_ids)
     distributed.broadcast_params(dec)
     opt = torch.optim.Adam(dec.parameters(), lr=tcfg.lr_max, betas=tcfg.betas, eps=tcfg.eps)
-    state, snapshots = _start_run(run, dec, opt, tcfg, resume)
+    state = _start_run(run, dec, opt, tcfg, resume)
     batcher = _Batcher(dec, features)
     if state.epoch < epochs:
         batcher.warm(list(examples) + list(val_examples or []))
@@ -760,19 +653,7 @@ def train_decoder(
         if val_examples:
             metric = row["val_nll"] = _validate(dec, batcher, val_examples, tcfg.micro_batch)
         weights = {k: v.detach().clone() for k, v in dec.state_dict().items()}
-        if tcfg.average_last:  # the weights of the last N epochs travel with the resumable state
-            snapshots[state.epoch] = weights
-            for old in [e for e in snapshots if e <= state.epoch - tcfg.average_last]:
-                del snapshots[old]
-        _checkpoint(run, state, weights, opt, row, metric, snapshots)
-    last = (run.rows() or [{}])[-1]
-    if (
-        tcfg.average_last
-        and snapshots
-        and not (last.get("epoch") == state.epoch and "average_of" in last)
-    ):
-        # also when a run killed between its last epoch and this step is rerun
-        _keep_average(run, state, dec, batcher, val_examples, tcfg, snapshots)
+        _checkpoint(run, state, weights, opt, row, metric)
     if distributed.is_main():
         if (
             not run.best.is_file()
@@ -783,48 +664,14 @@ def train_decoder(
     return run.path
 
 
-def average_weights(snapshots: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of state dicts; tensors that are not floating point (the head's token
-    ids) are taken from the last, as they are the same in all."""
-    last = snapshots[-1]
-    return {
-        k: torch.stack([s[k] for s in snapshots]).mean(0) if v.is_floating_point() else v
-        for k, v in last.items()
-    }
-
-
-def _keep_average(
-    run: RunDir,
-    state: RunState,
-    dec: GuidedDecoder,
-    batcher: _Batcher,
-    val_examples: Sequence[Example] | None,
-    tcfg: DecoderTrainConfig,
-    snapshots: dict[int, dict[str, torch.Tensor]],
-) -> None:
-    """Write the mean of the last ``average_last`` epochs' weights as the run's decoder and log
-    it (``average_of``: the epochs it holds, fewer if the state came from a run that did not
-    keep them). The per-epoch best stays in ``state`` for a longer run resumed later."""
-    epochs = sorted(snapshots)
-    avg = average_weights([snapshots[e] for e in epochs])
-    dec.load_state_dict(avg)
-    row: dict[str, Any] = {"epoch": state.epoch, "average_of": epochs}
-    if val_examples:
-        row["val_nll"] = _validate(dec, batcher, val_examples, tcfg.micro_batch)
-    if distributed.is_main():
-        run.save_best(avg)
-        run.log(row)
-
-
 def _start_run(
     run: RunDir,
     dec: GuidedDecoder,
     opt: torch.optim.Optimizer,
     tcfg: DecoderTrainConfig,
     resume: bool,
-) -> tuple[RunState, dict[int, dict[str, torch.Tensor]]]:
-    """Resume the run in ``run`` (same configs and LM) or start it over (rank 0 writes); also
-    returns the kept epoch weights for averaging (epoch -> state dict)."""
+) -> RunState:
+    """Resume the run in ``run`` (same configs and LM) or start it over (rank 0 writes)."""
     cfg, lm = dec.cfg, dec.lm
     if not distributed.gather_object(bool(resume and run.can_resume()))[0]:  # rank 0 decides
         if distributed.is_main():
@@ -834,7 +681,7 @@ def _start_run(
             )
             save_config(tcfg, run.path / TRAIN_CONFIG)
         distributed.barrier()
-        return RunState(), {}
+        return RunState()
     check_config(
         cfg, load_config(DecoderConfig, run.path / DECODER_CONFIG), f"decoder run {run.path}"
     )
@@ -848,10 +695,7 @@ def _start_run(
     if distributed.is_main():
         run.trim_metrics(state.epoch)
     distributed.barrier()
-    snapshots = {int(e): w for e, w in optim.get("snapshots", {}).items()}
-    if tcfg.average_last:
-        snapshots[state.epoch] = weights  # see _checkpoint
-    return state, snapshots
+    return state
 
 
 def _checkpoint(
@@ -861,18 +705,14 @@ def _checkpoint(
     opt: torch.optim.Optimizer,
     row: dict[str, Any],
     metric: float,
-    snapshots: dict[int, dict[str, torch.Tensor]],
 ) -> None:
     """After an epoch, on rank 0: keep the best ``weights`` (a copy of this epoch's), log
-    ``row``, save the resumable state (with the epoch weights kept for averaging)."""
+    ``row``, save the resumable state."""
     if not distributed.is_main():
         return
     row["best"] = run.update_best(state, metric, weights)
     run.log(row)
-    optim: dict[str, Any] = {"adam": opt.state_dict()}
-    if snapshots:  # this epoch's snapshot is ``weights`` itself: saved once, restored from them
-        optim["snapshots"] = {str(e): w for e, w in snapshots.items() if e != state.epoch}
-    run.save(weights, optim, state)
+    run.save(weights, {"adam": opt.state_dict()}, state)
 
 
 def _step_batch(

@@ -17,7 +17,7 @@ The winner maximises ``sum log p / penalty(length)``; ``beam_size=1`` is exactly
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,99 +25,62 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .agreement import Evidence, is_content_word, letter_runs, select_mbr, stem
 from .decoder import Context, GuidedDecoder, pad_frames
 from .errors import AudiocapError
 
 SELECTS = ("score", "guidance", "consensus")
-# How "consensus" / "guidance" measure a hypothesis' agreement with a caption (see DecodingOptions).
-AGREEMENTS = ("ciderd", "tfidf")
-_WORD = re.compile(r"[a-z]+")
-# Words of 3+ letters that captions repeat without saying anything twice ("a dog barks and
-# then a man speaks while a car passes"); `repeat_penalty` spares them.
-FUNCTION_WORDS = frozenset(
-    "and the then followed with while are was were its into from for over out off before after "
-    "during through each other that this there being has have who which they them their his her "
-    "him she also very more than".split()
-)
-
-
-def is_content_word(word: str) -> bool:
-    """Whether a lower-case word counts for `repeat_penalty`: 3+ letters, not a function word."""
-    return len(word) >= 3 and word not in FUNCTION_WORDS
-
-
-# A clip's evidence for minimum-Bayes-risk selection: captions and their weights.
-Evidence = tuple[Sequence[str], Sequence[float]]
 
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How captions are searched for."""
+    """How captions are searched for. The defaults are what ``audiocap caption`` runs; each was
+    fitted with ``python bench/quality/grounded_report.py --no-ablations`` and the flag named
+    beside it (see docs/experiments.md)."""
 
-    beam_size: int = 4  # 1 = greedy
+    beam_size: int = 4  # 1 = greedy (the paper's width; --beam)
     max_len: int = 30  # generated tokens per caption, EOS included
     # None: rank finished hypotheses by mean log-prob (sum / length); a float alpha: by
     # sum / ((5 + length) / 6) ** alpha (Wu et al. 2016, GNMT).
     length_penalty: float | None = None
-    min_len: int = 1  # EOS is suppressed before this many tokens (no empty captions)
+    min_len: int = 1  # EOS is suppressed before this many tokens (no empty captions; --min-len)
     batch_size: int = 32  # clips per batched forward (x beam_size rows)
     # A hypothesis may not repeat any n-gram of this size (0 = off). Captions of a sound rarely
     # repeat a trigram, while an undertrained decoder loops ("a motor vehicle motor vehicle").
-    # Token ids are compared, so "A baby cries and a baby cries" ("A" != " a") passes. Comparing
-    # them case-blind was measured on the shipped decoder (AudioCaps val, consensus selection):
-    # beam 4 22.0 / 66.1 -> 21.9 / 66.4 METEOR / CIDEr-D, beam 8 22.0 / 67.1 -> 21.6 / 61.3 (more
-    # hypotheses end early, so good ones never finish), so it was not kept.
+    # Token ids are compared, so "A baby cries and a baby cries" ("A" != " a") passes; comparing
+    # them case-blind was tried and not kept (see docs/experiments.md).
     no_repeat_ngram: int = 3
     # Log-prob taken off a hypothesis each time it completes a content word it already said,
     # case-blind (0 = off): "A man is speaking and a man speaks", "Ducks quacking as ducks
-    # quack". Soft, so "A man speaks and a woman speaks" may still win. Content words: 3+
-    # letters, not in FUNCTION_WORDS.
-    repeat_penalty: float = 0.0
+    # quack". Soft, so "A man speaks and a woman speaks" may still win. Content words:
+    # agreement.is_content_word, compared by agreement.stem (--repeat-penalty).
+    repeat_penalty: float = 2.0
     # Which finished hypothesis is the caption: "score", the best by the ranking above; or a
-    # minimum-Bayes-risk choice, the one that agrees most with what retrieval found:
-    # "consensus" against the retrieval's whole weighted pool (`decode(evidence=...)`),
-    # "guidance" against the K guidance captions only.
-    select: str = "score"
-    # The agreement of a hypothesis with one evidence caption: "ciderd", CIDEr-D itself (clipped
-    # tf-idf 1..4-grams with the corpus idf that `decode(idf=...)` is given, Gaussian length
-    # penalty; zeroshot.ciderd_agreement), so the choice is the hypothesis of highest expected
-    # CIDEr-D were the references like the evidence; or "tfidf", the consensus TF-IDF cosine of
-    # the evidence pool (CIDEr's n-grams, the pool's own idf, no clipping or length penalty;
-    # zeroshot.consensus_scores), the default before. Measured on the shipped decoder, beam 4,
-    # "consensus" (METEOR / CIDEr-D; AudioCaps val, simulated input; the 337 real clips; the 137
-    # real sound events): tfidf + 0.3 F-mean 21.9 / 67.0, 12.9 / 32.8, 19.0 / 77.2; ciderd + 3
-    # F-mean 21.9 / 68.5, 13.0 / 33.2, 19.4 / 78.1; on two more draws of val's simulated input,
-    # 21.8 / 66.9 -> 21.8 / 68.7 and 21.8 / 66.8 -> 22.0 / 69.3 (`python
-    # bench/quality/grounded_report.py --no-ablations --agreement A --recall-weight W`).
-    agreement: str = "ciderd"
-    # Weight of the unigram F-mean (METEOR's recall-weighted harmonic mean) beside that
-    # agreement. With "ciderd", val CIDEr-D by weight: 0.5: 60.5, 1: 60.8, 1.25: 68.2, 1.5:
-    # 68.4, 2: 68.5, 3: 68.5, 5: 68.1 (a plateau above 1.25, in either half of val); 3 rather
-    # than 2 for METEOR: on three draws of val's input 21.9, 21.8, 22.0 against 21.8, 21.6,
-    # 21.7. With "tfidf" (beam 8): 0: 20.9 / 58.8, 12.1 / 35.2; 0.3: 22.0 / 67.1, 12.3 / 33.3.
+    # minimum-Bayes-risk choice (agreement.select_mbr), the one of highest expected CIDEr-D
+    # (with the corpus idf that `decode(idf=...)` is given) were the references like what
+    # retrieval found: "consensus" against the retrieval's whole weighted pool
+    # (`decode(evidence=...)`), "guidance" against the K guidance captions only (--select).
+    select: str = "consensus"
+    # Weight of the unigram F-mean (METEOR's recall-weighted harmonic mean) beside CIDEr-D in
+    # that choice (--recall-weight).
     recall_weight: float = 3.0
-    # None: the caption is always one of the decoder's hypotheses. A float m, with "consensus"
-    # and an evidence pool given to `decode` (else it is ignored): the evidence's own
-    # most agreeing caption (its agreement with the rest of the evidence, itself left out;
-    # zeroshot.ciderd_consensus) is printed instead when that agreement beats the chosen
-    # hypothesis' by more than m; "ciderd" agreement only. A hypothesis that copies an evidence
-    # caption also agrees with that copy, so m is roughly the self-match it is credited with
-    # (1/100 of 10 + 3 with a pool of 100). See `captioner.CaptionOptions.pool_margin`.
-    pool_margin: float | None = None
+    # With "consensus" and an evidence pool given to `decode` (else it is ignored): the
+    # evidence's own most agreeing caption (its agreement with the rest of the evidence, itself
+    # left out; agreement.ciderd_consensus) is printed instead when that agreement beats the
+    # chosen hypothesis' by more than this; math.inf: never, the caption is always one of the
+    # decoder's hypotheses. A hypothesis that copies an evidence caption also agrees with that
+    # copy, so the margin is roughly the self-match it is credited with (1/100 of 10 + 3 with a
+    # pool of 100). The captioner applies it to label-space pools only, the kind it was fitted
+    # on (--pool-margin).
+    pool_margin: float = 0.1
 
     def __post_init__(self) -> None:
         if self.select not in SELECTS:
             raise AudiocapError(f"decoding options: select {self.select!r} not one of {SELECTS}")
-        if self.agreement not in AGREEMENTS:
-            raise AudiocapError(
-                f"decoding options: agreement {self.agreement!r} not one of {AGREEMENTS}"
-            )
         if self.recall_weight < 0.0 or self.repeat_penalty < 0.0:
             raise AudiocapError("decoding options: recall_weight and repeat_penalty must be >= 0")
-        if self.pool_margin is not None and self.agreement != "ciderd":
-            raise AudiocapError(
-                "decoding options: pool_margin needs agreement 'ciderd' (or pool_margin None)"
-            )
+        if not self.pool_margin >= 0.0:
+            raise AudiocapError("decoding options: pool_margin must be >= 0 (inf: never)")
         if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1 or self.min_len < 0:
             raise AudiocapError("decoding options: beam_size, max_len and batch_size must be >= 1")
 
@@ -126,7 +89,7 @@ class DecodingOptions:
 class Decoded:
     """One caption: its text, ranking score, summed log-prob and tokens (EOS stripped), and every
     finished hypothesis of its clip, best-ranked first (the caption is one of them unless
-    ``retrieved``: a retrieved caption printed instead, see :func:`select_mbr`)."""
+    ``retrieved``: a retrieved caption printed instead, see :func:`choose`)."""
 
     text: str
     score: float
@@ -230,9 +193,11 @@ class _Beams:
             text = "".join(texts[t] for t in seq)
             if not text[-1:].isalpha():
                 continue
-            said = _WORD.findall(text.lower())
+            said = letter_runs(text)
+            if not said:  # letters outside a-z only
+                continue
             last = said[-1]
-            if is_content_word(last) and _stem(last) in {_stem(w) for w in said[:-1]}:
+            if is_content_word(last) and stem(last) in {stem(w) for w in said[:-1]}:
                 logp[row, ends] -= self.opts.repeat_penalty
 
     def results(self, detokenize: Callable[[list[int]], str]) -> list[Decoded]:
@@ -252,15 +217,6 @@ class _Beams:
         if self.opts.length_penalty is None:
             return float(max(length, 1))
         return ((5.0 + length) / 6.0) ** self.opts.length_penalty
-
-
-def _stem(word: str) -> str:
-    """A crude stem, enough to see "quacks" / "quack" or "revving" / "revs" as one word."""
-    for suffix in ("ing", "es", "ed", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            break
-    return word[:-1] if len(word) >= 4 and word[-1] == word[-2] else word  # "revv" -> "rev"
 
 
 def _word_ends(
@@ -313,7 +269,7 @@ def decode(
     of ``[T_i, D_a]`` arrays; ``frames_pad`` ``[B, T]`` True = padding). Batched, KV-cached.
     ``evidence``: per clip, the retrieved pool (captions, weights) that ``select="consensus"``
     weighs hypotheses against (default: the guidance, equally weighted). ``idf``: the n-gram
-    idf of the caption corpus (zeroshot.ngram_idf) for ``agreement="ciderd"``; default: every
+    idf of the caption corpus (agreement.ngram_idf) for the CIDEr-D agreement; default: every
     n-gram weighs 1."""
     frames, pad = _frames_tensor(frames)
     pad = frames_pad if frames_pad is not None else pad
@@ -384,100 +340,33 @@ def _select(
 ) -> list[Decoded]:
     if opts.select == "score":
         return decoded
-    # the pool's own caption only against a whole pool: the margin was measured on pools of 100
-    margin = opts.pool_margin if opts.select == "consensus" and evidence is not None else None
+    # the pool's own caption only against a whole pool: the margin was fitted on pools of 100
+    margin = opts.pool_margin if opts.select == "consensus" and evidence is not None else math.inf
     if opts.select == "guidance" or evidence is None:
         evidence = [(g, [1.0] * len(g)) for g in guidance]
-    return select_mbr(decoded, evidence, opts.recall_weight, opts.agreement, idf, margin)
+    return choose(decoded, evidence, opts.recall_weight, idf, margin)
 
 
-# METEOR 1.5's English alpha (pycocoevalcap runs it with `-l en`): F-mean = P R / (a P + (1 - a) R).
-METEOR_ALPHA = 0.85
-
-
-def _word_counts(texts: Sequence[Sequence[str]], vocab: dict[str, int]) -> np.ndarray:
-    """``[N, V]`` word counts over ``vocab`` (grown with the new words)."""
-    ids = [[vocab.setdefault(w, len(vocab)) for w in t] for t in texts]
-    out = np.zeros((len(texts), len(vocab)))
-    for i, row in enumerate(ids):
-        np.add.at(out[i], row, 1.0)
-    return out
-
-
-def unigram_fmean(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> np.ndarray:
-    """METEOR's F-mean of exact unigram matches (clipped counts) of each of ``hyps`` with each
-    of ``refs`` (lists of words): ``[H, R]``, 0 where nothing matches."""
-    vocab: dict[str, int] = {}
-    r = _word_counts(refs, vocab)
-    h = _word_counts(hyps, vocab)
-    m = np.minimum(h[:, None, : r.shape[1]], r[None, :, :]).sum(
-        -1
-    )  # [H, R]; words no ref has match nothing
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = m / h.sum(1, keepdims=True)
-        rc = m / r.sum(1)[None, :]
-        f = p * rc / (METEOR_ALPHA * p + (1.0 - METEOR_ALPHA) * rc)
-    return np.where(m > 0, f, 0.0)
-
-
-def select_mbr(
+def choose(
     decoded: Sequence[Decoded],
     evidence: Sequence[Evidence],
     recall_weight: float = 0.0,
-    agreement: str = "ciderd",
     idf: dict[str, float] | None = None,
-    pool_margin: float | None = None,
+    pool_margin: float = math.inf,
 ) -> list[Decoded]:
-    """Minimum-Bayes-risk choice: each clip's hypothesis with the highest agreement with its
-    evidence captions, weighted: the mean ``agreement`` ("ciderd": CIDEr-D with the corpus
-    ``idf``, without one every n-gram weighing 1; "tfidf": the consensus TF-IDF cosine) plus
-    ``recall_weight`` x the mean unigram F-mean (METEOR-like). Ties: the better-ranked one.
-    Clips without evidence, or (``pool_margin`` None) with a single hypothesis, keep their
-    best-ranked one. ``pool_margin`` (DecodingOptions.pool_margin): the evidence caption of
-    highest leave-one-out agreement replaces the chosen hypothesis when it beats it by more than
-    that; it comes back ``retrieved``, with no tokens and NaN scores, and the clip's hypotheses."""
-    from .zeroshot import ciderd_agreement, ciderd_consensus, consensus_scores, words
-
-    if agreement not in AGREEMENTS:
-        raise AudiocapError(f"agreement {agreement!r} not one of {AGREEMENTS}")
-    if pool_margin is not None and agreement != "ciderd":
-        raise AudiocapError("pool_margin needs agreement 'ciderd'")
-    if agreement == "tfidf":
-        groups = [
-            [h.text for h in d.hypotheses] + list(caps) for d, (caps, _) in zip(decoded, evidence)
-        ]
-        weights = [
-            [0.0] * len(d.hypotheses) + [float(x) for x in w]
-            for d, (_, w) in zip(decoded, evidence)
-        ]
-        scores = [
-            s[: len(d.hypotheses)] for d, s in zip(decoded, consensus_scores(groups, weights))
-        ]
+    """Each clip's caption by :func:`agreement.select_mbr` among its ``hypotheses`` (a clip
+    without any: itself): the chosen hypothesis, keeping the clip's hypotheses, or the evidence
+    caption printed instead, ``retrieved``, with no tokens and NaN scores."""
+    hyps = [d.hypotheses or (d,) for d in decoded]
+    picks = select_mbr(
+        [[h.text for h in hs] for hs in hyps], evidence, recall_weight, idf, pool_margin
+    )
     out = []
-    for c, (d, (caps, w)) in enumerate(zip(decoded, evidence)):
-        hyps = d.hypotheses or (d,)
-        if not len(caps) or not sum(w) or (len(hyps) < 2 and pool_margin is None):
-            out.append(d)
-            continue
-        texts = [h.text for h in hyps]
-        utility = scores[c] if agreement == "tfidf" else ciderd_agreement(texts, caps, w, idf)
-        if recall_weight:
-            f = unigram_fmean([words(t) for t in texts], [words(x) for x in caps])  # [n, R]
-            utility = utility + recall_weight * np.average(f, axis=1, weights=w)
-        best = int(np.argmax(utility))  # first of equals
-        if pool_margin is not None:
-            own = np.where(
-                np.asarray(w, dtype=np.float64) > 0,
-                ciderd_consensus([list(caps)], [list(w)], idf, recall_weight)[0],
-                -np.inf,
-            )
-            j = int(np.argmax(own))
-            if own[j] > utility[best] + pool_margin:
-                out.append(
-                    Decoded(caps[j], float("nan"), float("nan"), (), d.hypotheses, retrieved=True)
-                )
-                continue
-        out.append(dataclasses.replace(hyps[best], hypotheses=d.hypotheses) if best else d)
+    for d, hs, pick in zip(decoded, hyps, picks):
+        if isinstance(pick, str):
+            out.append(Decoded(pick, float("nan"), float("nan"), (), d.hypotheses, retrieved=True))
+        else:
+            out.append(dataclasses.replace(hs[pick], hypotheses=d.hypotheses) if pick else d)
     return out
 
 
@@ -489,7 +378,8 @@ def decode_naive(
 ) -> list[Decoded]:
     """The same search with nothing kept between steps, one clip at a time: each step reruns the
     whole model (guidance through the frozen LM, the full prefix of every beam through the LM and
-    the fusion), as a loop over a plain ``forward`` would. The benchmark baseline and the
+    the fusion), as a loop over a plain ``forward`` would; then the same hypothesis selection, as
+    :func:`decode` makes it without ``evidence`` or ``idf``. The benchmark baseline and the
     reference the fast path is tested against."""
     frames, pad = _frames_tensor(frames)
     _check(decoder, guidance, frames)
@@ -516,4 +406,4 @@ def decode_naive(
                 out += beams.results(lm.detokenize)
     finally:
         decoder.train(was_training)
-    return out
+    return _select(out, guidance, None, opts)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,23 +36,10 @@ TRAIN_SIM_SEED = 0
 VAL_SIM_SEED = 1
 # Query calibration power (LabelSpaceConfig.score_power) with which the decoder's training and
 # validation guidance is retrieved from simulated scores. Captioning queries real scores with
-# the index's own power (4 by default). Measured on the shipped decoder recipe (METEOR /
-# CIDEr-D x100, bench/quality/grounded_report.py --no-ablations, paired: bench/quality/compare_predictions.py):
-# trained at 3 and queried at 4, val 21.9 / 67.0 and real 12.6 / 34.9; trained and queried at
-# 4, val 21.4 / 61.4 and real 12.5 / 34.2 (val CIDEr-D -5.6, -9.7 .. -2.1): a decoder that
-# learned from the softer guidance uses the sharper one better than one trained on it. (Real
-# figures here were measured with short clips' zero padding in the scores; README, "Short clips".)
+# the index's own power (LabelSpaceConfig's default): a decoder trained on the softer guidance
+# uses the sharper one better than one trained on it. Fitted by training the decoder recipe at
+# each power and scoring it with bench/quality/grounded_report.py (see docs/experiments.md).
 GUIDANCE_SCORE_POWER = 3.0
-# A caption that says someone speaks: its clip's speech is audible, labelled or not. AudioSet's
-# labels leave out "Speech" for 4,972 of the 22,220 AudioCaps train captions that say so, and
-# YAMNet scores the speech it hears; Simulation.heard_speech sets "Speech" in those captions'
-# training input (heard_labels). A decoder trained so wrote fewer people on the real clips and
-# scored lower on both sets (README, Measured), so the default does not.
-SPEECH_CUE = re.compile(
-    r"\b(speak|speaks|speaking|spoke|speech|speeches|talk|talks|talking|talked|chatter|"
-    r"chattering|chatting|conversation|conversing|narrat\w*|voice|voices)\b"
-)
-SPEECH_MID = "/m/09x0r"
 
 
 @dataclass
@@ -93,18 +78,6 @@ def read_labelled(
     return LabelledCaptions(caps, labels[owner], owner, [c.id for c in clips], cov)
 
 
-def heard_labels(lab: LabelledCaptions, encoder: str = "yamnet") -> np.ndarray:
-    """``lab.labels [N, C]`` with "Speech" set for each caption that says someone speaks
-    (``SPEECH_CUE``): the decoder's training input. Never for validation, whose input must not
-    read its references."""
-    out = lab.labels.copy()
-    mids = audioset.class_mids(encoder)
-    if SPEECH_MID in mids:
-        said = np.array([bool(SPEECH_CUE.search(c.lower())) for c in lab.captions], dtype=bool)
-        out[said, mids.index(SPEECH_MID)] = 1
-    return out
-
-
 def corpus_labels(labels: np.ndarray, cfg: ls.LabelSpaceConfig) -> np.ndarray:
     """The labels the label index is built from: closed under the ontology when ``cfg.ancestors``."""
     if not cfg.ancestors:
@@ -135,32 +108,15 @@ def _hierarchy(path: str, encoder: str) -> audioset.Hierarchy:
     return audioset.hierarchy(path, encoder)
 
 
-@functools.lru_cache(maxsize=2)
-def class_similarity(encoder: str = "yamnet") -> np.ndarray | None:
-    """``[C, C]`` cosine between the encoder's classifier weights: classes it tends to confuse
-    (for YAMNet, "Dog" is nearest "Yip", "Bow-wow", "Cat"; "Baby cry" nearest "Crying, sobbing",
-    "Babbling", "Giggle"). None for an encoder without a classifier."""
-    from .encoders import load_encoder
-
-    head = getattr(load_encoder(encoder), "classifier", None)
-    if head is None:
-        return None
-    w = head.weight.detach().cpu().numpy().astype(np.float64)  # [C, D]
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
-    return w @ w.T
-
-
 def simulated(
     labels: np.ndarray,
     prior_labels: np.ndarray,
     seed: int,
     sim: labelsim.Simulation = labelsim.Simulation(),
 ) -> np.ndarray:
-    """Class scores ``[N, C]`` simulated from labels (``labelsim.simulate``, with the ontology
-    and, for the confusable intruders, YAMNet's class similarity)."""
-    similarity = class_similarity() if sim.confusable_share > 0 else None
+    """Class scores ``[N, C]`` simulated from labels (``labelsim.simulate``, with the ontology)."""
     return labelsim.simulate(
-        labels, np.random.default_rng(seed), prior_labels.mean(axis=0), hierarchy(), sim, similarity
+        labels, np.random.default_rng(seed), prior_labels.mean(axis=0), hierarchy(), sim
     )
 
 
@@ -267,8 +223,6 @@ class Plan:
     val_clips: list[
         tuple[str, list[str], np.ndarray, list[str]]
     ]  # (id, guidance, audio, references)
-    # SCST's clips, one per training clip: (guidance, audio [1, C], the clip's captions)
-    scst: list[tuple[list[str], np.ndarray, list[str]]]
 
     def texts(self) -> list[str]:
         """Every caption whose LM features training reads: validation first, then guidance,
@@ -284,23 +238,20 @@ def plan(
     max_captions: int | None,
     val: LabelledCaptions | None = None,
     seed: int = 0,
-    sim: labelsim.Simulation = labelsim.Simulation(),
     progress: Callable[[str, int], Callable[[int], None]] = lambda name, total: lambda n: None,
 ) -> Plan:
     """Label corpus, training examples (simulated scores, leave-one-out guidance) and validation
     examples (AudioCaps val: simulated scores, guidance from the training corpus only). Their
     guidance is retrieved at ``GUIDANCE_SCORE_POWER``, whatever ``lcfg.score_power`` says."""
-    from .zeroshot import ngram_idf
+    from .agreement import ngram_idf
 
     lcfg = dataclasses.replace(
         lcfg, score_power=GUIDANCE_SCORE_POWER
     )  # the guidance it learns from
     closed = corpus_labels(lab.labels, lcfg)
     corpus = ls.LabelCorpus.build(closed, lab.captions, lcfg)
-    idf = ngram_idf(lab.captions) if ls.uses_corpus_idf(lcfg) else None
-    scores = simulated(
-        heard_labels(lab) if sim.heard_speech else lab.labels, lab.labels, TRAIN_SIM_SEED, sim
-    )
+    idf = ngram_idf(lab.captions) if lcfg.corpus_idf else None
+    scores = simulated(lab.labels, lab.labels, TRAIN_SIM_SEED)
     guid = train_guidance(
         lab,
         corpus,
@@ -313,7 +264,7 @@ def plan(
     rows = sample_rows(len(lab.captions), max_captions, seed)
     val_clips: list[tuple[str, list[str], np.ndarray, list[str]]] = []
     if val is not None:
-        vs = simulated(val.clip_labels, lab.labels, VAL_SIM_SEED, sim)
+        vs = simulated(val.clip_labels, lab.labels, VAL_SIM_SEED)
         vg = ls.corpus_guidance(corpus, vs, lcfg, k, None, idf)
         refs = val.clip_captions()
         val_clips = [(cid, g, s[None, :], r) for cid, g, s, r in zip(val.clip_ids, vg, vs, refs)]
@@ -324,51 +275,7 @@ def plan(
         val_ex = decoder_examples(lab, guid, scores, rows[:n_val])
         rows = rows[n_val:]
         train_ex = decoder_examples(lab, guid, scores, rows)
-    return Plan(
-        corpus, train_ex, val_ex, val_clips, scst_clips(lab, closed, guid, scores, rows, seed)
-    )
-
-
-# SCST's references per clip: as many as AudioCaps val and test have.
-SCST_REFERENCES = 5
-
-
-def scst_clips(
-    lab: LabelledCaptions,
-    closed: np.ndarray,
-    guidance: list[list[str]],
-    scores: np.ndarray,
-    rows: Sequence[int],
-    seed: int = 0,
-) -> list[tuple[list[str], np.ndarray, list[str]]]:
-    """One SCST clip per clip with a training row: the guidance and simulated scores of its
-    first such row; as references, its own captions, then (up to SCST_REFERENCES) the first
-    caption of other training clips with the same label set ``closed [N, C]``, drawn at random.
-    AudioCaps train has one caption per clip, and a reward against a single caption is noisy
-    and rewards short, generic captions; clips of the same sound classes stand in for the
-    other human annotators."""
-    caps = lab.clip_captions()
-    first: dict[int, int] = {}
-    for i in sorted(int(r) for r in rows):
-        first.setdefault(int(lab.owner[i]), i)
-    key = {
-        o: np.packbits(closed[i] > 0).tobytes() for o, i in first.items()
-    }  # the clip's label set
-    groups: dict[bytes, list[int]] = {}
-    for o in sorted(first):
-        groups.setdefault(key[o], []).append(o)
-    rng = np.random.default_rng(seed)
-    out = []
-    for o, i in sorted(first.items()):
-        refs = list(caps[o])
-        if len(refs) < SCST_REFERENCES:
-            peers = [x for x in groups[key[o]] if x != o]
-            refs += [
-                caps[peers[j]][0]
-                for j in rng.permutation(len(peers))[: SCST_REFERENCES - len(refs)]
-            ]
-        out.append((guidance[i], scores[i][None, :].astype(np.float32), refs))
-    return out
+    return Plan(corpus, train_ex, val_ex, val_clips)
 
 
 def train(
@@ -382,29 +289,19 @@ def train(
     lm_spec: str = "smollm2",
     batch_size: int = 128,
     keep_state: bool = False,
-    average_last: int = 0,
-    scst_steps: int = 0,
-    ensemble: int = 1,
-    sim: labelsim.Simulation = labelsim.Simulation(),
     train_cfg: DecoderTrainConfig | None = None,
     say=lambda s: None,
     progress=lambda name, total: lambda n: None,
 ) -> Path:
     """Label index + guided decoder of the label-grounded captioner into ``model_dir``
-    (``epochs`` 0: the index alone, a retrieval-only captioner). ``scst_steps`` > 0: the
-    teacher-forced decoder (then in ``decoder-xe/``, its state kept so a rerun skips it) is
-    fine-tuned by SCST (``scst.py``) into the model's ``decoder/``. ``ensemble`` > 1: as many
-    decoders, trained alike with seeds 0, 1, ...: seed 0 in ``decoder/``, the others in
-    ``ensemble/seed-N/``; captioning averages their next-token distributions. Their run states
-    are kept, so a rerun after an interruption skips the finished decoders.
+    (``epochs`` 0: the index alone, a retrieval-only captioner).
 
     ``train_cfg``: a ``decoder.DecoderTrainConfig`` whose optimisation (learning-rate schedule)
-    replaces the paper's; its batch size, seed and averaging are this call's.
+    replaces the paper's; its batch size and seed are this call's.
 
     Every step can be interrupted and rerun: the LM features persist chunk by chunk in the
     cache (``lmfeatures.py``) and the decoder run resumes from its last epoch.
     """
-    from .config import save_config
     from .model import ModelDir
 
     build_index(lab, model_dir, model_cfg, lcfg, say)
@@ -413,38 +310,17 @@ def train(
     if epochs == 0:  # retrieval only: `caption` prints the consensus guidance
         say("no decoder (epochs 0): captions are the consensus of the retrieved captions")
         return md.path
-    p = plan(lab, lcfg, cfg.k, max_captions, val, sim=sim, progress=progress)
-    save_config(sim, md.path / labelsim.CONFIG_NAME)  # what its training input was
+    p = plan(lab, lcfg, cfg.k, max_captions, val, progress=progress)
     say(
         f"decoder: {len(p.train)} training and {len(p.val)} validation targets, guidance from the label index"
     )
-    job = DecoderJob.prepare(
-        p, lab, lcfg, cfg.k, lm_spec, batch_size, average_last, say, progress, train_cfg
-    )
-    xe_dir = md.path / XE_DECODER if scst_steps else md.decoder
-    members = {ensemble_member(s) for s in range(1, ensemble)}
-    stale = [d for d in sorted(md.ensemble.glob("*")) if d.is_dir() and d.name not in members]
-    for d in stale:  # members of an earlier, larger ensemble would otherwise join this one
-        say(f"removing ensemble member {d.name} (not one of this run's {ensemble})")
-        shutil.rmtree(d)
-    for seed in range(ensemble):
-        if ensemble > 1:
-            say(f"decoder {seed + 1} of {ensemble} (seed {seed})")
-        job.train(
-            xe_dir if seed == 0 else md.ensemble / ensemble_member(seed),
-            epochs,
-            seed,
-            keep_state=keep_state or bool(scst_steps) or ensemble > 1,
-        )
-    if not scst_steps:
-        return md.decoder
-    return fine_tune(p, lab, xe_dir, md.decoder, job.lm, scst_steps, keep_state, say, progress)
+    job = DecoderJob.prepare(p, lab, lcfg, cfg.k, lm_spec, batch_size, say, progress, train_cfg)
+    return job.train(md.decoder, epochs, seed=0, keep_state=keep_state)
 
 
 @dataclass
 class DecoderJob:
-    """Everything a label-grounded decoder trains from, prepared once for any number of seeds:
-    the plan's examples, the frozen LM with every caption's features in the persistent store,
+    """Everything a label-grounded decoder trains from: the plan's examples, the frozen LM with every caption's features in the persistent store,
     the decoder config and the corpus vocabulary of its head."""
 
     plan: Plan
@@ -453,7 +329,6 @@ class DecoderJob:
     store: Any
     vocab: list[int]
     batch_size: int
-    average_last: int
     progress: Callable[[str, int], Callable[[int], None]]
     train_cfg: DecoderTrainConfig | None = None  # the schedule; None: the paper's
 
@@ -466,7 +341,6 @@ class DecoderJob:
         k: int,
         lm_spec: str,
         batch_size: int,
-        average_last: int = 0,
         say=lambda s: None,
         progress=lambda name, total: lambda n: None,
         train_cfg: DecoderTrainConfig | None = None,
@@ -483,7 +357,7 @@ class DecoderJob:
             say(f"frozen LM features of {missing} captions (kept in {store.dir})")
             store.ensure(texts, progress("LM features", missing))
         vocab = vocabulary(lm, lab.captions, dcfg.max_len)
-        return cls(p, lm, dcfg, store, vocab, batch_size, average_last, progress, train_cfg)
+        return cls(p, lm, dcfg, store, vocab, batch_size, progress, train_cfg)
 
     def train(self, out_dir: Path, epochs: int, seed: int, keep_state: bool) -> Path:
         """Teacher forcing of one decoder (``seed``: its init, shuffling and dropout) into ``out_dir``."""
@@ -494,7 +368,6 @@ class DecoderJob:
             self.train_cfg or DecoderTrainConfig(),
             batch_size=self.batch_size,
             seed=seed,
-            average_last=self.average_last,
         )
         return train_decoder(
             p.train,
@@ -509,54 +382,3 @@ class DecoderJob:
             vocab_ids=self.vocab,
             features=self.store,
         )
-
-
-def ensemble_member(seed: int) -> str:
-    """Folder name (under the model's ``ensemble/``) of the decoder trained with ``seed``."""
-    return f"seed-{seed}"
-
-
-# The teacher-forced decoder of a model fine-tuned by SCST (its ``decoder/`` holds the result).
-XE_DECODER = "decoder-xe"
-
-
-def fine_tune(
-    p: Plan,
-    lab: LabelledCaptions,
-    xe_dir: Path,
-    out_dir: Path,
-    lm,
-    steps: int,
-    keep_state: bool,
-    say=lambda s: None,
-    progress=lambda name, total: lambda n: None,
-) -> Path:
-    """SCST of the teacher-forced decoder in ``xe_dir`` on the plan's training clips (simulated
-    scores, leave-one-out guidance, as in teacher forcing; references from :func:`scst_clips`;
-    CIDEr-D's document frequencies from every clip's captions) into ``out_dir``. It starts from
-    the weights rounded to float16, as they ship, so that the fine-tuned default rebuilds
-    exactly from one command."""
-    import torch
-
-    from .decoder import load_decoder
-    from .scst import CiderD, SCSTConfig, train_scst
-
-    dec = load_decoder(xe_dir, lm)
-    with torch.no_grad():
-        for t in dec.parameters():
-            t.copy_(t.half().float())
-    cfg = SCSTConfig(steps=steps)
-    say(
-        f"SCST: {steps} steps of {cfg.clips_per_step} clips x {cfg.samples} sampled captions, "
-        f"from {len(p.scst)} training clips"
-    )
-    cider = CiderD(lab.clip_captions())
-    return train_scst(
-        dec,
-        p.scst,
-        out_dir,
-        cfg,
-        cider,
-        keep_state=keep_state,
-        progress=progress("SCST (clips)", steps * cfg.clips_per_step),
-    )

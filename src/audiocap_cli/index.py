@@ -269,10 +269,10 @@ class CaptionIndex:
         return self._captions[self._label[clip_id]]
 
     def ngram_idf(self) -> dict[str, float]:
-        """CIDEr's n-gram idf over every caption in the index (zeroshot.ngram_idf), computed
+        """CIDEr's n-gram idf over every caption in the index (agreement.ngram_idf), computed
         once: what consensus re-ranking and CIDEr-D hypothesis selection weigh n-grams by."""
         if self._idf is None:
-            from .zeroshot import ngram_idf
+            from .agreement import ngram_idf
 
             self._idf = ngram_idf([c for caps in self._captions for c in caps])
         return self._idf

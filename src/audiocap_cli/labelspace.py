@@ -10,7 +10,7 @@ holding all their captions): AudioCaps train has 49,838 clips but only ~10k dist
 an HNSW graph of thousands of identical points searches badly. A query walks its nearest sets,
 takes up to ``rerank_pool`` captions (at most ``per_set`` from any one set, in a fixed order),
 and keeps the K most typical as guidance (:func:`rerank`: by the consensus TF-IDF cosine,
-:func:`zeroshot.consensus_rerank`, or by expected CIDEr-D, :func:`zeroshot.ciderd_consensus`).
+:func:`agreement.consensus_rerank`).
 
 Labels never reach captioning: there the query is the clip's audio. For training and for
 validation without audio, ``labelsim.simulate`` turns labels into scores that look like an
@@ -30,11 +30,6 @@ from .errors import ConfigMismatchError
 from .vectors import l2_normalize
 
 POOLS = ("max", "mean")
-RERANKS = ("tfidf", "ciderd")
-# Fields that choose among retrieved captions, not how scores and labels become vectors: left
-# out of the index's embedder id, so indexes built before the fields existed stay valid (their
-# labelspace.json lacks them and reads as the defaults, which are what they were built with).
-RERANK_FIELDS = ("rerank", "rerank_recall_weight")
 # Label sets a query walks: enough to fill any pool (AudioCaps train's sets hold 1 to ~4k clips).
 SETS_PER_QUERY = 64
 IDF_SMOOTH = 1.0  # idf = log((N + 1) / (df + 1)) + 1 (scikit-learn's smooth idf): never 0
@@ -44,26 +39,13 @@ IDF_SMOOTH = 1.0  # idf = log((N + 1) / (df + 1)) + 1 (scikit-learn's smooth idf
 class LabelSpaceConfig:
     """How labels and encoder class scores become comparable vectors.
 
-    Defaults chosen with bench/fits/labelspace_grid.py (consensus caption, METEOR / CIDEr-D x100) on
-    AudioCaps val with input simulated by ``labelsim`` and on the 337 labelled real clips (real
-    YAMNet). YAMNet fires on a class's ontology ancestors ("Animal" for a dog), AudioSet labels
-    name them for only 65% of labels that have one: closing the corpus labels under the
-    ontology (``ancestors``) lifts the real clips from 13.7 to 24.9 CIDEr-D at pool 50, power 1.
-    Then power 3 with a pool of 100 gives val 21.2/58.3 and real 12.1/36.3, against 20.9/57.6
-    and 12.4/31.6 for power 2 and pool 50; the earlier default (pool 50, power 0.5, labels
-    as given) scores 19.3/44.6 and 11.6/16.6. idf class weights (20.6/56.5, 13.0/34.5) and
-    ``set_power`` 4 (21.1/57.3, 12.1/34.6) lose on val; the corpus idf trades METEOR for
-    CIDEr-D on both sets (20.5/60.6, 12.0/38.1).
-
-    With the decoder, captioning queries at power 4 while the decoder's training guidance stays
-    at 3 (``grounded.GUIDANCE_SCORE_POWER``): on the shipped decoder val 21.9/67.0 against
-    21.9/65.8 and real 12.6/34.9 against 12.8/32.7, real CIDEr-D +2.2 (+0.3 .. +4.6) paired,
-    and on the 137 real sound-event clips METEOR +1.6 (+0.3 .. +3.1), CIDEr-D +5.7 (+1.0 ..
-    +11.8). Over three decoders (seeds 0-2) the mean gain is val +0.2/+1.8, real events
-    +0.8/+2.5 (README, "Query calibration power 4"). Those real figures had short clips' zero
-    padding in the scores; without it (``Captioner.window_scores``) the shipped decoder reads
-    real 13.0/32.8 at power 4 against 13.0/31.1 at 3, the sound events 19.1/77.2 against
-    18.9/72.7 (README, "Short clips").
+    The defaults are fitted with bench/fits/labelspace_grid.py (the consensus caption's METEOR
+    and CIDEr-D on AudioCaps val with input simulated by ``labelsim``, and on the labelled real
+    clips with real YAMNet scores); the query power with the decoder by
+    bench/quality/grounded_report.py. See docs/experiments.md for the measurements.
+    YAMNet fires on a class's ontology ancestors ("Animal" for a dog) that AudioSet labels often
+    leave out, hence ``ancestors``. Captioning queries at ``score_power`` while the decoder's
+    training guidance is retrieved at ``grounded.GUIDANCE_SCORE_POWER``.
     """
 
     audio_encoder: str = "yamnet"
@@ -78,15 +60,6 @@ class LabelSpaceConfig:
     # consensus weight of a pooled caption = (cosine of its set to the query) ** set_power
     # (0: every pooled caption counts the same)
     set_power: float = 0.0
-    # how a pool's most typical captions are found (RERANKS): "tfidf", the consensus TF-IDF
-    # cosine; or "ciderd", each caption's expected CIDEr-D against the rest of the pool (corpus
-    # idf) + rerank_recall_weight x METEOR's unigram F-mean, the agreement `caption` picks its
-    # printed hypothesis by. "ciderd" + 3 makes the consensus caption better on AudioCaps val
-    # (21.1/58.1 -> 22.1/65.6), worse on the real sound events (19.7/85.5 -> 19.7/74.3), and a
-    # decoder trained on that guidance captions val worse (21.3/60.3 against 21.9/68.5; README,
-    # "Guidance re-ranked by CIDEr-D"), so "tfidf" stays the default.
-    rerank: str = "tfidf"
-    rerank_recall_weight: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -96,10 +69,6 @@ class LabelSpaceConfig:
             problems.append("score_power must be > 0, idf_power and set_power >= 0")
         if self.rerank_pool < 1 or self.per_set < 1:
             problems.append("rerank_pool and per_set must be >= 1")
-        if self.rerank not in RERANKS:
-            problems.append(f"rerank {self.rerank!r} not one of {RERANKS}")
-        if self.rerank_recall_weight < 0:
-            problems.append("rerank_recall_weight must be >= 0")
         if problems:
             raise ConfigMismatchError("invalid label-space config: " + "; ".join(problems))
 
@@ -211,26 +180,16 @@ def gather_pool(
     return pool, weights
 
 
-def uses_corpus_idf(cfg: LabelSpaceConfig) -> bool:
-    """Whether re-ranking reads the corpus n-gram idf (CIDEr-D always does)."""
-    return cfg.corpus_idf or cfg.rerank == "ciderd"
-
-
 def rerank(
-    pools: Sequence[tuple[list[str], list[float]]],
-    k: int,
-    cfg: LabelSpaceConfig,
-    idf: dict[str, float] | None = None,
+    pools: Sequence[tuple[list[str], list[float]]], k: int, idf: dict[str, float] | None = None
 ) -> list[list[str]]:
-    """The ``k`` most typical captions of each (pool, weights), best first, by ``cfg.rerank``
-    (``idf``: the corpus n-gram idf where :func:`uses_corpus_idf`). Ties keep pool order."""
-    from .zeroshot import ciderd_consensus, consensus_rerank
+    """The ``k`` most typical captions of each (pool, weights), best first, by the consensus
+    TF-IDF cosine (``idf``: the corpus n-gram idf where ``LabelSpaceConfig.corpus_idf``, else
+    each pool's own). Ties keep pool order."""
+    from .agreement import consensus_rerank
 
     caps, weights = [p for p, _ in pools], [w for _, w in pools]
-    if cfg.rerank == "tfidf":
-        return consensus_rerank(caps, top=k, weights=weights, idf=idf)
-    scores = ciderd_consensus(caps, weights, idf, cfg.rerank_recall_weight)
-    return [[p[i] for i in np.argsort(-s, kind="stable")[:k]] for p, s in zip(caps, scores)]
+    return consensus_rerank(caps, top=k, weights=weights, idf=idf)
 
 
 def corpus_guidance(
@@ -261,7 +220,7 @@ def corpus_guidance(
             )
             for i, (row, crow) in enumerate(zip(ranked, cos))
         ]
-        out.extend(rerank(pools, k, cfg, idf))
+        out.extend(rerank(pools, k, idf))
         if advance is not None:
             advance(len(pools))
     return out
@@ -280,9 +239,7 @@ def embedder_id(cfg: LabelSpaceConfig, weights: np.ndarray) -> str:
     from .config import fingerprint
 
     w = hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float32).tobytes()).hexdigest()[:8]
-    return (
-        f"labels-{fingerprint(cfg, exclude=RERANK_FIELDS)}-{w}"  # re-ranking leaves the vectors be
-    )
+    return f"labels-{fingerprint(cfg)}-{w}"
 
 
 def build_index(corpus: LabelCorpus, cfg: LabelSpaceConfig, encoder_fingerprint: str):
@@ -336,7 +293,7 @@ class LabelRetriever:
         return min(SETS_PER_QUERY, len(self.index))
 
     def idf(self) -> dict[str, float] | None:
-        return self.index.ngram_idf() if uses_corpus_idf(self.cfg) else None
+        return self.index.ngram_idf() if self.cfg.corpus_idf else None
 
     def pools(self, hits) -> list[tuple[list[str], list[float]]]:  # hits: list[list[index.Hit]]
         """Each query's pool: captions of its nearest label sets, with their consensus weights."""
@@ -348,7 +305,7 @@ class LabelRetriever:
 
     def rerank(self, pools: Sequence[tuple[list[str], list[float]]], k: int) -> list[list[str]]:
         """The K most typical captions of each of :meth:`pools`."""
-        return rerank(pools, k, self.cfg, self.idf())
+        return rerank(pools, k, self.idf())
 
     def guidance(self, hits, k: int) -> list[list[str]]:
         """K most typical captions of each query's nearest label sets."""

@@ -7,8 +7,6 @@ model/
   retriever/      best.safetensors + retriever.json + metrics.jsonl (+ last.safetensors while training)
   index/          hnswlib index + ids + captions + index.json (a symlink to the current version)
   decoder/        trainable decoder weights (safetensors) + decoder.json naming the frozen LM
-  ensemble/NAME/  optional further decoders like decoder/ (other seeds): captioning averages
-                  their next-token distributions with decoder/'s
 ```
 Each stage checks its own config on load; this module only names the places and checks the
 shared settings (which encoder, which clip policy), so that stages trained on different
@@ -64,16 +62,11 @@ class ModelDir:
     retriever = property(lambda self: self.path / "retriever")
     index = property(lambda self: self.path / "index")
     decoder = property(lambda self: self.path / "decoder")
-    ensemble = property(lambda self: self.path / "ensemble")
     config_path = property(lambda self: self.path / CONFIG_NAME)
 
-    def decoders(self) -> list[Path]:
-        """Folders of the model's decoders: ``decoder/`` then the ensemble's members by name
-        (empty without ``decoder/``)."""
-        if not (self.decoder / DECODER_CONFIG).is_file():
-            return []
-        extra = sorted(self.ensemble.iterdir()) if self.ensemble.is_dir() else []
-        return [self.decoder] + [p for p in extra if (p / DECODER_CONFIG).is_file()]
+    def has_decoder(self) -> bool:
+        """Whether ``decoder/`` holds a decoder (a retrieval-only model has none)."""
+        return (self.decoder / DECODER_CONFIG).is_file()
 
     def exists(self) -> bool:
         return self.config_path.is_file()

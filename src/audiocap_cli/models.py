@@ -8,10 +8,9 @@ A shipped model is a folder of package data under ``audiocap_cli/data/models/<na
 only what was trained or cannot be derived: ``model.json`` (the ModelConfig, what it was
 trained on, its validation scores), ``corpus.tsv.gz`` (its caption corpus with each caption's
 label classes as indexed, i.e. closed under the ontology when ``LabelSpaceConfig.ancestors``),
-``labelspace.json`` and the decoder's trainable weights (``decoder/``, float16; an ensemble's
-further members in ``ensemble/NAME/``).
+``labelspace.json`` and the decoder's trainable weights (``decoder/``, float16).
 Its index is derived: built on first use, atomically, into ``$AUDIOCAP_CACHE/models/<name>-<hash>/``,
-whose decoder folders link back to the package's files (no weight file is written twice).
+whose decoder folder links back to the package's files (no weight file is written twice).
 """
 
 from __future__ import annotations
@@ -202,8 +201,9 @@ def _build(folder: Path, out: Path, advance: Callable[[int], None]) -> None:
     md = ModelDir(out)
     md.init(mcfg)
     index.save(md.index, extra=lambda f: ls.save_extras(f, lcfg, corpus.weights))
-    for dec in ModelDir(folder).decoders():  # decoder/ and an ensemble's ensemble/NAME/
-        dst = out / dec.relative_to(folder)
+    src = ModelDir(folder)
+    if src.has_decoder():  # a retrieval-only model has none
+        dst = out / src.decoder.relative_to(folder)
         dst.mkdir(parents=True, exist_ok=True)
-        for f in dec.iterdir():
+        for f in src.decoder.iterdir():
             os.symlink(f.resolve(), dst / f.name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +55,14 @@ class CaptionActor:
     ``audiocap caption`` writes them) and ``failed`` (the file became an error record).
     """
 
-    def __init__(self, model_dir: str, opts: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(self, model_dir: str, opts: CaptionOptions, threads: int | None = None) -> None:
         import torch
 
         from .captioner import Captioner
 
         if threads:
             torch.set_num_threads(threads)
-        self.captioner = Captioner(model_dir, CaptionOptions(**opts))
+        self.captioner = Captioner(model_dir, opts)
 
     def records(self, paths: list[str]) -> list[list[dict[str, Any]]]:
         """Records of each path; a batch that raises is retried file by file."""
@@ -109,7 +109,7 @@ def caption_dataset(
 
     return ds.map_batches(
         CaptionActor,
-        fn_constructor_args=(str(Path(model_dir).absolute()), asdict(opts), threads),
+        fn_constructor_args=(str(Path(model_dir).absolute()), opts, threads),
         batch_size=max(1, opts.batch_size),
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, workers)),

@@ -347,11 +347,9 @@ def train_decoder(
     seed: int = 0,
     residual: bool = False,
     keep_state: bool = False,
-    average_last: int = 0,
 ) -> Path:
     """Train the guided decoder into ``model_dir/decoder`` (``keep_state``: keep the resumable
-    state of a finished run; ``average_last``: keep the mean of the last N epochs' weights;
-    with audio, the model records ``dataset``).
+    state of a finished run; with audio, the model records ``dataset``).
 
     With audio: every caption of every ``split`` clip is a target; its guidance pool is its
     "similar" captions from other clips; the audio branch reads the clip's encoder frames.
@@ -403,7 +401,6 @@ def train_decoder(
         seed=seed,
         val_examples=val_ex or None,
         keep_state=keep_state,
-        average_last=average_last,
     )
 
 
@@ -535,28 +532,17 @@ def bootstrap(
     labels: str | Path | None = None,
     val: str | Path | None = None,
     text_bridge: bool = False,
-    average_last: int = 0,
-    scst_steps: int = 0,
-    ensemble: int = 1,
 ) -> Path:
     """Caption corpus -> captioner, with no paired audio.
 
     With AudioSet labels for the corpus' clips (AudioCaps; ``labels``: a folder of segment
     CSVs, default the installed wheel's): the label-grounded captioner (``grounded.py``: label
     index + decoder on all captions, ``max_captions`` of them if given; ``val``: a labelled
-    validation manifest such as AudioCaps val; ``scst_steps``: SCST fine-tuning after teacher
-    forcing, label-grounded only; ``ensemble``: decoders trained with seeds 0..N-1, decoded as
-    one, label-grounded only). Otherwise, or with ``text_bridge``: the
+    validation manifest such as AudioCaps val). Otherwise, or with ``text_bridge``: the
     zero-shot caption index, then the text-only decoder on a sample (3,000) of the captions.
     """
     from . import grounded
 
-    if scst_steps and epochs == 0:
-        raise UsageError("--scst-steps fine-tunes the decoder, and --epochs 0 builds none")
-    if ensemble > 1 and (epochs == 0 or scst_steps):
-        raise UsageError(
-            "--ensemble trains several teacher-forced decoders: not with --epochs 0 or --scst-steps"
-        )
     lab = None if text_bridge else _labelled(corpus, labels, encoder, rep)
     if lab is not None:
         rep.say("building the label-grounded captioner (AudioSet labels)")
@@ -573,16 +559,8 @@ def bootstrap(
             lm_spec=lm_spec,
             batch_size=batch_size or 128,
             keep_state=keep_state,
-            average_last=average_last,
-            scst_steps=scst_steps,
-            ensemble=ensemble,
             say=rep.say,
             progress=rep.progress,
-        )
-    if scst_steps or ensemble > 1:
-        raise UsageError(
-            f"{'--scst-steps' if scst_steps else '--ensemble'} needs the label-grounded captioner "
-            "(a corpus with AudioSet labels)"
         )
     rep.say(
         "building the text-bridge captioner (zero-shot AudioSet tags; no labels for this corpus)"
@@ -600,7 +578,6 @@ def bootstrap(
         residual=residual,
         rep=rep,
         keep_state=keep_state,
-        average_last=average_last,
     )
 
 
@@ -693,8 +670,9 @@ def evaluate(
         scopes.append(ev.Scope(ev.OURS, m.predictions))
     if model is not None and (predictions is None or scope == "all"):
         from .captioner import Captioner, CaptionOptions
+        from .decoding import DecodingOptions
 
-        captioner = Captioner(model, CaptionOptions(beam_size=beam_size))
+        captioner = Captioner(model, CaptionOptions(DecodingOptions(beam_size=beam_size)))
         if predictions is None:
             scopes.append(
                 ev.Scope(
@@ -767,15 +745,11 @@ def _paper_scopes(
     else:
         rep.say(f"note: {train_split} has no audio: no 1NN row")
     hits = captioner.retrieve(frames, scores, exclude_ids=ids)
-    name = {
-        "triplet": ev.TRIPLET_RETRIEVAL,
-        "mean": ev.nn_name(captioner.cfg.encoder) + " (index)",
-        "zeroshot": "Tag-Retrieval",
-        "labels": "Label-Retrieval",
-    }[captioner.cfg.retrieval]
     rows.append(
         ev.Scope(
-            name, {i: g[0] for i, g in zip(ids, captioner.guidance_of(hits))}, group="retrieval"
+            captioner.retrieval.name,
+            {i: g[0] for i, g in zip(ids, captioner.guidance_of(hits))},
+            group="retrieval",
         )
     )
     pool = [cap for c in train for cap in c.captions]
