@@ -21,11 +21,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from audiocap_cli import grounded, models
-from audiocap_cli import labelspace as ls
 from audiocap_cli.config import load_config, to_dict
-from audiocap_cli.decoder import export_float16
-from audiocap_cli.model import ModelDir
+from audiocap_cli.generation.decoder import export_float16
+from audiocap_cli.pipeline import registry as models
+from audiocap_cli.pipeline.modeldir import ModelDir
+from audiocap_cli.retrieval import labelspace as ls
+from audiocap_cli.training import grounded
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiocap_cli.decoder import DecoderConfig, GuidedDecoder
-from audiocap_cli.lm import FrozenLM
+from audiocap_cli.generation.decoder import DecoderConfig, GuidedDecoder
+from audiocap_cli.generation.lm import FrozenLM
 
 # Generated inputs that the benchmarks use too (a sparse long WAV, the synthetic dataset and its
 # tiny model) live in bench/speed/_fixtures.py, so that bench/ never imports from tests/.

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from _shared import make_model, make_workspace
 
-from audiocap_cli.lm import FrozenLM, load_lm
+from audiocap_cli.generation.lm import FrozenLM, load_lm
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 
-from audiocap_cli import distributed
-from audiocap_cli.decoder import DecoderConfig, DecoderTrainConfig, train_decoder
-from audiocap_cli.lm import load_lm
-from audiocap_cli.retriever import RetrieverConfig, train_retriever
+from audiocap_cli.generation.decoder import DecoderConfig, DecoderTrainConfig, train_decoder
+from audiocap_cli.generation.lm import load_lm
+from audiocap_cli.retrieval.retriever import RetrieverConfig, train_retriever
+from audiocap_cli.scale import distributed
 
 WORDS = ["dog", "rain", "car", "bird"]
 

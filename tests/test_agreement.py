@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from audiocap_cli import agreement as ag
+from audiocap_cli.text import agreement as ag
 
 
 def test_words_and_the_repeat_penalty_s_letter_runs() -> None:

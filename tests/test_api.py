@@ -13,17 +13,17 @@ import pytest
 from _shared import CLASSES, long_wav, make_workspace
 
 import audiocap_cli
-from audiocap_cli.captioner import caption_files
-from audiocap_cli.records import RecordWriter
+from audiocap_cli.pipeline.captioner import caption_files
+from audiocap_cli.pipeline.records import RecordWriter
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny retrieval-only model (mean-pooled YAMNet frames, the 1NN baseline: no training)
     of the synthetic workspace, and that workspace."""
-    from audiocap_cli import workflows
-    from audiocap_cli.features import FeatureCache
-    from audiocap_cli.model import ModelConfig
+    from audiocap_cli.audio.features import FeatureCache
+    from audiocap_cli.pipeline.modeldir import ModelConfig
+    from audiocap_cli.training import workflows
 
     ws = make_workspace(tmp_path_factory.mktemp("api"))
     m = ws / "model"
@@ -83,8 +83,8 @@ def test_load_resolves_the_model_and_routes_options(
 
 
 def test_every_model_retrieval_has_its_kind() -> None:
-    from audiocap_cli.model import RETRIEVALS
-    from audiocap_cli.retrieval import KINDS
+    from audiocap_cli.pipeline.modeldir import RETRIEVALS
+    from audiocap_cli.retrieval.kinds import KINDS
 
     assert set(KINDS) == set(RETRIEVALS)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiocap_cli import audio
-from audiocap_cli.audio import SAMPLE_RATE, ClipPolicy, load, segments
+from audiocap_cli.audio import io as audio
+from audiocap_cli.audio.io import SAMPLE_RATE, ClipPolicy, load, segments
 from audiocap_cli.errors import (
     AudiocapError,
     AudioError,

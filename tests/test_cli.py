@@ -40,7 +40,7 @@ def test_version() -> None:
 def test_library_imports_without_cli_deps() -> None:
     code = (
         "import sys; sys.modules['typer'] = None; sys.modules['rich'] = None\n"
-        "import audiocap_cli, audiocap_cli.audio, audiocap_cli.records, audiocap_cli.config\n"
+        "import audiocap_cli, audiocap_cli.audio.io, audiocap_cli.pipeline.records, audiocap_cli.config\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -88,8 +88,8 @@ def test_bad_option_values_are_one_line_usage_errors(
 def test_encoder_choices_match_the_library() -> None:
     from typing import get_args
 
+    from audiocap_cli.audio.encoders import ENCODERS
     from audiocap_cli.cli import EncoderName
-    from audiocap_cli.encoders import ENCODERS
 
     assert set(get_args(EncoderName)) == set(ENCODERS)
 
@@ -99,8 +99,8 @@ def test_caption_defaults_are_the_library_defaults() -> None:
     for the default are measured through the library)."""
     import typer.main
 
-    from audiocap_cli.captioner import CaptionOptions
     from audiocap_cli.cli import app
+    from audiocap_cli.pipeline.captioner import CaptionOptions
 
     params = {p.name: p.default for p in typer.main.get_command(app).commands["caption"].params}
     lib = CaptionOptions()

@@ -12,7 +12,8 @@ import torch
 from _shared import D_A, make_decoder
 from safetensors.torch import load_file
 
-from audiocap_cli.decoder import (
+from audiocap_cli.errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
+from audiocap_cli.generation.decoder import (
     DecoderConfig,
     DecoderTrainConfig,
     draw_guidance,
@@ -20,9 +21,8 @@ from audiocap_cli.decoder import (
     lr_at,
     train_decoder,
 )
-from audiocap_cli.errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
-from audiocap_cli.lm import FrozenLM, load_lm
-from audiocap_cli.training import RunDir
+from audiocap_cli.generation.lm import FrozenLM, load_lm
+from audiocap_cli.training.rundir import RunDir
 
 make = make_decoder
 

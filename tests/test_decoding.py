@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from _shared import D_A, make_decoder
 
-from audiocap_cli.decoder import (
+from audiocap_cli.errors import AudiocapError
+from audiocap_cli.generation.decoder import (
     DecoderConfig,
     DecoderTrainConfig,
     GuidedDecoder,
@@ -20,10 +21,15 @@ from audiocap_cli.decoder import (
     load_decoder,
     train_decoder,
 )
-from audiocap_cli.decoding import DecodingOptions, _Beams, _word_ends, decode, decode_naive
-from audiocap_cli.errors import AudiocapError
-from audiocap_cli.grounded import vocabulary
-from audiocap_cli.lm import FrozenLM
+from audiocap_cli.generation.decoding import (
+    DecodingOptions,
+    _Beams,
+    _word_ends,
+    decode,
+    decode_naive,
+)
+from audiocap_cli.generation.lm import FrozenLM
+from audiocap_cli.training.grounded import vocabulary
 
 GUIDANCE = [
     ["a dog barks", "a cat meows loudly"],
@@ -110,7 +116,7 @@ def test_length_penalty_ranks_finished_hypotheses(
 
 
 def test_choose_picks_the_hypothesis_closest_to_the_evidence() -> None:
-    from audiocap_cli.decoding import Decoded, choose
+    from audiocap_cli.generation.decoding import Decoded, choose
 
     hyps = tuple(
         Decoded(t, -1.0 - i, -3.0 - i, (i,))
@@ -141,7 +147,7 @@ def test_choose_picks_the_hypothesis_closest_to_the_evidence() -> None:
 def test_select_mbr_recall_weight_favours_covering_the_evidence() -> None:
     """The F-mean term prefers the hypothesis that mentions more of what the evidence says,
     where CIDEr-D alone prefers the short, common phrase."""
-    from audiocap_cli.agreement import select_mbr, unigram_fmean
+    from audiocap_cli.text.agreement import select_mbr, unigram_fmean
 
     texts = ("dog barking", "a dog barks and a man talks nearby")
     ev = (
@@ -168,8 +174,8 @@ def test_select_mbr_recall_weight_favours_covering_the_evidence() -> None:
 def test_pool_margin_prints_the_pools_own_caption_only_when_it_agrees_more_by_the_margin() -> None:
     """The evidence's caption of highest leave-one-out agreement replaces the chosen hypothesis
     exactly when it beats the hypothesis' agreement by more than the margin."""
-    from audiocap_cli.agreement import ciderd_agreement, ciderd_consensus, unigram_fmean, words
-    from audiocap_cli.decoding import Decoded, choose
+    from audiocap_cli.generation.decoding import Decoded, choose
+    from audiocap_cli.text.agreement import ciderd_agreement, ciderd_consensus, unigram_fmean, words
 
     hyps = tuple(
         Decoded(t, -1.0 - i, -3.0 - i, (i,)) for i, t in enumerate(("a man speaks", "a dog growls"))
@@ -205,7 +211,7 @@ def test_pool_margin_prints_the_pools_own_caption_only_when_it_agrees_more_by_th
 def test_consensus_selection_in_decode_uses_the_evidence(lm: FrozenLM) -> None:
     """decode(select="consensus") chooses among the beam's hypotheses with the given evidence
     (and the guidance, equally weighted, when there is none)."""
-    from audiocap_cli.decoding import choose
+    from audiocap_cli.generation.decoding import choose
 
     dec = make(lm)
     fr = frames(2, 6)
@@ -374,7 +380,7 @@ def test_token_texts_are_each_token_decoded_alone(lm: FrozenLM) -> None:
 
 
 def test_model_dir_has_a_decoder_once_decoder_json_is_saved(lm: FrozenLM, tmp_path: Path) -> None:
-    from audiocap_cli.model import ModelDir
+    from audiocap_cli.pipeline.modeldir import ModelDir
 
     md = ModelDir(tmp_path / "m")
     assert not md.has_decoder()

@@ -1,4 +1,4 @@
-"""Tests of audiocap_cli.encoders: YAMNet port vs the original TF model, VGGish shapes/loading."""
+"""Tests of audiocap_cli.audio.encoders: YAMNet port vs the original TF model, VGGish shapes/loading."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from audiocap_cli.audio.encoders import AudioEncoder, EncoderConfig, load_encoder
+from audiocap_cli.audio.encoders.frontend import mel_matrix
+from audiocap_cli.audio.encoders.tfcheckpoint import read_checkpoint
+from audiocap_cli.audio.encoders.vggish import VGGISH_CONFIG, VGGish, load_vggish
+from audiocap_cli.audio.encoders.yamnet import YAMNET_CONFIG, SamePad, YAMNet, load_yamnet
 from audiocap_cli.config import file_sha256, fingerprint, load_config, save_config
-from audiocap_cli.encoders import AudioEncoder, EncoderConfig, load_encoder
-from audiocap_cli.encoders.frontend import mel_matrix
-from audiocap_cli.encoders.tfcheckpoint import read_checkpoint
-from audiocap_cli.encoders.vggish import VGGISH_CONFIG, VGGish, load_vggish
-from audiocap_cli.encoders.yamnet import YAMNET_CONFIG, SamePad, YAMNet, load_yamnet
 from audiocap_cli.errors import ModelNotFoundError
 from audiocap_cli.resources import shipped
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from _shared import EXAMPLE_REFS, clotho_validation_rows, needs_java
 
-from audiocap_cli import evaluate as E
-from audiocap_cli import metrics as M
 from audiocap_cli.config import load_config
 from audiocap_cli.errors import MetricsError
+from audiocap_cli.evaluation import evaluate as E
+from audiocap_cli.evaluation import metrics as M
 
 CHEAP = ("bleu", "rouge_l", "cider_d")
 

@@ -12,14 +12,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiocap_cli.audio import ClipPolicy, segments
+from audiocap_cli.audio.features import ClipFeatures, FeatureCache, file_digest
+from audiocap_cli.audio.io import ClipPolicy, segments
 from audiocap_cli.errors import (
     AudioNotFoundError,
     ConfigMismatchError,
     EmptyAudioError,
     UnsupportedAudioError,
 )
-from audiocap_cli.features import ClipFeatures, FeatureCache, file_digest
 
 SR = 8000  # a fake encoder rate different from 16 kHz, to check the cache uses encoder.sample_rate
 

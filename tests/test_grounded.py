@@ -12,19 +12,19 @@ import pytest
 import torch
 from _shared import D_A
 
-from audiocap_cli import audioset, grounded
-from audiocap_cli import labelspace as ls
-from audiocap_cli.decoder import (
+from audiocap_cli.errors import ModelNotFoundError
+from audiocap_cli.generation.decoder import (
     DecoderConfig,
     DecoderTrainConfig,
     GuidedDecoder,
     load_decoder,
     train_decoder,
 )
-from audiocap_cli.decoding import DecodingOptions, decode
-from audiocap_cli.errors import ModelNotFoundError
-from audiocap_cli.lm import FrozenLM
-from audiocap_cli.lmfeatures import LMFeatureStore
+from audiocap_cli.generation.decoding import DecodingOptions, decode
+from audiocap_cli.generation.lm import FrozenLM
+from audiocap_cli.generation.lmfeatures import LMFeatureStore
+from audiocap_cli.retrieval import labelspace as ls
+from audiocap_cli.training import audioset, grounded
 
 # Three real YAMNet mids (class index in yamnet_class_map.csv): Speech 0, Dog 69, Rain 289;
 # /m/05zppz (Male speech) is one of the AudioSet classes YAMNet lacks.
@@ -188,7 +188,7 @@ def test_hierarchy_closes_labels_through_missing_classes(segs: Path) -> None:
 
 
 def test_simulated_scores_follow_the_ontology_and_add_intruders(segs: Path) -> None:
-    from audiocap_cli import labelsim
+    from audiocap_cli.training import labelsim
 
     mids = audioset.class_mids()
     a, d, c, b = (mids.index(m) for m in (ANIMAL, DOG, CAT, BARK))
@@ -215,7 +215,7 @@ def test_label_retriever_round_trip_matches_exact_search(tmp_path: Path, corpus_
     labels, caps, corpus = _corpus(cfg)
     index = ls.build_index(corpus, cfg, "enc")
     index.save(tmp_path / "index", extra=lambda f: ls.save_extras(f, cfg, corpus.weights))
-    from audiocap_cli.index import CaptionIndex
+    from audiocap_cli.retrieval.index import CaptionIndex
 
     r = ls.LabelRetriever(CaptionIndex.load(tmp_path / "index"), tmp_path / "index")
     assert r.embedder == index.config.embedder
@@ -236,8 +236,8 @@ def test_rerank_is_the_consensus_and_older_configs_load(tmp_path: Path) -> None:
     hashes the same fields as before (so every index built before stays valid)."""
     import hashlib
 
-    from audiocap_cli.agreement import consensus_rerank
     from audiocap_cli.config import load_config, save_config, to_dict
+    from audiocap_cli.text.agreement import consensus_rerank
 
     pool = ["a dog barks", "a dog is barking", "a dog barks twice", "rain falls", "a dog barks"]
     w = [1.0, 1.0, 0.5, 1.0, 1.0]
@@ -401,7 +401,7 @@ def test_decoder_job_trains_with_the_schedule_it_is_given(lm: FrozenLM, tmp_path
 
 
 def test_model_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiocap_cli import models
+    from audiocap_cli.pipeline import registry as models
 
     shipped = tmp_path / "shipped"
     (shipped / "tiny").mkdir(parents=True)
@@ -434,8 +434,8 @@ def test_model_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_corpus_file_round_trip(tmp_path: Path) -> None:
-    from audiocap_cli import models
     from audiocap_cli.config import save_config
+    from audiocap_cli.pipeline import registry as models
 
     cfg = ls.LabelSpaceConfig(num_classes=4)
     save_config(cfg, tmp_path / ls.CONFIG_NAME)
@@ -449,7 +449,7 @@ def test_corpus_file_round_trip(tmp_path: Path) -> None:
 
 
 def _shipped_default():
-    from audiocap_cli import models
+    from audiocap_cli.pipeline import registry as models
 
     found = {m.name: m for m in models.shipped_models()}
     if models.DEFAULT_MODEL not in found:
@@ -462,8 +462,8 @@ def _shipped_default():
 def test_shipped_default_matches_the_code() -> None:
     """The shipped configs load into today's dataclasses with nothing unknown or missing."""
     from audiocap_cli.config import from_dict, to_dict
-    from audiocap_cli.decoder import DECODER_CONFIG
-    from audiocap_cli.model import ModelConfig, ModelDir
+    from audiocap_cli.generation.decoder import DECODER_CONFIG
+    from audiocap_cli.pipeline.modeldir import ModelConfig, ModelDir
 
     m = _shipped_default()
     info = json.loads((m.path / "model.json").read_text())
@@ -503,7 +503,7 @@ def test_shipped_default_captions_real_audio_without_m(
     assert (
         rec["caption"] in {g["caption"] for g in rec["guidance"]} or (m.path / "decoder").is_dir()
     )
-    from audiocap_cli.model import ModelDir
+    from audiocap_cli.pipeline.modeldir import ModelDir
 
     built = next(
         (tmp_path / "cache" / "models").glob(f"{m.name}-*")
@@ -580,12 +580,12 @@ def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
 
     from _shared import long_wav
 
-    from audiocap_cli import audio
-    from audiocap_cli.audio import ClipPolicy
-    from audiocap_cli.captioner import Captioner
-    from audiocap_cli.encoders import load_encoder
-    from audiocap_cli.features import FeatureCache
-    from audiocap_cli.retrieval import LabelSpace, MeanPool
+    from audiocap_cli.audio import io as audio
+    from audiocap_cli.audio.encoders import load_encoder
+    from audiocap_cli.audio.features import FeatureCache
+    from audiocap_cli.audio.io import ClipPolicy
+    from audiocap_cli.pipeline.captioner import Captioner
+    from audiocap_cli.retrieval.kinds import LabelSpace, MeanPool
 
     enc = load_encoder("yamnet")
     long_wav(tmp_path / "tone.wav", 3.0)

@@ -22,10 +22,10 @@ import soundfile as sf
 from _shared import long_wav
 from test_pipeline import cli, env, model, workspace  # noqa: F401  (fixtures: the tiny model)
 
-from audiocap_cli.audio import ClipPolicy, SegmentStream, load, open_regular, segments
+from audiocap_cli.audio.features import FeatureCache, file_digest
+from audiocap_cli.audio.io import ClipPolicy, SegmentStream, load, open_regular, segments
 from audiocap_cli.errors import AudioError, AudioNotFoundError
-from audiocap_cli.features import FeatureCache, file_digest
-from audiocap_cli.records import expand_inputs
+from audiocap_cli.pipeline.records import expand_inputs
 
 DEV_ZERO = Path("/dev/zero")
 HOUR = 3600.0
@@ -163,8 +163,8 @@ def test_windows_features_of_a_long_file_are_held_once(tmp_path: Path) -> None:
 import resource, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_features import FakeConfig, FakeEncoder
-from audiocap_cli.audio import ClipPolicy
-from audiocap_cli.features import FeatureCache
+from audiocap_cli.audio.io import ClipPolicy
+from audiocap_cli.audio.features import FeatureCache
 enc, policy = FakeEncoder(FakeConfig(dim=1024)), ClipPolicy(long_audio="windows")
 cache = FeatureCache({str(tmp_path / "cache")!r})
 cache.get({str(tmp_path / "short.wav")!r}, enc, policy)  # the same path, warmed up
@@ -246,7 +246,7 @@ def test_a_broken_long_file_fails_alone(tmp_path: Path) -> None:
 def test_cache_entry_filled_in_place_round_trips(tmp_path: Path, capacity: int) -> None:
     """Entries are laid out for the windows a header promises; fewer (scores moved up) or
     more (room doubled, as for an MP3 longer than its header says) still store exactly."""
-    from audiocap_cli.features import _Entry
+    from audiocap_cli.audio.features import _Entry
 
     rng = np.random.default_rng(capacity)
     frames, scores = (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from audiocap_cli.errors import ConfigMismatchError, DatasetError, ModelNotFoundError
-from audiocap_cli.index import CaptionIndex, Hit, IndexConfig, guidance
+from audiocap_cli.retrieval.index import CaptionIndex, Hit, IndexConfig, guidance
 
 DIM = 16
 
@@ -204,7 +204,7 @@ def test_rebuild_gives_the_same_graph(tmp_path: Path) -> None:
 
 
 def test_ngram_idf_covers_every_caption_and_follows_adds() -> None:
-    from audiocap_cli.agreement import ngram_idf
+    from audiocap_cli.text.agreement import ngram_idf
 
     ids, caps = _entries(6)
     index = CaptionIndex.build(_unit(6, 13), ids, caps, _cfg())
@@ -222,9 +222,10 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     caption (pool_margin) is for retrievals whose pool_caption holds (label space) only."""
     from types import SimpleNamespace
 
-    from audiocap_cli import captioner, decoding
-    from audiocap_cli.captioner import Captioner, CaptionOptions
-    from audiocap_cli.decoding import DecodingOptions
+    from audiocap_cli.generation import decoding
+    from audiocap_cli.generation.decoding import DecodingOptions
+    from audiocap_cli.pipeline import captioner
+    from audiocap_cli.pipeline.captioner import Captioner, CaptionOptions
 
     ids, caps = _entries(4)
     cap = Captioner.__new__(Captioner)  # the parts generate() reads, without loading a model

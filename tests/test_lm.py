@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audiocap_cli.errors import ModelNotFoundError
-from audiocap_cli.lm import FrozenLM, _tiny_gpt2, load_lm, pad_ids
+from audiocap_cli.generation.lm import FrozenLM, _tiny_gpt2, load_lm, pad_ids
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,8 @@ def test_smollm2_cached_folder_is_reused(
 
 @pytest.mark.slow
 def test_smollm2_guided_decoder_and_search(smollm2: FrozenLM) -> None:
-    from audiocap_cli.decoder import DecoderConfig, GuidedDecoder
-    from audiocap_cli.decoding import DecodingOptions, decode, decode_naive
+    from audiocap_cli.generation.decoder import DecoderConfig, GuidedDecoder
+    from audiocap_cli.generation.decoding import DecodingOptions, decode, decode_naive
 
     torch.manual_seed(0)
     dec = GuidedDecoder(DecoderConfig(lm="smollm2", d_l=576, d_a=1024), smollm2).eval()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from _shared import EXAMPLE_REFS, JAVA, clotho_validation_rows, needs_java
 
-from audiocap_cli import metrics as M
 from audiocap_cli.errors import MetricsError
+from audiocap_cli.evaluation import metrics as M
 
 CANDS = {"a": "a dog barks loudly while a man talks", "b": "water is running from a faucet"}
 REFS = EXAMPLE_REFS
@@ -258,7 +258,7 @@ def test_failing_jars_are_one_clear_error(
 
 
 def test_bertscore_column_through_bertscore_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    import audiocap_cli
+    import audiocap_cli.text
 
     calls = []
 
@@ -271,11 +271,11 @@ def test_bertscore_column_through_bertscore_contract(monkeypatch: pytest.MonkeyP
             ]
         )
 
-    fake = types.ModuleType("audiocap_cli.bertscore")
+    fake = types.ModuleType("audiocap_cli.text.bertscore")
     fake.multi_ref_bertscore = multi_ref_bertscore  # type: ignore[attr-defined]
     fake.BertScoreConfig = lambda: "default-cfg"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "audiocap_cli.bertscore", fake)
-    monkeypatch.setattr(audiocap_cli, "bertscore", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "audiocap_cli.text.bertscore", fake)
+    monkeypatch.setattr(audiocap_cli.text, "bertscore", fake, raising=False)
     out = M.score_batch({"x": (CANDS, REFS), "y": ({"a": "dog"}, REFS)}, metrics=("bertscore",),
                         java="/no/java/needed")  # fmt: skip
     assert len(calls) == 1 and calls[0][2] == "default-cfg"  # one batched call, raw text

@@ -320,8 +320,8 @@ def test_label_grounded_bootstrap(tmp_path: Path, env: dict[str, str], workspace
     """`bootstrap` on a manifest with a mids column builds the label-grounded captioner: its
     decoder in decoder/, `caption` and `eval` use it, and a rerun with the state kept trains
     nothing again."""
-    from audiocap_cli.captioner import Captioner
-    from audiocap_cli.decoder import GuidedDecoder
+    from audiocap_cli.generation.decoder import GuidedDecoder
+    from audiocap_cli.pipeline.captioner import Captioner
 
     manifest, env = labelled_manifest(tmp_path, env)
     m = tmp_path / "boot"

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from audiocap_cli.raycaption import CaptionActor
-from audiocap_cli.records import CaptionRecord
+from audiocap_cli.pipeline.records import CaptionRecord
+from audiocap_cli.scale.raycaption import CaptionActor
 
 
 class _FakeCaptioner:

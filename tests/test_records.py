@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from audiocap_cli.errors import MetricsError
-from audiocap_cli.records import (
+from audiocap_cli.pipeline.records import (
     CaptionRecord,
     Guide,
     RecordWriter,
@@ -121,8 +121,8 @@ def test_caption_record_json_line_format() -> None:
 
 
 def test_per_clip_scores_one_writer(tmp_path: Path) -> None:
-    from audiocap_cli.evaluate import write_per_clip
-    from audiocap_cli.metrics import MetricsResult
+    from audiocap_cli.evaluation.evaluate import write_per_clip
+    from audiocap_cli.evaluation.metrics import MetricsResult
 
     rows = {
         "Ours": MetricsResult(

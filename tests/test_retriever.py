@@ -12,7 +12,7 @@ import torch
 
 from audiocap_cli.config import load_config
 from audiocap_cli.errors import ConfigMismatchError, DatasetError, ModelNotFoundError
-from audiocap_cli.retriever import (
+from audiocap_cli.retrieval.retriever import (
     EmbedNet,
     RetrieverConfig,
     embed,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from audiocap_cli.errors import AudiocapError
-from audiocap_cli.shards import check, merge, parse_shard, select_shard, shard_of
+from audiocap_cli.scale.shards import check, merge, parse_shard, select_shard, shard_of
 
 
 def test_parse_shard() -> None:

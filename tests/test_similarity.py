@@ -1,4 +1,4 @@
-"""Tests of audiocap_cli.bertscore and .similarity: exact BERTScore, all-pairs labels,
+"""Tests of audiocap_cli.text.bertscore and .similarity: exact BERTScore, all-pairs labels,
 persistence, clip level.
 
 Reference values come from the bert_score package itself (run on the same tiny random model
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from audiocap_cli import bertscore as B
-from audiocap_cli import similarity as S
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError, ModelNotFoundError
+from audiocap_cli.text import bertscore as B
+from audiocap_cli.text import similarity as S
 
 TOL = 1e-5
 WORDS = (

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from audiocap_cli import textembed
 from audiocap_cli.errors import ConfigMismatchError, ModelNotFoundError
-from audiocap_cli.textembed import SentenceEncoder, encode_cached
+from audiocap_cli.text import embed as textembed
+from audiocap_cli.text.embed import SentenceEncoder, encode_cached
 
 # Reference: sentence-transformers 6.2.0 SentenceTransformer(<shipped minilm>).encode(TEXTS)
 # (first 8 dims, and the cosine matrix), run once on CPU.

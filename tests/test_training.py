@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from audiocap_cli.errors import ModelNotFoundError
-from audiocap_cli.training import RunDir, RunState
+from audiocap_cli.training.rundir import RunDir, RunState
 
 
 class _Payload:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiocap_cli import zeroshot as zs
 from audiocap_cli.config import check_config, load_config, save_config
 from audiocap_cli.errors import ConfigMismatchError
+from audiocap_cli.retrieval import zeroshot as zs
 
 C = zs.NUM_CLASSES
 E = 384

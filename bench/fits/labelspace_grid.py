@@ -23,9 +23,10 @@ if not SHARED.is_dir():
 
 from bootstrap_report import load_clips, yamnet_scores  # noqa: E402
 
-from audiocap_cli import grounded, metrics  # noqa: E402
-from audiocap_cli import labelspace as ls  # noqa: E402
-from audiocap_cli.agreement import ngram_idf  # noqa: E402
+from audiocap_cli.evaluation import metrics
+from audiocap_cli.retrieval import labelspace as ls  # noqa: E402
+from audiocap_cli.text.agreement import ngram_idf  # noqa: E402
+from audiocap_cli.training import grounded  # noqa: E402
 
 trl = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
 val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")

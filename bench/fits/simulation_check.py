@@ -27,8 +27,8 @@ if not (ROOT.parent / "shared" / "data").is_dir():
 
 from bootstrap_report import load_clips, yamnet_scores  # noqa: E402
 
-from audiocap_cli import grounded  # noqa: E402
-from audiocap_cli.zeroshot import class_names  # noqa: E402
+from audiocap_cli.retrieval.zeroshot import class_names  # noqa: E402
+from audiocap_cli.training import grounded  # noqa: E402
 
 CLASS = {
     "cat": "Cat",

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "bench" / "quality"))
 
-from audiocap_cli import agreement  # noqa: E402
-from audiocap_cli import zeroshot as zs  # noqa: E402
-from audiocap_cli.textembed import encode_cached  # noqa: E402
+from audiocap_cli.retrieval import zeroshot as zs  # noqa: E402
+from audiocap_cli.text import agreement  # noqa: E402
+from audiocap_cli.text.embed import encode_cached  # noqa: E402
 
 # The variants compared by default: the chosen default and one of each family.
 BASE = zs.ZeroShotConfig()
@@ -102,8 +102,8 @@ def yamnet_scores(clips: list[dict], work: Path) -> list[np.ndarray]:
     if missing:
         import torch
 
-        from audiocap_cli import audio
-        from audiocap_cli.encoders import load_encoder
+        from audiocap_cli.audio import io as audio
+        from audiocap_cli.audio.encoders import load_encoder
 
         enc = load_encoder("yamnet")
         for c in missing:
@@ -128,7 +128,7 @@ def cider_d(systems: dict[str, list[str]], clips: list[dict]) -> dict[str, float
     """Corpus CIDEr-D of each system against the label-written captions (metrics module)."""
     refs = {c["id"]: c["captions"] for c in clips}
     try:
-        from audiocap_cli.metrics import score_batch
+        from audiocap_cli.evaluation.metrics import score_batch
 
         jobs = {
             name: ({c["id"]: p for c, p in zip(clips, preds)}, refs)

@@ -52,13 +52,13 @@ sys.path.insert(0, str(ROOT / "bench" / "quality"))
 from bootstrap_report import load_clips, names_source  # noqa: E402
 from sounds_dataset import kinds  # noqa: E402
 
-from audiocap_cli import grounded  # noqa: E402
-from audiocap_cli.agreement import is_content_word  # noqa: E402
-from audiocap_cli.captioner import Captioner, CaptionOptions  # noqa: E402
-from audiocap_cli.decoding import DecodingOptions, choose  # noqa: E402
-from audiocap_cli.metrics import score_batch  # noqa: E402
-from audiocap_cli.models import resolve  # noqa: E402
-from audiocap_cli.retrieval import LabelSpace  # noqa: E402
+from audiocap_cli.evaluation.metrics import score_batch  # noqa: E402
+from audiocap_cli.generation.decoding import DecodingOptions, choose  # noqa: E402
+from audiocap_cli.pipeline.captioner import Captioner, CaptionOptions  # noqa: E402
+from audiocap_cli.pipeline.registry import resolve  # noqa: E402
+from audiocap_cli.retrieval.kinds import LabelSpace  # noqa: E402
+from audiocap_cli.text.agreement import is_content_word  # noqa: E402
+from audiocap_cli.training import grounded  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 COLUMNS = (

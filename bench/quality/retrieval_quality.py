@@ -22,12 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sounds_dataset  # noqa: E402
 
-from audiocap_cli import workflows  # noqa: E402
+from audiocap_cli.audio.features import FeatureCache  # noqa: E402
 from audiocap_cli.config import fingerprint  # noqa: E402
 from audiocap_cli.datasets import load_split  # noqa: E402
-from audiocap_cli.features import FeatureCache  # noqa: E402
-from audiocap_cli.model import ModelConfig, ModelDir  # noqa: E402
-from audiocap_cli.retriever import embed, load_retriever, mean_pool  # noqa: E402
+from audiocap_cli.pipeline.modeldir import ModelConfig, ModelDir  # noqa: E402
+from audiocap_cli.retrieval.retriever import embed, load_retriever, mean_pool  # noqa: E402
+from audiocap_cli.training import workflows  # noqa: E402
 
 
 def precision(

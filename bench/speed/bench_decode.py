@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiocap_cli.decoder import DecoderConfig, GuidedDecoder, load_decoder
-from audiocap_cli.decoding import DecodingOptions, decode, decode_naive
-from audiocap_cli.lm import load_lm
+from audiocap_cli.generation.decoder import DecoderConfig, GuidedDecoder, load_decoder
+from audiocap_cli.generation.decoding import DecodingOptions, decode, decode_naive
+from audiocap_cli.generation.lm import load_lm
 
 FRAMES_10S = 20  # YAMNet: 0.96 s windows at 0.48 s hop -> 20 frames in 10 s
 YAMNET_DIM = 1024

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiocap_cli.index import CaptionIndex, IndexConfig
+from audiocap_cli.retrieval.index import CaptionIndex, IndexConfig
 
 LATENT = 64  # intrinsic dimension of the clustered data
 CLUSTERS = 1000  # ~50 clips per "sound" at 50k, like AudioCaps' recurring events

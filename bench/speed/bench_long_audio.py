@@ -42,7 +42,7 @@ GOAL_BYTES = 1.5e9
 # Child program for --stub-yamnet: `audiocap` with YAMNet's network replaced (see above).
 STUB = """
 import sys, torch
-from audiocap_cli.encoders import yamnet
+from audiocap_cli.audio.encoders import yamnet
 def forward_patches(self, x):  # [P, 1, frames, bands] -> [P, D], [P, C], cheap
     e = x.mean(dim=(1, 2, 3))[:, None].expand(x.shape[0], self.config.dim).contiguous()
     return e, torch.sigmoid(e[:, : self.config.num_classes])

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiocap_cli import bertscore as B
-from audiocap_cli import similarity as S
+from audiocap_cli.text import bertscore as B
+from audiocap_cli.text import similarity as S
 
 DEFAULT_CSV = (
     Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiocap_cli.encoders import load_encoder
-from audiocap_cli.encoders.yamnet import load_yamnet
+from audiocap_cli.audio.encoders import load_encoder
+from audiocap_cli.audio.encoders.yamnet import load_yamnet
 from audiocap_cli.resources import shipped
 
 SR = 16000

@@ -12,19 +12,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .captioner import Captioner
+    from .pipeline.captioner import Captioner
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(model: str | Path | None = None, **options: Any) -> Captioner:
-    """A :class:`~audiocap_cli.captioner.Captioner` of ``model``, resolved as ``audiocap
+    """A :class:`~audiocap_cli.pipeline.captioner.Captioner` of ``model``, resolved as ``audiocap
     caption -m`` does it (a model directory or a name; None: ``$AUDIOCAP_MODEL``, else the
     shipped default, built into the cache on first use).
 
-    ``options``: fields of :class:`~audiocap_cli.captioner.CaptionOptions` (``batch_size``,
+    ``options``: fields of :class:`~audiocap_cli.pipeline.captioner.CaptionOptions` (``batch_size``,
     ``k``, ``long_audio``, ``hop_seconds``, ``device``, ``decoding``) or of
-    :class:`~audiocap_cli.decoding.DecodingOptions` (``beam_size``, ``select``, ...), which go
+    :class:`~audiocap_cli.generation.decoding.DecodingOptions` (``beam_size``, ``select``, ...), which go
     into its ``decoding``; unnamed ones keep ``caption``'s defaults.
 
     >>> cap = audiocap_cli.load()
@@ -33,8 +35,8 @@ def load(model: str | Path | None = None, **options: Any) -> Captioner:
     """
     import dataclasses
 
-    from .captioner import Captioner, CaptionOptions
-    from .models import resolve
+    from .pipeline.captioner import Captioner, CaptionOptions
+    from .pipeline.registry import resolve
 
     top = {f.name for f in dataclasses.fields(CaptionOptions)}
     search = {f.name for f in dataclasses.fields(CaptionOptions().decoding)} - top

@@ -26,8 +26,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from . import __version__
 from .errors import AudiocapError
+from .version import __version__
 
 app = typer.Typer(
     name="audiocap",
@@ -71,7 +71,7 @@ def _root(
 @contextlib.contextmanager
 def reporter(quiet: bool = False) -> Iterator["object"]:
     """A workflows.Reporter drawing rich progress bars and notes on stderr."""
-    from .workflows import Reporter
+    from .training.workflows import Reporter
 
     columns = (
         TextColumn("{task.description}"),
@@ -97,14 +97,14 @@ def reporter(quiet: bool = False) -> Iterator["object"]:
 def training(quiet: bool = False) -> Iterator["object"]:
     """A training command's reporter. Under ``torchrun`` it joins the process group for the
     command (see distributed.py) and only rank 0 reports."""
-    from . import distributed
+    from .scale import distributed
 
     with distributed.session(), reporter(quiet or not distributed.is_main()) as rep:
         yield rep
 
 
 def _model_cfg(encoder: str, encoder_weights: Optional[str], clip_seconds: float, k: int):
-    from .model import ModelConfig
+    from .pipeline.modeldir import ModelConfig
 
     return ModelConfig(
         encoder=encoder, encoder_weights=encoder_weights, clip_seconds=clip_seconds, k=k
@@ -125,7 +125,7 @@ def _positive(value: Optional[float]) -> Optional[float]:
 def _shard(value: Optional[str]) -> Optional[str]:
     """``--shard I/N`` checked at parse time (a usage error, exit 2)."""
     if value is not None:
-        from .shards import parse_shard
+        from .scale.shards import parse_shard
 
         try:
             parse_shard(value)
@@ -225,8 +225,8 @@ def train_retriever(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Train the triplet retriever on caption-similarity labels (paper, sec. 3.2)."""
-    from . import workflows
-    from .similarity import SimilarityConfig
+    from .text.similarity import SimilarityConfig
+    from .training import workflows
 
     sim = SimilarityConfig(
         model=similarity_model,
@@ -281,7 +281,7 @@ def build_index(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Embed every clip of a dataset split into a persistent hnswlib index of captions."""
-    from . import workflows
+    from .training import workflows
 
     cfg = _model_cfg(encoder, encoder_weights, clip_seconds, k)
     with reporter(quiet) as rep:
@@ -339,7 +339,7 @@ def train_decoder(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Train the guided decoder on a frozen language model (paper, sec. 3.3)."""
-    from . import workflows
+    from .training import workflows
 
     with training(quiet) as rep:
         run = workflows.train_decoder(
@@ -409,7 +409,7 @@ def bootstrap(
 ) -> None:
     """Build a captioner from a caption corpus without audio: label-grounded when its clips have
     AudioSet labels (AudioCaps), else the zero-shot text bridge. Says which it built."""
-    from . import workflows
+    from .training import workflows
 
     with reporter(quiet) as rep:
         workflows.bootstrap(
@@ -495,15 +495,15 @@ def caption(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Caption audio files: one JSON line per clip (or window) on stdout."""
-    from .captioner import Captioner, CaptionOptions, caption_files
-    from .decoding import DecodingOptions
-    from .records import RecordWriter, expand_inputs
+    from .generation.decoding import DecodingOptions
+    from .pipeline.captioner import Captioner, CaptionOptions, caption_files
+    from .pipeline.records import RecordWriter, expand_inputs
 
     if resume and output is None:
         fatal("--resume needs -o FILE", 2)
     paths = expand_inputs(inputs, sys.stdin)
     if shard is not None:
-        from .shards import parse_shard, select_shard
+        from .scale.shards import parse_shard, select_shard
 
         paths = select_shard(paths, *parse_shard(shard))
     if not paths and shard is None:
@@ -569,13 +569,13 @@ def _caption_ray(
     quiet: bool,
 ) -> None:
     """``caption --ray``: the same records and writer, captioned by a Ray actor pool."""
-    from .records import RecordWriter
+    from .pipeline.records import RecordWriter
 
     try:
         import ray  # noqa: F401
     except ImportError:
         fatal("--ray needs Ray: pip install 'audiocap-cli[ray]'", 2)
-    from . import raycaption
+    from .scale import raycaption
 
     raycaption.init(
         address, num_cpus=max(1, int(workers * cpus)) if address == "local" else None, quiet=quiet
@@ -610,8 +610,8 @@ def merge(
 ) -> None:
     """Concatenate shard outputs to stdout after checking that no record is duplicated or cut
     short and (with --expect) that no input is missing; on a problem write nothing, exit 1."""
-    from .records import expand_inputs
-    from .shards import merge as merge_files
+    from .pipeline.records import expand_inputs
+    from .scale.shards import merge as merge_files
 
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -663,8 +663,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Score captions with BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr (pycocoevalcap 1.2)."""
-    from . import evaluate as ev
-    from . import workflows
+    from .evaluation import evaluate as ev
+    from .training import workflows
 
     if dataset is None and model is None and not os.environ.get("AUDIOCAP_MODEL"):
         fatal(
@@ -699,7 +699,7 @@ def evaluate(
 
 def _use_model(model: Optional[str], quiet: bool = False) -> Path:
     """-m (a directory or a name), else $AUDIOCAP_MODEL, else the shipped default."""
-    from .models import resolve
+    from .pipeline.registry import resolve
 
     with reporter(quiet) as rep:  # a bar only when a shipped model is built on first use
         return resolve(model, say=rep.say, progress=rep.progress)
@@ -710,7 +710,7 @@ def models_(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per model on stdout."),
 ) -> None:
     """List the installed models: name, path, size, training data and validation scores."""
-    from .models import DEFAULT_MODEL, list_models
+    from .pipeline.registry import DEFAULT_MODEL, list_models
 
     for m in list_models():
         row = {

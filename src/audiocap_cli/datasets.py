@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .audio import AUDIO_EXTENSIONS
+from .audio.io import AUDIO_EXTENSIONS
 from .errors import DatasetError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

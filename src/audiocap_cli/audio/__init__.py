@@ -1,0 +1,1 @@
+"""Audio in: decoding and resampling files, frozen encoders, cached frame features."""

@@ -1,0 +1,1 @@
+"""Scoring captions: pure metric functions and the paper's evaluation scopes."""

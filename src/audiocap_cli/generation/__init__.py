@@ -1,0 +1,1 @@
+"""Writing captions: the frozen LM, its cached features, the guided decoder, beam search."""

@@ -1,0 +1,1 @@
+"""Finding guidance: the caption index, the retrieval kinds, label space, the text bridge."""

@@ -1,0 +1,1 @@
+"""Beyond one process: shards, torchrun data parallelism, Ray Data."""

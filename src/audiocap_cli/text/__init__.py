@@ -1,0 +1,1 @@
+"""Caption text: agreement (CIDEr-D, F-mean), sentence embeddings, BERTScore, similarity labels."""

@@ -1,0 +1,1 @@
+"""Training loops and training-only data: run state, label-grounded bootstrap, AudioSet labels."""

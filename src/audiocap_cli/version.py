@@ -1,0 +1,4 @@
+"""The package version, in a module of its own so that any module can read it without importing
+the package root (whose ``load`` imports the captioning pipeline)."""
+
+__version__ = "0.1.0"
