@@ -82,3 +82,18 @@ def test_merge_cli(tmp_path: Path) -> None:
     assert [json.loads(line)["caption"] for line in r.stdout.splitlines()] == ["c", "d"]
     r = run(a, "--expect", str(tmp_path))
     assert r.returncode == 1 and r.stdout == "" and "1 missing input" in r.stderr
+
+
+def test_shard_rule_is_the_documented_one() -> None:
+    """docs/scale.md states the rule so that other tools can split the same way: the first 8
+    bytes of SHA-256(path as UTF-8), big-endian, mod N, plus 1 (pinned with literal digests)."""
+    import hashlib
+
+    for path in ["a.wav", "clips/dog barking.flac", "/data/ü/x.mp3", "x" * 300]:
+        for n in (1, 2, 3, 7, 64):
+            d = hashlib.sha256(path.encode("utf-8")).digest()
+            assert shard_of(path, n) == int.from_bytes(d[:8], "big") % n + 1
+    # literal values, so that a change of rule fails here even if the loop above changed with it
+    names = ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
+    assert [shard_of(p, 7) for p in names] == [4, 3, 3, 2, 7]
+    assert [shard_of(p, 3) for p in names] == [1, 2, 3, 1, 1]

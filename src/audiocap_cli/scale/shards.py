@@ -34,7 +34,8 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 
 def shard_of(path: str, n: int) -> int:
-    """The 1-based shard of ``path`` among ``n``: SHA-256 of its UTF-8 bytes, mod ``n``."""
+    """The 1-based shard of ``path`` among ``n``: the first 8 bytes of the SHA-256 digest of its
+    UTF-8 bytes (surrogateescape), read as a big-endian unsigned integer, mod ``n``, plus 1."""
     digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") % n + 1
 
