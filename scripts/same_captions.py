@@ -65,8 +65,8 @@ def main() -> int:
         pairs = [(args.before, args.after)]
     bad = 0
     for a, b in pairs:
-        if not a.is_file() or not b.is_file():
-            print(f"missing: {a if not a.is_file() else b}", file=sys.stderr)
+        if not a.exists() or not b.exists():
+            print(f"missing: {a if not a.exists() else b}", file=sys.stderr)
             bad += 1
             continue
         bad += compare(a, b, ignore, args.show)

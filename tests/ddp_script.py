@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 
-from audiocap_cli.generation.decoder import DecoderConfig, DecoderTrainConfig, train_decoder
+from audiocap_cli.generation.decoder import DecoderConfig
 from audiocap_cli.generation.lm import load_lm
-from audiocap_cli.retrieval.retriever import RetrieverConfig, train_retriever
+from audiocap_cli.retrieval.retriever import RetrieverConfig
 from audiocap_cli.scale import distributed
+from audiocap_cli.training.decoder import DecoderTrainConfig, train_decoder
+from audiocap_cli.training.retriever import train_retriever
 
 WORDS = ["dog", "rain", "car", "bird"]
 

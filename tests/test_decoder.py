@@ -13,15 +13,9 @@ from _shared import D_A, make_decoder
 from safetensors.torch import load_file
 
 from audiocap_cli.errors import AudiocapError, ConfigMismatchError, DatasetError, ModelNotFoundError
-from audiocap_cli.generation.decoder import (
-    DecoderConfig,
-    DecoderTrainConfig,
-    draw_guidance,
-    load_decoder,
-    lr_at,
-    train_decoder,
-)
+from audiocap_cli.generation.decoder import DecoderConfig, load_decoder
 from audiocap_cli.generation.lm import FrozenLM, load_lm
+from audiocap_cli.training.decoder import DecoderTrainConfig, draw_guidance, lr_at, train_decoder
 from audiocap_cli.training.rundir import RunDir
 
 make = make_decoder

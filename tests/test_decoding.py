@@ -15,11 +15,9 @@ from _shared import D_A, make_decoder
 from audiocap_cli.errors import AudiocapError
 from audiocap_cli.generation.decoder import (
     DecoderConfig,
-    DecoderTrainConfig,
     GuidedDecoder,
     export_float16,
     load_decoder,
-    train_decoder,
 )
 from audiocap_cli.generation.decoding import (
     DecodingOptions,
@@ -29,6 +27,7 @@ from audiocap_cli.generation.decoding import (
     decode_naive,
 )
 from audiocap_cli.generation.lm import FrozenLM
+from audiocap_cli.training.decoder import DecoderTrainConfig, train_decoder
 from audiocap_cli.training.grounded import vocabulary
 
 GUIDANCE = [

@@ -13,18 +13,13 @@ import torch
 from _shared import D_A
 
 from audiocap_cli.errors import ModelNotFoundError
-from audiocap_cli.generation.decoder import (
-    DecoderConfig,
-    DecoderTrainConfig,
-    GuidedDecoder,
-    load_decoder,
-    train_decoder,
-)
+from audiocap_cli.generation.decoder import DecoderConfig, GuidedDecoder, load_decoder
 from audiocap_cli.generation.decoding import DecodingOptions, decode
 from audiocap_cli.generation.lm import FrozenLM
 from audiocap_cli.generation.lmfeatures import LMFeatureStore
 from audiocap_cli.retrieval import labelspace as ls
 from audiocap_cli.training import audioset, grounded
+from audiocap_cli.training.decoder import DecoderTrainConfig, train_decoder
 
 # Three real YAMNet mids (class index in yamnet_class_map.csv): Speech 0, Dog 69, Rain 289;
 # /m/05zppz (Male speech) is one of the AudioSet classes YAMNet lacks.

@@ -18,11 +18,9 @@ from audiocap_cli.retrieval.retriever import (
     embed,
     load_retriever,
     mean_pool,
-    precision_at_1,
     retriever_id,
-    train_retriever,
-    triplet_loss,
 )
+from audiocap_cli.training.retriever import precision_at_1, train_retriever, triplet_loss
 
 # Tiny but structured: 4 frames of 64 dims, 8 classes whose signal sits in 8 dims under a
 # large per-clip offset in the other 56 (so mean pooling retrieves poorly and a learned

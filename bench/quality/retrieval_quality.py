@@ -26,6 +26,7 @@ from audiocap_cli.audio.features import FeatureCache  # noqa: E402
 from audiocap_cli.config import fingerprint  # noqa: E402
 from audiocap_cli.datasets import load_split  # noqa: E402
 from audiocap_cli.pipeline.modeldir import ModelConfig, ModelDir  # noqa: E402
+from audiocap_cli.pipeline.runs import Reporter, clip_features  # noqa: E402
 from audiocap_cli.retrieval.retriever import embed, load_retriever, mean_pool  # noqa: E402
 from audiocap_cli.training import workflows  # noqa: E402
 
@@ -69,10 +70,10 @@ def main() -> int:
     cfg = md.load()
     encoder = workflows._encoder_for(cfg)
     cache = FeatureCache()
-    rep = workflows.Reporter()
+    rep = Reporter()
     train, test = load_split(data, "train"), load_split(data, "test")
-    tr, _ = workflows.clip_features(train, encoder, cfg, cache, rep, "train")
-    te, _ = workflows.clip_features(test, encoder, cfg, cache, rep, "test")
+    tr, _ = clip_features(train, encoder, cfg, cache, rep, "train")
+    te, _ = clip_features(test, encoder, cfg, cache, rep, "test")
     tr_lab = [labels[c.id] for c in train]
     keep = [i for i, c in enumerate(test) if labels[c.id] in set(tr_lab)]
     te, te_lab = te[keep], [labels[test[i].id] for i in keep]

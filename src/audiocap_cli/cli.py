@@ -70,8 +70,8 @@ def _root(
 
 @contextlib.contextmanager
 def reporter(quiet: bool = False) -> Iterator["object"]:
-    """A workflows.Reporter drawing rich progress bars and notes on stderr."""
-    from .training.workflows import Reporter
+    """A pipeline.runs.Reporter drawing rich progress bars and notes on stderr."""
+    from .pipeline.runs import Reporter
 
     columns = (
         TextColumn("{task.description}"),
@@ -664,7 +664,7 @@ def evaluate(
 ) -> None:
     """Score captions with BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr (pycocoevalcap 1.2)."""
     from .evaluation import evaluate as ev
-    from .training import workflows
+    from .evaluation import run as eval_run
 
     if dataset is None and model is None and not os.environ.get("AUDIOCAP_MODEL"):
         fatal(
@@ -673,11 +673,11 @@ def evaluate(
         )
     if predictions is None:
         model = str(_use_model(model, quiet))
-    dataset, recorded = workflows.eval_dataset(dataset, model)
+    dataset, recorded = eval_run.eval_dataset(dataset, model)
     if recorded:
         err.print(f"audiocap: dataset {dataset} (recorded in model {model})", markup=False)
     with reporter(quiet) as rep:
-        rows = workflows.evaluate(
+        rows = eval_run.evaluate(
             dataset,
             split,
             model=model,

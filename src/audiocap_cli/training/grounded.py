@@ -29,7 +29,7 @@ from ..retrieval import labelspace as ls
 from . import audioset, labelsim
 
 if TYPE_CHECKING:  # the decoder module imports torch: only when a decoder is trained
-    from ..generation.decoder import DecoderTrainConfig
+    from .decoder import DecoderTrainConfig
 
 # Seeds of the label -> score simulation: training and validation draw different noise.
 TRAIN_SIM_SEED = 0
@@ -361,7 +361,7 @@ class DecoderJob:
 
     def train(self, out_dir: Path, epochs: int, seed: int, keep_state: bool) -> Path:
         """Teacher forcing of one decoder (``seed``: its init, shuffling and dropout) into ``out_dir``."""
-        from ..generation.decoder import DecoderTrainConfig, train_decoder
+        from .decoder import DecoderTrainConfig, train_decoder
 
         p = self.plan
         tcfg = dataclasses.replace(
