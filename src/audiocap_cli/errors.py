@@ -43,6 +43,10 @@ class EmptyAudioError(AudioError):
     """The file decodes to zero samples or zero channels."""
 
 
+class TooShortAudioError(EmptyAudioError):
+    """The file decodes to fewer than ``audio.io.MIN_SECONDS`` of audio: too short to caption."""
+
+
 class InvalidAudioError(AudioError):
     """The samples or header are unusable (NaN/inf samples, zero sample rate...)."""
 

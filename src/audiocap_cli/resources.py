@@ -11,7 +11,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, UsageError
 
 # package -> (pip requirement, path of the resource inside the package folder)
 _SHIPPED: dict[str, tuple[str, str, str]] = {
@@ -45,5 +45,11 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "audiocap"
     )
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a regular file there, no permission...: a configuration problem
+        why = "not a folder" if path.exists() and not path.is_dir() else e.strerror or str(e)
+        raise UsageError(
+            f"cache folder {path} ($AUDIOCAP_CACHE, else $XDG_CACHE_HOME/audiocap): {why}"
+        ) from None
     return path

@@ -25,13 +25,13 @@ from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import firwin, resample_poly
 
 from ..errors import (
     AudiocapError,
     AudioNotFoundError,
     EmptyAudioError,
     InvalidAudioError,
+    TooShortAudioError,
     UnsupportedAudioError,
 )
 
@@ -149,6 +149,10 @@ def _lowpass(up: int, down: int) -> np.ndarray:
     """resample_poly's default anti-aliasing FIR (Kaiser beta 5, 10 zero crossings per side),
     designed once per rate pair: designing it costs more than filtering a 10 s clip."""
     max_rate = max(up, down)
+    from scipy.signal import (
+        firwin,
+    )  # lazy: scipy.signal takes ~1 s to import, most clips need no resampling
+
     h = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
     h.flags.writeable = False  # shared between calls; resample_poly copies it
     return h
@@ -161,13 +165,35 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
         return wave
     g = math.gcd(orig_rate, new_rate)
     up, down = new_rate // g, orig_rate // g
+    from scipy.signal import resample_poly
+
     return resample_poly(wave, up, down, window=_lowpass(up, down)).astype(np.float32, copy=False)
 
 
-# Source frames decoded per read when streaming: 1 Mi frames is 22 s at 48 kHz, 4 MiB as mono
-# float32 (8 MiB more while a stereo block is averaged), large enough that per-read overhead
-# is nil.
+# Source frames decoded per read when streaming, at most: 1 Mi frames is 22 s at 48 kHz, 4 MiB as
+# mono float32, large enough that per-read overhead is nil.
 BLOCK_FRAMES = 1 << 20
+# ... and at most this many bytes of decoded float32 [frames, channels] per read, so that memory
+# does not grow with the channel count (1 Mi frames of 256 channels would be 1 GiB a block):
+# mono and stereo keep 1 Mi frames, 256 channels get 8 Ki frames.
+BLOCK_BYTES = 8 << 20
+
+# Header values accepted. Rates: the lowest real audio rate in use is 8 kHz (telephony; 1 kHz
+# leaves room for odd legacy files) and the highest any converter records is 768 kHz; a rate
+# beyond would only be a corrupt header, and the resampler's filter grows with it (a 2 GHz rate
+# asks scipy for a 298 GiB filter). Channels: 256 is more than any production format carries
+# (Ambisonics of order 15 has 256; WAVEX allows 65535), and memory per frame grows with them.
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 768000
+MAX_CHANNELS = 256
+# Shortest audio captioned: under 0.1 s (a click) there is nothing an encoder can hear, yet the
+# model would still write a confident caption.
+MIN_SECONDS = 0.1
+# A declared frame count this large is libsndfile's "unknown length" (SF_COUNT_MAX, e.g. a FLAC
+# whose STREAMINFO gives 0 total samples) or garbage: the length is then found by reading to EOF.
+_UNKNOWN_FRAMES = 1 << 62
+# Most windows a header's length may make room for up front (SegmentStream.expected): 2 h of
+# 10 s windows; longer files grow their room as they are read.
+_MAX_EXPECTED_WINDOWS = 720
 
 
 class _Decoder:
@@ -193,19 +219,31 @@ class _Decoder:
                 detail = "file is empty (0 bytes)"
             raise UnsupportedAudioError(p, f"not a readable audio file ({detail})") from e
         snd = self._snd
-        self.rate, self.channels, self.declared, self.format = (
-            snd.samplerate,
-            snd.channels,
-            snd.frames,
-            snd.format,
-        )
+        self.rate, self.channels, self.format = snd.samplerate, snd.channels, snd.format
+        # Frames the header declares, or None when unknown (see _UNKNOWN_FRAMES): never trusted
+        # to size an allocation, only to stop reading and (crop) to give the duration.
+        frames = snd.frames
+        self.declared: int | None = frames if 0 <= frames < _UNKNOWN_FRAMES else None
         self.read = 0  # frames decoded so far
-        self.eof = False  # True once every frame the header declares was asked for
-        if self.rate <= 0 or self.channels <= 0:
+        self.eof = False  # True once the real end of the data was reached
+        problem = None
+        if self.rate <= 0:
+            problem = InvalidAudioError(p, f"header gives an invalid sample rate ({self.rate} Hz)")
+        elif not MIN_SOURCE_RATE <= self.rate <= MAX_SOURCE_RATE:
+            problem = InvalidAudioError(
+                p,
+                f"header gives an unsupported sample rate ({self.rate} Hz; supported: "
+                f"{MIN_SOURCE_RATE}..{MAX_SOURCE_RATE} Hz)",
+            )
+        elif self.channels <= 0:
+            problem = EmptyAudioError(p, "has no audio channels")
+        elif self.channels > MAX_CHANNELS:
+            problem = UnsupportedAudioError(
+                p, f"has {self.channels} channels (at most {MAX_CHANNELS} are supported)"
+            )
+        if problem is not None:
             self.close()
-            if self.rate <= 0:
-                raise InvalidAudioError(p, f"header gives an invalid sample rate ({self.rate} Hz)")
-            raise EmptyAudioError(p, "has no audio channels")
+            raise problem
 
     def close(self) -> None:
         self._snd.close()
@@ -217,16 +255,34 @@ class _Decoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _read(self, want: int) -> np.ndarray:
+        """Up to ``want`` frames as float32 [n, C]. With an unknown length, by libsndfile's
+        sf_readf_float directly: soundfile's ``read`` seeks after reading, which fails at the
+        end of such a FLAC ("Internal psf_fseek() failed")."""
+        if self.declared is not None:
+            return self._snd.read(want, dtype="float32", always_2d=True)
+        out = np.empty((want, self.channels), dtype=np.float32)
+        lib, handle = sf._snd, self._snd._file  # type: ignore[attr-defined]
+        got = lib.sf_readf_float(handle, sf._ffi.cast("float *", out.ctypes.data), want)  # type: ignore[attr-defined]
+        if got < want and (err := lib.sf_error(handle)):
+            raise sf.LibsndfileError(err)
+        return out[:got]
+
     def blocks(self, limit: int | None = None, block: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
-        """Mono float32 blocks of up to ``block`` frames, in order, until ``limit`` frames or
-        the end the header declares (the length :func:`load` has always used). Reaching the
-        end runs the truncation checks; stopping at ``limit`` runs only the header's."""
-        end = self.declared if limit is None else min(limit, self.declared)
+        """Mono float32 blocks of up to ``block`` frames (fewer with many channels: at most
+        :data:`BLOCK_BYTES` decoded per read), in order, until ``limit`` frames or the end the
+        header declares (the length :func:`load` has always used), or EOF when the header gives
+        none. Reaching the end runs the truncation checks; stopping at ``limit`` runs only the
+        header's."""
+        block = max(1, min(block, BLOCK_BYTES // (4 * self.channels)))
+        end = self.declared if self.declared is not None else _UNKNOWN_FRAMES
+        if limit is not None:
+            end = min(limit, end)
         short = False
         while self.read < end and not short:
             want = min(block, end - self.read)
             try:
-                data = self._snd.read(want, dtype="float32", always_2d=True)  # [n, C]
+                data = self._read(want)  # [n, C]
             except Exception as e:  # LibsndfileError mid-stream (truncated FLAC...), MemoryError...
                 detail = getattr(e, "error_string", "") or str(e) or type(e).__name__
                 raise InvalidAudioError(
@@ -258,7 +314,7 @@ class _Decoder:
                 raise InvalidAudioError(
                     p, f"truncated: header declares {cut[0]} bytes of samples, file holds {cut[1]}"
                 )
-        elif full and self.format in ("MPEG", "MP3"):
+        elif full and declared is not None and self.format in ("MPEG", "MP3"):
             short = declared - read
             if short > max(
                 _LOSSY_SHORTFALL_FRACTION * declared, _LOSSY_SHORTFALL_SECONDS * self.rate
@@ -266,6 +322,10 @@ class _Decoder:
                 raise InvalidAudioError(
                     p, f"truncated: header declares {declared} frames, only {read} decode"
                 )
+        if full and read < MIN_SECONDS * self.rate:  # after the checks that say why
+            raise TooShortAudioError(
+                p, f"audio too short to caption ({read / self.rate:.3g} s < {MIN_SECONDS:g} s)"
+            )
 
 
 def _check_rate(p: Path, sample_rate: int) -> None:
@@ -474,9 +534,15 @@ class SegmentStream:
         with _Decoder(p) as dec:
             g = math.gcd(dec.rate, sr)
             up, down = sr // g, dec.rate // g
-            self.expected = len(window_starts(-(-dec.declared * up // down), policy, sr))
+            # The header's length only sizes room for features (which grows past it), so it
+            # is bounded: a lying header (an MP3's Xing frame count) cannot size an allocation.
+            hint = -(-(dec.declared or 0) * up // down)
+            hint = min(hint, _MAX_EXPECTED_WINDOWS * hop + n)
+            self.expected = len(window_starts(hint, policy, sr))
             limit = None
-            if policy.long_audio == "crop":  # source frames whose outputs settle [0, n)
+            # crop: source frames whose outputs settle [0, n); with no length in the header,
+            # the whole file is read (and discarded past the window) to find its duration.
+            if policy.long_audio == "crop" and dec.declared is not None:
                 limit = 1 + -(-((n - 1) * down + 10 * max(up, down)) // up)
             buf, buf0, total, k = np.zeros(0, dtype=np.float32), 0, 0, 0  # k: windows yielded
             last = 1 if policy.long_audio == "crop" else None  # windows known up front
@@ -498,7 +564,8 @@ class SegmentStream:
                     buf, buf0 = buf[keep - buf0 :], keep
             eof, declared = dec.eof, dec.declared
         if not eof:  # crop stopped early: the header gives the length
-            total = max(total, -(-max(declared, limit or 0) * up // down))
+            assert declared is not None and limit is not None
+            total = max(total, -(-max(declared, limit) * up // down))
         starts = window_starts(total, policy, sr)
         assert k <= len(starts), "a window was yielded that the file's end would drop"
         for s in starts[k:].tolist():

@@ -420,6 +420,19 @@ def check_lm(folder: Path, lm: FrozenLM) -> None:
         )
 
 
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a decoder's safetensors file; a damaged one is a one-line error naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelNotFoundError(
+            f"{path}: damaged decoder weights ({first}); retrain or reinstall the model"
+        ) from None
+
+
 def load_decoder(
     folder: str | Path,
     lm: FrozenLM | None = None,
@@ -433,9 +446,11 @@ def load_decoder(
         check_config(expected, cfg, f"decoder at {folder}")
     if not (folder / DECODER_WEIGHTS).is_file():
         raise ModelNotFoundError(f"{folder / DECODER_WEIGHTS}: decoder weights not found")
+    weights = _read_weights(folder / DECODER_WEIGHTS)  # before the LM: a damaged file fails fast
     lm = lm if lm is not None else load_lm(cfg.lm, device)
     check_lm(folder, lm)
-    weights = load_file(str(folder / DECODER_WEIGHTS), device=str(lm.device))
+    if lm.device != torch.device("cpu"):
+        weights = {k: v.to(lm.device) for k, v in weights.items()}
     dec = GuidedDecoder(cfg, lm, weights.get("vocab_ids"))
     dec.load_state_dict(weights)  # float16 (shipped) weights are cast to the float32 parameters
     return dec.eval()

@@ -265,11 +265,21 @@ def _converted_smollm2() -> Path:
 
 
 def _from_pretrained(source: str) -> tuple[nn.Module, Any]:
+    import pickle
+    import warnings
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        with warnings.catch_warnings():  # torch's note on a refused pickle's protocol: noise
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            tok = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused a .bin pickle
+        raise ModelNotFoundError(
+            f"language model {source!r} could not be loaded: its weights are a pickle torch "
+            "will not load safely (weights_only); give a folder with model.safetensors"
+        ) from e
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelNotFoundError(f"language model {source!r} could not be loaded: {first}") from e

@@ -276,8 +276,9 @@ def caption_files(
 def pending(
     paths: Sequence[str], writer: RecordWriter, advance: Callable[[int], None] | None = None
 ) -> list[str]:
-    """The paths not yet in ``writer.done`` (a resumed output); the others count as progress."""
-    todo = [p for p in paths if p not in writer.done]
+    """The paths not yet in ``writer.done`` (a resumed output; compared by the file they name,
+    whatever the spelling: RecordWriter.is_done); the others count as progress."""
+    todo = [p for p in paths if not writer.is_done(p)]
     if advance is not None and len(todo) < len(paths):
         advance(len(paths) - len(todo))
     return todo

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,42 +24,96 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from ..audio.io import AUDIO_EXTENSIONS
-from ..errors import MetricsError
+from ..errors import MetricsError, UsageError
+
+#: Longest line ``-`` reads from stdin as one path, in characters (Linux's PATH_MAX is 4096
+#: bytes): a longer line is no path, and reading on would let /dev/zero eat all memory.
+MAX_PATH_CHARS = 4096
+#: Most paths ``-`` reads from stdin (a list far beyond any real batch is a mistake, not work).
+MAX_STDIN_PATHS = 10_000_000
+
+
+def file_key(path: str) -> str:
+    """The file a path names, whatever its spelling (``a.wav``, ``./a.wav``, ``d/../a.wav``, its
+    absolute path, a symlink to it): the key inputs are de-duplicated and resumed by. Relative
+    paths are resolved against the current directory."""
+    return os.path.realpath(path)
+
+
+def _looks_like_audio(path: str) -> bool:
+    return os.path.basename(os.path.normpath(path)).lower().endswith(AUDIO_EXTENSIONS)
+
+
+def _stdin_paths(stdin: TextIO) -> Iterator[str]:
+    """Non-blank lines of ``stdin``, read in bounded memory: a line longer than
+    :data:`MAX_PATH_CHARS`, holding a NUL, not text, or more than :data:`MAX_STDIN_PATHS`
+    paths is a UsageError (``caption - < /dev/zero`` must fail at once, not exhaust memory)."""
+    count = 0
+    for no in itertools.count(1):
+        try:
+            line = stdin.readline(MAX_PATH_CHARS + 2)  # room for the path and its "\r\n"
+        except UnicodeDecodeError as e:
+            raise UsageError(f"stdin: line {no} is not UTF-8 text ({e.reason})") from e
+        if not line:
+            return
+        path = line.rstrip("\r\n")
+        if len(path) > MAX_PATH_CHARS:
+            raise UsageError(
+                f"stdin: line {no} is longer than {MAX_PATH_CHARS} characters "
+                "(- reads one path per line)"
+            )
+        if "\0" in path:
+            raise UsageError(f"stdin: line {no} holds a NUL character (- reads one path per line)")
+        if path.strip():
+            count += 1
+            if count > MAX_STDIN_PATHS:
+                raise UsageError(f"stdin: more than {MAX_STDIN_PATHS} paths")
+            yield path
 
 
 def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> list[str]:
     """Files, directories (recursive, audio extensions only, sorted), globs, and ``-``.
 
-    ``-`` reads one path per line from ``stdin``. Paths are returned as given (not resolved),
-    in order, without duplicates. A path that does not exist, or a glob matching nothing, is
-    kept as is, so that it yields an error record rather than vanishing silently; so is
-    anything inside a directory whose name looks like audio but which is no regular file (a
-    FIFO, socket or device, a subdirectory named ``x.wav``, still searched itself). Nothing is
-    opened here: audio.open_regular refuses those later, one error record each.
+    ``-`` reads one path per line from ``stdin`` (bounded: see :func:`_stdin_paths`). Paths are
+    returned as given (not resolved), in order, each file once: a file under several spellings
+    (:func:`file_key`) keeps its first. Nothing is dropped silently: a path that does not exist,
+    a glob matching nothing, a directory named like audio (given itself or found inside a
+    directory; still searched itself), a directory that cannot be listed, or anything named
+    like audio that is no regular file (a FIFO, socket or device) is kept as is, so that it
+    yields an error record. Nothing is opened here: audio.open_regular refuses those later,
+    one error record each.
     """
     out: list[str] = []
     seen: set[str] = set()
 
     def add(p: str) -> None:
-        if p not in seen:
-            seen.add(p)
+        key = file_key(p)
+        if key not in seen:
+            seen.add(key)
             out.append(p)
+
+    def unlisted(e: OSError) -> None:
+        # os.walk skips a directory it cannot list (permission denied...) unless told: keep it
+        # as an input, so that it fails with its own error record and counts among failures.
+        if e.filename is not None:
+            found.append(str(Path(os.fsdecode(e.filename))))  # spelled as the walk's own paths
 
     for item in inputs:
         if item == "-":
             if stdin is None:
                 continue
-            for line in stdin:
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    add(line)
+            for line in _stdin_paths(stdin):
+                add(line)
         elif os.path.isdir(item):
-            found = [
-                str(Path(root) / name)
-                for root, dirs, files in os.walk(item)
-                for name in files + dirs
-                if name.lower().endswith(AUDIO_EXTENSIONS)
-            ]
+            if _looks_like_audio(item):
+                add(item)  # `x.wav/` given by name: an error record, not nothing
+            found: list[str] = []
+            for root, dirs, files in os.walk(item, onerror=unlisted):
+                found += [
+                    str(Path(root) / name)
+                    for name in files + dirs
+                    if name.lower().endswith(AUDIO_EXTENSIONS)
+                ]
             for p in sorted(found):
                 add(p)
         elif not os.path.exists(item) and glob.has_magic(item):
@@ -189,8 +244,9 @@ class RecordWriter:
     Each record (all segments of one input) goes out in a single ``write`` and is flushed, so
     a kill leaves at most one partial last line. With ``resume``, an existing output file is
     first rewritten without error records and partial lines; the inputs it already holds are
-    then skipped. Format ``jsonl`` (default) or ``csv`` (``file_name,caption_predicted``, the
-    candidate layout aac-metrics reads; one row per segment).
+    then skipped (:meth:`is_done`: by the file, whatever the spelling). Format ``jsonl``
+    (default) or ``csv`` (``file_name,caption_predicted``, the candidate layout aac-metrics
+    reads; one row per segment).
     """
 
     def __init__(
@@ -203,13 +259,19 @@ class RecordWriter:
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"unknown format {fmt!r}")
         self.fmt = fmt
-        self.done: set[str] = set()
+        self.done: set[str] = set()  # the finished inputs' paths, as the output spells them
+        self._done_files: set[str] = set()
         self._own = path is not None and path != "-"
         if self._own:
             target = Path(path)  # type: ignore[arg-type]
             target.parent.mkdir(parents=True, exist_ok=True)
             if resume and target.is_file():
                 self.done = self._recover(target)
+                # Keyed by the file (file_key), so that a resumed run naming the same clips
+                # otherwise (absolute after relative, through a symlink) does not caption them
+                # again. Assumption: relative paths in the output were given from the current
+                # directory, as the run that wrote them was started from (not recorded).
+                self._done_files = {file_key(p) for p in self.done}
             self._f: TextIO = open(target, "a" if resume else "w", encoding="utf-8", newline="")
         else:
             import sys
@@ -217,6 +279,10 @@ class RecordWriter:
             self._f = stdout or sys.stdout
         if self.fmt == "csv" and (not self._own or self._f.tell() == 0):
             self._write_rows([("file_name", "caption_predicted")])
+
+    def is_done(self, path: str) -> bool:
+        """Whether the resumed output already holds ``path``'s file, under any spelling."""
+        return bool(self._done_files) and file_key(path) in self._done_files
 
     def _recover(self, target: Path) -> set[str]:
         """Keep finished records, drop error records and a cut-short last line; return done paths."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, UsageError
 
 DEFAULT_MODEL = "audiocaps-labels"
 MODEL_ENV = "AUDIOCAP_MODEL"
@@ -36,6 +36,12 @@ SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "data" / "models"
 MODEL_INFO = "model.json"
 CORPUS_NAME = "corpus.tsv.gz"
 Progress = Callable[[str, int], Callable[[int], None]]  # (name, total) -> advance(n)
+
+
+class ModelSpecError(ModelNotFoundError, UsageError):
+    """``-m`` or ``$AUDIOCAP_MODEL`` names no model (an unknown name, a missing path, a file, a
+    folder without config.json): still a ModelNotFoundError for library callers, and a usage
+    error (exit status 2) on the command line."""
 
 
 @dataclass(frozen=True)
@@ -82,26 +88,35 @@ def resolve(
     env: dict[str, str] | None = None,
     say: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    check: bool = False,
 ) -> Path:
     """The model directory to use: ``model`` (a directory, or a name), else $AUDIOCAP_MODEL,
-    else the default model. A name is materialised into the cache on first use."""
+    else the default model. A name is materialised into the cache on first use. With ``check``
+    a folder must hold a model's config.json (the CLI checks before loading anything)."""
+    from .modeldir import CONFIG_NAME
+
     env = dict(os.environ) if env is None else env
-    spec = (
-        str(model)
-        if model is not None and str(model) != ""
-        else env.get(MODEL_ENV) or DEFAULT_MODEL
-    )
+    given = model is not None and str(model) != ""
+    spec = str(model) if given else env.get(MODEL_ENV) or DEFAULT_MODEL
+    where = "" if given or not env.get(MODEL_ENV) else f"${MODEL_ENV}: "  # say where it came from
     path = Path(spec).expanduser()
     if path.is_dir():
+        if check and not (path / CONFIG_NAME).is_file():
+            raise ModelSpecError(
+                f"{where}{spec}: not a model directory (no {CONFIG_NAME}); build one with "
+                "`audiocap train-retriever`, `audiocap build-index` or `audiocap bootstrap`"
+            )
         return path
     names = {m.name: m for m in shipped_models()}
     if spec in names:
         return materialise(names[spec].path, say, progress)
+    if path.exists():
+        raise ModelSpecError(f"{where}{spec}: not a model directory (a file)")
     if os.sep in spec or spec.startswith("."):
-        raise ModelNotFoundError(f"{spec}: no such model directory")
+        raise ModelSpecError(f"{where}{spec}: no such model directory")
     known = ", ".join(sorted(names)) or "none installed"
-    raise ModelNotFoundError(
-        f"no model named {spec!r} (known: {known}); give a model directory or a name from `audiocap models`"
+    raise ModelSpecError(
+        f"{where}no model named {spec!r} (known: {known}); give a model directory or a name from `audiocap models`"
     )
 
 

@@ -277,7 +277,17 @@ class LabelRetriever:
             raise ModelNotFoundError(
                 f"{path}: missing; rebuild the label index with `audiocap bootstrap`"
             )
-        self.weights = np.load(path, allow_pickle=False)
+        try:  # never unpickle: an object array (or any damage) is a one-line error naming the file
+            self.weights = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ModelNotFoundError(
+                f"{path}: not a saved float array ({e}); rebuild the label index with `audiocap bootstrap`"
+            ) from None
+        if self.weights.ndim != 1 or self.weights.dtype.kind != "f":
+            raise ModelNotFoundError(
+                f"{path}: expected a 1-D float array, found {self.weights.dtype} of shape "
+                f"{self.weights.shape}; rebuild the label index with `audiocap bootstrap`"
+            )
         self.index = index
 
     @property
