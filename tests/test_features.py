@@ -262,3 +262,32 @@ def test_resampled_to_encoder_rate(tmp_path: Path) -> None:
     f = FeatureCache().get(p, FakeEncoder(), ClipPolicy(seconds=2.0))
     assert f.frames.shape == (1, 20, 3) and f.duration == pytest.approx(1.0)
     assert f.ends == (1.0,)
+
+
+class LengthEncoder(FakeEncoder):
+    """A FakeEncoder that is told each window's real length (as EfficientAT is)."""
+
+    takes_lengths = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lengths: list[int] = []
+
+    def encode(self, waves: torch.Tensor, lengths: list[int] | None = None) -> FakeOutput:  # type: ignore[override]
+        assert lengths is not None and len(lengths) == waves.shape[0]
+        self.lengths += list(lengths)
+        return super().encode(waves)
+
+
+def test_encoders_that_take_lengths_get_each_windows_real_audio(tmp_path: Path) -> None:
+    """Padding is not audio, but silence a file ends with is: the lengths passed are the
+    samples each window holds before its zero padding, trailing digital silence included."""
+    x = _wav(tmp_path / "a.wav", 2.3, 0)
+    x[-SR // 2 :] = 0.0  # the file ends in 0.5 s of digital silence
+    sf.write(tmp_path / "a.wav", x, SR, subtype="FLOAT")
+    enc = LengthEncoder()
+    FeatureCache().get_many([tmp_path / "a.wav"], enc, POLICY)
+    assert enc.lengths == [SR, SR, round(0.3 * SR)]
+    crop = LengthEncoder()
+    FeatureCache().get_many([tmp_path / "a.wav"], crop, ClipPolicy(seconds=10.0))
+    assert crop.lengths == [len(x)]

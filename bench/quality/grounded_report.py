@@ -22,7 +22,7 @@ sounds_dataset.kinds).
 
 AudioCaps val: 495 clips x 5 human captions; the input is class scores simulated from each
 clip's AudioSet labels (grounded.simulated, seed VAL_SIM_SEED + --val-draw), retrieval from the model's
-index (AudioCaps train only). Real clips: ../shared/data/sounds (337 clips), real YAMNet on the
+index (AudioCaps train only). Real clips: ../shared/data/sounds (337 clips), the model's real tagger on the
 real audio through the Captioner, against the 5 captions bench/quality/sounds_dataset.py writes from
 each label. Needs ../shared/data; exits with a message without it.
 
@@ -190,10 +190,14 @@ def repeats_a_word(words: list[str]) -> bool:
     return len(set(content)) < len(content)
 
 
-def val_set(limit: int | None, draw: int = 0) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
-    train = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv")
-    val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv")
-    scores = grounded.simulated(val.clip_labels, train.labels, grounded.VAL_SIM_SEED + draw)
+def val_set(
+    limit: int | None, draw: int = 0, encoder: str = "yamnet"
+) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+    """AudioCaps val: ids, class scores simulated as ``encoder`` would give them, references."""
+    train = grounded.read_labelled(SHARED / "captions" / "audiocaps_train.csv", encoder=encoder)
+    val = grounded.read_labelled(SHARED / "captions" / "audiocaps_val.csv", encoder=encoder)
+    seed = grounded.VAL_SIM_SEED + draw
+    scores = grounded.simulated(val.clip_labels, train.labels, seed, encoder)
     ids, refs = val.clip_ids, dict(zip(val.clip_ids, val.clip_captions()))
     n = limit or len(ids)
     return ids[:n], scores[:n], refs
@@ -270,7 +274,7 @@ def main() -> None:
         t0 = time.perf_counter()
         keywords = None
         if name == "val":
-            ids, scores, refs = val_set(args.limit, args.val_draw)
+            ids, scores, refs = val_set(args.limit, args.val_draw, cap.cfg.encoder)
         else:
             clips = load_clips(ROOT / "runs" / "sounds")[: args.limit or None]
             ids, refs = [c["id"] for c in clips], {c["id"]: c["captions"] for c in clips}

@@ -387,7 +387,7 @@ class FeatureCache:
         """Decode, window and encode the misses, streaming: memory holds one batch of windows
         plus a block of the file being decoded (audio.SegmentStream), never a whole file; what
         grows with a file's length is its features (job.entry), held once."""
-        queue: list[tuple[_Job, np.ndarray]] = []
+        queue: list[tuple[_Job, np.ndarray, int]] = []
         sr = int(encoder.sample_rate)
         for job in jobs.values():
             stream = audio.SegmentStream(job.path, policy, sr)
@@ -396,12 +396,12 @@ class FeatureCache:
                     if not job.queued:  # room for the windows the header promises (exactly:
                         job.capacity = stream.expected  # spare room would cost a move in seal)
                     job.queued += 1
-                    queue.append((job, w))
+                    queue.append((job, w, stream.length))
                     if len(queue) >= batch_size:
                         self._encode_batch(queue[:batch_size], d, encoder, finish)
                         queue = queue[batch_size:]
             except AudioError as e:  # possibly after some windows (damage near the end)
-                queue = [(j, w) for j, w in queue if j is not job]
+                queue = [q for q in queue if q[0] is not job]
                 job.entry = None
                 finish(job.owners, e)
                 continue
@@ -415,20 +415,25 @@ class FeatureCache:
 
     def _encode_batch(
         self,
-        batch: list[tuple[_Job, np.ndarray]],
+        batch: list[tuple[_Job, np.ndarray, int]],
         d: Path,
         encoder: Encoder,
         finish: Callable[[list[int], Any], None],
     ) -> None:
-        """Encode windows ``[B, N]`` of several files and append each to its file's entry."""
-        waves = torch.from_numpy(np.stack([w for _, w in batch]))  # [B, N]
+        """Encode windows ``[B, N]`` of several files and append each to its file's entry.
+        An encoder that hears a window's audio only, not its zero padding (EfficientAT's
+        clip-level pass), is told each window's real length."""
+        waves = torch.from_numpy(np.stack([w for _, w, _ in batch]))  # [B, N]
         with torch.inference_mode():
-            out = encoder.encode(waves)
+            if getattr(encoder, "takes_lengths", False):
+                out = encoder.encode(waves, lengths=[n for _, _, n in batch])
+            else:
+                out = encoder.encode(waves)
         frames = out.frames.detach().to("cpu", torch.float32).numpy()  # [B, T, D]
         scores = (
             None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
         )
-        for b, (job, _) in enumerate(batch):
+        for b, (job, _, _) in enumerate(batch):
             if job.entry is None:
                 score = None if scores is None else scores.shape[1:]
                 job.entry = _Entry(job.digest, frames.shape[1:], score, job.capacity, job.path)

@@ -524,6 +524,7 @@ class SegmentStream:
         self.ends: tuple[float, ...] = ()
         self.duration = 0.0
         self.expected = 1  # windows the header promises; set before the first is yielded
+        self.length = 0  # samples of real audio in the window just yielded (the rest is padding)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         p, policy, sr = self.path, self.policy, self.sample_rate
@@ -558,6 +559,7 @@ class SegmentStream:
                     and (start := k * hop) + n <= total
                     and (k == 0 or total - max(start, start - hop + n) >= min_new)
                 ):
+                    self.length = n
                     yield buf[start - buf0 : start - buf0 + n].copy()
                     k += 1
                     keep = min(k * hop, total)
@@ -572,6 +574,7 @@ class SegmentStream:
             w = np.zeros(n, dtype=np.float32)
             real = buf[s - buf0 : s - buf0 + n]
             w[: len(real)] = real
+            self.length = len(real)
             yield w
         self.starts = tuple(float(s) / sr for s in starts.tolist())
         self.ends = tuple(float(min(s + n, total)) / sr for s in starts.tolist())

@@ -32,7 +32,6 @@ from ..audio.encoders.yamnet import (
 )
 from ..config import fingerprint
 from ..errors import ConfigMismatchError, ModelNotFoundError
-from ..resources import shipped
 from ..text.agreement import words
 from ..vectors import l2_normalize
 
@@ -167,14 +166,15 @@ def embedder_id(cfg: ZeroShotConfig) -> str:
 
 
 def class_names(audio_encoder: str = "yamnet") -> list[str]:
-    """The 521 AudioSet display names in YAMNet's score order (read from the shipped class map)."""
-    if audio_encoder != "yamnet":
+    """The encoder's AudioSet display names in score order (its shipped class map)."""
+    from ..audio.encoders import class_map
+
+    try:
+        return [name for _, name in class_map(audio_encoder)]
+    except ModelNotFoundError:
         raise ModelNotFoundError(
             f"zero-shot retrieval needs class scores; {audio_encoder!r} has none"
-        )
-    from ..audio.encoders.yamnet import read_class_names
-
-    return read_class_names(shipped("yamnet") / "assets" / "yamnet_class_map.csv")
+        ) from None
 
 
 def class_mask(cfg: ZeroShotConfig) -> np.ndarray:

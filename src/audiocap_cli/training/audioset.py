@@ -3,7 +3,8 @@
 AudioSet's segment CSVs (``YTID, start_seconds, end_seconds, "mid,mid,..."``) give each
 10 s segment the human-verified sound classes present in it. AudioCaps clips are named by
 ``youtube_id`` + ``start_time``, so their captions can be paired with those labels, which live
-in the very class space in which YAMNet scores audio (521 of AudioSet's 527 mids).
+in the very class space in which an AudioSet tagger scores audio (EfficientAT: all 527 mids;
+YAMNet: 521 of them).
 
 Labels are TRAINING data only: they are looked up for the clips of a caption manifest, never
 for a file being captioned (at captioning time the audio alone decides).
@@ -117,14 +118,14 @@ def _lines_of(data: bytes, ytids: set[str]) -> list[str]:
 
 def class_map(audio_encoder: str = "yamnet") -> list[tuple[str, str]]:
     """(AudioSet mid, display name) of each of the encoder's classes, in score order."""
-    if audio_encoder != "yamnet":
+    from ..audio.encoders import class_map as classes
+
+    try:
+        return classes(audio_encoder)
+    except ModelNotFoundError:
         raise ModelNotFoundError(
             f"label-space retrieval needs class scores; {audio_encoder!r} has none"
-        )
-    from ..audio.encoders.yamnet import read_class_map
-    from ..resources import shipped
-
-    return read_class_map(shipped("yamnet") / "assets" / "yamnet_class_map.csv")
+        ) from None
 
 
 def class_mids(audio_encoder: str = "yamnet") -> list[str]:
@@ -141,11 +142,18 @@ class LabelCoverage:
     labels: int
     dropped: int  # labels whose mid the encoder has no class for
     dropped_mids: tuple[str, ...]
+    text_labels: int = 0  # labels added from caption text (textlabels.py)
+    text_classes: int = 0  # rare classes that gained them
 
     def describe(self) -> str:
+        text = (
+            f"; {self.text_labels} more read from caption text ({self.text_classes} rare classes)"
+            if self.text_labels
+            else ""
+        )
         return (
             f"{self.labelled} of {self.clips} clips labelled ({self.labels} labels, "
-            f"{self.dropped} dropped: {len(self.dropped_mids)} classes the encoder lacks)"
+            f"{self.dropped} dropped: {len(self.dropped_mids)} classes the encoder lacks{text})"
         )
 
 
@@ -261,3 +269,36 @@ def hierarchy(path: str | Path, audio_encoder: str = "yamnet") -> Hierarchy:
                 desc[i, col[k]] = True
             stack.extend(kids.get(k, ()))
     return Hierarchy(ancestors=desc.T.copy(), children=children)
+
+
+def top_branches(path: str | Path, audio_encoder: str = "yamnet") -> np.ndarray:
+    """``[C, R]`` bool: which of the ontology's R top-level branches ("Human sounds", "Animal",
+    "Music", "Sounds of things", ...) each of the encoder's classes belongs to (the ontology is
+    a DAG: a class may sit in several)."""
+    import json
+
+    nodes = json.loads(Path(path).read_text())
+    kids = {n["id"]: list(n.get("child_ids", ())) for n in nodes}
+    roots = root_mids(path)
+    col = {m: i for i, m in enumerate(class_mids(audio_encoder))}
+    out = np.zeros((len(col), len(roots)), dtype=bool)
+    for r, root in enumerate(roots):
+        stack, seen = [root], set()
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            if k in col:
+                out[col[k], r] = True
+            stack.extend(kids.get(k, ()))
+    return out
+
+
+def root_mids(path: str | Path) -> list[str]:
+    """The ontology's top-level classes (no parent), in file order."""
+    import json
+
+    nodes = json.loads(Path(path).read_text())
+    is_child = {k for n in nodes for k in n.get("child_ids", ())}
+    return [n["id"] for n in nodes if n["id"] not in is_child]

@@ -34,12 +34,72 @@ if TYPE_CHECKING:  # the decoder module imports torch: only when a decoder is tr
 # Seeds of the label -> score simulation: training and validation draw different noise.
 TRAIN_SIM_SEED = 0
 VAL_SIM_SEED = 1
-# Query calibration power (LabelSpaceConfig.score_power) with which the decoder's training and
-# validation guidance is retrieved from simulated scores. Captioning queries real scores with
-# the index's own power (LabelSpaceConfig's default): a decoder trained on the softer guidance
-# uses the sharper one better than one trained on it. Fitted by training the decoder recipe at
-# each power and scoring it with bench/quality/grounded_report.py (see docs/experiments.md).
-GUIDANCE_SCORE_POWER = 3.0
+
+
+@dataclass(frozen=True)
+class TaggerFit:
+    """What was fitted to one tagger's real output (see docs/experiments.md).
+
+    ``simulation``: how its pooled scores differ from labels (bench/fits/simulation_check.py);
+    ``score_power``: the query calibration power captioning uses (LabelSpaceConfig.score_power,
+    fitted on val and the real clips with bench/fits/labelspace_grid.py and
+    bench/quality/grounded_report.py); ``guidance_power``: the power at which the decoder's
+    training and validation guidance is retrieved from simulated scores (a decoder trained on
+    softer guidance can use the sharper one better than one trained on it); ``set_power``:
+    LabelSpaceConfig.set_power (how much nearer label sets count in the consensus).
+    """
+
+    simulation: labelsim.Simulation
+    score_power: float
+    guidance_power: float
+    set_power: float = 0.0
+
+
+FITS = {
+    "yamnet": TaggerFit(labelsim.Simulation(), score_power=4.0, guidance_power=3.0),
+    # EfficientAT mn04_as is far less confident than YAMNet: a labelled class scores about 0.5,
+    # its ancestors less, few unrelated classes fire (fitted on the 50 one-class real clips).
+    "efficientat": TaggerFit(
+        labelsim.Simulation(
+            hit_beta=(2.5, 2.5),
+            miss_rate=0.15,
+            miss_high=0.25,
+            child_rate=0.6,
+            child_low=0.6,
+            child_max=2.0,
+            sibling_rate=0.3,
+            sibling_range=(0.02, 0.4),
+            sibling_max=1.0,
+            intruders=0.5,
+            intruder_beta=(0.6, 6.0),
+            ancestor_keep=(0.1, 1.25),
+        ),
+        score_power=1.0,
+        guidance_power=1.0,
+        set_power=4.0,
+    ),
+}
+
+
+def fit_of(encoder: str) -> TaggerFit:
+    """The fitted simulation and powers of ``encoder``'s class scores."""
+    if encoder not in FITS:
+        from ..errors import ModelNotFoundError
+
+        raise ModelNotFoundError(
+            f"no label-space fit for encoder {encoder!r}: choose one of {', '.join(FITS)}"
+        )
+    return FITS[encoder]
+
+
+def label_space(encoder: str = "yamnet") -> ls.LabelSpaceConfig:
+    """The label-space config of a label-grounded model hearing through ``encoder``."""
+    return ls.LabelSpaceConfig(
+        audio_encoder=encoder,
+        num_classes=len(audioset.class_map(encoder)),
+        score_power=fit_of(encoder).score_power,
+        set_power=fit_of(encoder).set_power,
+    )
 
 
 @dataclass
@@ -51,6 +111,7 @@ class LabelledCaptions:
     owner: np.ndarray  # [N] clip index of each caption
     clip_ids: list[str]
     coverage: audioset.LabelCoverage
+    encoder: str = "yamnet"  # whose class space the label columns are
 
     @property
     def clip_labels(self) -> np.ndarray:
@@ -66,23 +127,60 @@ class LabelledCaptions:
 
 
 def read_labelled(
-    path: str | Path, labels_dir: str | Path | None = None, encoder: str = "yamnet"
+    path: str | Path,
+    labels_dir: str | Path | None = None,
+    encoder: str = "yamnet",
+    text_labels: bool = False,
 ) -> LabelledCaptions:
     """A caption manifest with each clip's AudioSet labels attached: its own ``mids`` column
-    (generic layout), else the segment CSVs' labels of its AudioCaps (youtube_id, start_time)."""
+    (generic layout), else the segment CSVs' labels of its AudioCaps (youtube_id, start_time).
+    ``text_labels``: also the rare classes its captions name (``textlabels.py``; for a training
+    corpus, never for validation, whose labels stand for the truth)."""
     clips = read_captions(path)
     own = {c.id: c.mids for c in clips if c.mids}
     labels, cov = audioset.label_matrix([c.id for c in clips], labels_dir, encoder, extra=own)
     owner = np.repeat(np.arange(len(clips)), [len(c.captions) for c in clips])
     caps = [cap for c in clips for cap in c.captions]
-    return LabelledCaptions(caps, labels[owner], owner, [c.id for c in clips], cov)
+    labels = labels[owner]
+    if text_labels:
+        labels, cov = _with_text_labels(labels, caps, owner, labels_dir, encoder, cov)
+    return LabelledCaptions(caps, labels, owner, [c.id for c in clips], cov, encoder)
+
+
+def _with_text_labels(
+    labels: np.ndarray,
+    captions: list[str],
+    owner: np.ndarray,
+    labels_dir: str | Path | None,
+    encoder: str,
+    cov: audioset.LabelCoverage,
+) -> tuple[np.ndarray, audioset.LabelCoverage]:
+    """Rows with the rare classes their captions name, shared by every caption of a clip."""
+    from . import textlabels
+
+    path = audioset.ontology_path(labels_dir)
+    if path is None:  # the branch check needs the ontology; without it, no text labels
+        return labels, cov
+    classes = audioset.class_map(encoder)
+    branches = audioset.top_branches(path, encoder)
+    skip = branches[
+        :, [r for r, mid in enumerate(audioset.root_mids(path)) if mid in textlabels.SKIP_BRANCHES]
+    ].any(axis=1)
+    mined, gained = textlabels.add_text_labels(
+        labels, captions, [n for _, n in classes], branches, skip
+    )
+    per_clip = np.zeros((int(owner.max()) + 1, labels.shape[1]), dtype=np.float32)
+    np.maximum.at(per_clip, owner, mined)
+    new = per_clip[owner]
+    added = int(((new > 0) & ~(labels > 0))[np.unique(owner, return_index=True)[1]].sum())
+    return new, dataclasses.replace(cov, text_labels=added, text_classes=len(gained))
 
 
 def corpus_labels(labels: np.ndarray, cfg: ls.LabelSpaceConfig) -> np.ndarray:
     """The labels the label index is built from: closed under the ontology when ``cfg.ancestors``."""
     if not cfg.ancestors:
         return labels
-    h = hierarchy()
+    h = hierarchy(encoder=cfg.audio_encoder)
     if h is None:
         from ..errors import ModelNotFoundError
 
@@ -112,11 +210,17 @@ def simulated(
     labels: np.ndarray,
     prior_labels: np.ndarray,
     seed: int,
-    sim: labelsim.Simulation = labelsim.Simulation(),
+    encoder: str = "yamnet",
+    sim: labelsim.Simulation | None = None,
 ) -> np.ndarray:
-    """Class scores ``[N, C]`` simulated from labels (``labelsim.simulate``, with the ontology)."""
+    """Class scores ``[N, C]`` that ``encoder`` might give clips with ``labels`` (``labelsim``,
+    with the ontology; ``sim``: default the encoder's fitted simulation)."""
     return labelsim.simulate(
-        labels, np.random.default_rng(seed), prior_labels.mean(axis=0), hierarchy(), sim
+        labels,
+        np.random.default_rng(seed),
+        prior_labels.mean(axis=0),
+        hierarchy(encoder=encoder),
+        sim or fit_of(encoder).simulation,
     )
 
 
@@ -242,16 +346,16 @@ def plan(
 ) -> Plan:
     """Label corpus, training examples (simulated scores, leave-one-out guidance) and validation
     examples (AudioCaps val: simulated scores, guidance from the training corpus only). Their
-    guidance is retrieved at ``GUIDANCE_SCORE_POWER``, whatever ``lcfg.score_power`` says."""
+    guidance is retrieved at the encoder's ``TaggerFit.guidance_power``, whatever
+    ``lcfg.score_power`` says."""
     from ..text.agreement import ngram_idf
 
-    lcfg = dataclasses.replace(
-        lcfg, score_power=GUIDANCE_SCORE_POWER
-    )  # the guidance it learns from
+    enc = lcfg.audio_encoder
+    lcfg = dataclasses.replace(lcfg, score_power=fit_of(enc).guidance_power)  # what it learns from
     closed = corpus_labels(lab.labels, lcfg)
     corpus = ls.LabelCorpus.build(closed, lab.captions, lcfg)
     idf = ngram_idf(lab.captions) if lcfg.corpus_idf else None
-    scores = simulated(lab.labels, lab.labels, TRAIN_SIM_SEED)
+    scores = simulated(lab.labels, lab.labels, TRAIN_SIM_SEED, enc)
     guid = train_guidance(
         lab,
         corpus,
@@ -264,7 +368,7 @@ def plan(
     rows = sample_rows(len(lab.captions), max_captions, seed)
     val_clips: list[tuple[str, list[str], np.ndarray, list[str]]] = []
     if val is not None:
-        vs = simulated(val.clip_labels, lab.labels, VAL_SIM_SEED)
+        vs = simulated(val.clip_labels, lab.labels, VAL_SIM_SEED, enc)
         vg = ls.corpus_guidance(corpus, vs, lcfg, k, None, idf)
         refs = val.clip_captions()
         val_clips = [(cid, g, s[None, :], r) for cid, g, s, r in zip(val.clip_ids, vg, vs, refs)]
@@ -282,7 +386,7 @@ def train(
     lab: LabelledCaptions,
     model_dir: str | Path,
     model_cfg,
-    lcfg: ls.LabelSpaceConfig = ls.LabelSpaceConfig(),
+    lcfg: ls.LabelSpaceConfig | None = None,
     val: LabelledCaptions | None = None,
     epochs: int = 6,
     max_captions: int | None = None,
@@ -296,14 +400,22 @@ def train(
     """Label index + guided decoder of the label-grounded captioner into ``model_dir``
     (``epochs`` 0: the index alone, a retrieval-only captioner).
 
-    ``train_cfg``: a ``decoder.DecoderTrainConfig`` whose optimisation (learning-rate schedule)
-    replaces the paper's; its batch size and seed are this call's.
+    ``lcfg``: default :func:`label_space` of the model's encoder. ``train_cfg``: a
+    ``decoder.DecoderTrainConfig`` whose optimisation (learning-rate schedule) replaces the
+    paper's; its batch size and seed are this call's.
 
     Every step can be interrupted and rerun: the LM features persist chunk by chunk in the
     cache (``lmfeatures.py``) and the decoder run resumes from its last epoch.
     """
     from ..pipeline.modeldir import ModelDir
 
+    lcfg = lcfg or label_space(model_cfg.encoder)
+    if lcfg.audio_encoder != lab.encoder:
+        from ..errors import ConfigMismatchError
+
+        raise ConfigMismatchError(
+            f"labels are in {lab.encoder}'s class space, the label space is {lcfg.audio_encoder}'s"
+        )
     build_index(lab, model_dir, model_cfg, lcfg, say)
     md = ModelDir(model_dir)
     cfg = md.load()

@@ -32,8 +32,10 @@ class Simulation:
     miss_high: float = 0.6
     child_rate: float = 0.55  # a labelled class's child fires this often, at score * U(lo, 1)
     child_low: float = 0.3
+    child_max: float = float("inf")  # ... but at most this many of them fire on average
     sibling_rate: float = 0.5  # a sibling fires this often at U(sibling_range)
     sibling_range: tuple[float, float] = (0.1, 0.8)
+    sibling_max: float = float("inf")  # at most this many siblings fire on average
     intruders: float = 5.5  # unrelated classes per clip ~ Poisson(intruders)
     intruder_beta: tuple[float, float] = (0.6, 2.0)  # their scores: 0.1 + 0.9 Beta(a, b)
     prior_floor: float = 0.1  # intruder prior = (1 - floor) label frequency + floor uniform
@@ -72,19 +74,18 @@ def simulate(
             who = np.flatnonzero(lab[:, i])
             kids = np.flatnonzero(hierarchy.children[i])
             if len(kids):
-                fire = rng.random((len(who), len(kids))) < sim.child_rate
+                rate = min(sim.child_rate, sim.child_max / len(kids))
+                fire = rng.random((len(who), len(kids))) < rate
                 val = t[who, i][:, None] * rng.uniform(sim.child_low, 1.0, size=fire.shape)
                 s[np.ix_(who, kids)] = np.maximum(s[np.ix_(who, kids)], np.where(fire, val, 0.0))
             sibs = np.flatnonzero(hierarchy.siblings[i])
             if len(sibs):
-                fire = rng.random((len(who), len(sibs))) < sim.sibling_rate
+                rate = min(sim.sibling_rate, sim.sibling_max / len(sibs))
+                fire = rng.random((len(who), len(sibs))) < rate
                 val = rng.uniform(*sim.sibling_range, size=fire.shape)
                 s[np.ix_(who, sibs)] = np.maximum(s[np.ix_(who, sibs)], np.where(fire, val, 0.0))
-    p = (
-        np.full(c, 1.0 / c)
-        if prior is None
-        else np.asarray(prior, dtype=np.float64) / max(float(np.sum(prior)), 1e-12)
-    )
+    prior64 = None if prior is None else np.asarray(prior, dtype=np.float64)
+    p = np.full(c, 1.0 / c) if prior64 is None else prior64 / max(float(prior64.sum()), 1e-12)
     p = (1.0 - sim.prior_floor) * p + sim.prior_floor / c
     counts = rng.poisson(sim.intruders, size=n)
     who = np.repeat(rows, counts)

@@ -190,7 +190,12 @@ def build_caption_index(
     captions = [cap for clip in read_captions(corpus) for cap in clip.captions]
     md = ModelDir(model_dir)
     cfg = md.init(model_cfg, retrieval="zeroshot")
-    zcfg = zeroshot.resolve_config(zcfg or zeroshot.ZeroShotConfig(audio_encoder=cfg.encoder))
+    zcfg = zeroshot.resolve_config(
+        zcfg
+        or zeroshot.ZeroShotConfig(
+            audio_encoder=cfg.encoder, num_classes=len(zeroshot.class_names(cfg.encoder))
+        )
+    )
     texts, _counts, vectors = zeroshot.corpus_vectors(
         captions, zcfg, rep.progress("embedding captions", None)
     )
@@ -519,7 +524,7 @@ def _labelled(corpus: str | Path, labels: str | Path | None, encoder: str, rep: 
     from . import grounded
 
     try:
-        lab = grounded.read_labelled(corpus, labels, encoder)
+        lab = grounded.read_labelled(corpus, labels, encoder, text_labels=True)
     except ModelNotFoundError as e:
         if labels is not None:
             raise
