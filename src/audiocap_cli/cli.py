@@ -123,7 +123,7 @@ def _model_cfg(encoder: str, encoder_weights: Optional[str], clip_seconds: float
 
 # Option values are checked while parsing: a bad one is a usage error (exit status 2, one line
 # on stderr; see main), never a traceback from deep inside the library.
-EncoderName = Literal["yamnet", "vggish"]  # encoders.ENCODERS, without importing torch to parse
+EncoderName = Literal["yamnet", "vggish", "efficientat"]  # = encoders.ENCODERS, torch-free
 
 
 def _positive(value: Optional[float]) -> Optional[float]:
