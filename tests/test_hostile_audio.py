@@ -155,6 +155,10 @@ def test_caption_batch_of_hostile_files(
         str(pcm16_wav(d / "many.wav", SR, MAX_CHANNELS + 1, 4000)): "UnsupportedAudioError",
         str(pcm16_wav(d / "click.wav", SR, 1, 16)): "TooShortAudioError",
     }
+    (d / "folder.wav").mkdir()  # a directory that looks like audio, inside the named one
+    bad[str(d / "folder.wav")] = "AudioNotFoundError"
+    (d / "text.mp3").write_text("not audio at all\n" * 40)
+    bad[str(d / "text.mp3")] = "UnsupportedAudioError"
     good = [
         str(flac_declaring(d / "unknown.flac", tone(12.0), 0)),
         str(pcm16_wav(d / "c256.wav", SR, 256, 2 * SR)),

@@ -231,6 +231,7 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     cap = Captioner.__new__(Captioner)  # the parts generate() reads, without loading a model
     cap.index = CaptionIndex.build(_unit(4, 15), ids, caps, _cfg())
     cap.decoder = object()  # type: ignore[assignment]
+    cap.captions = captioner.DecoderCaptions()
     cap.retrieval = SimpleNamespace(pool_caption=False)  # the paper's kind: no pool of its own
     monkeypatch.setattr(cap, "decoder_audio", lambda frames, scores: None)
     seen: dict = {}
@@ -250,11 +251,13 @@ def test_captioner_selects_with_the_index_idf(monkeypatch: pytest.MonkeyPatch) -
     assert seen["opts"].pool_margin == CaptionOptions().decoding.pool_margin == 0.1
     cap.retrieval = SimpleNamespace(pool_caption=False)
     cap.decoder = None  # a retrieval-only model prints its first guidance caption, retrieved
+    cap.captions = captioner.ConsensusCaptions()
     got = cap.decode_windows(
         [["caption of clip0", "caption of clip1"], []], np.zeros((2, 1, 1), np.float32), None
     )
     assert [(d.text, d.retrieved) for d in got] == [("caption of clip0", True), ("", False)]
     cap.decoder = object()  # type: ignore[assignment]
+    cap.captions = captioner.DecoderCaptions()
     cap.opts = CaptionOptions(DecodingOptions(select="score"))
     cap.generate([["caption of clip0"]], np.zeros((1, 1, 1), np.float32), None)
     assert seen["idf"] is None

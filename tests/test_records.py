@@ -78,19 +78,21 @@ def test_caption_record_json_line_format() -> None:
         0.0,
         10.0,
         "a dog barks",
-        [Guide("dogs bark", 0.25), Guide("a cat", None)],
-        {"features": 0.1},
+        confidence=0.25,
+        tags=[("Dog", 0.93), ("Bark", 0.7)],
+        guidance=[Guide("dogs bark", 0.25), Guide("a cat", None)],
     )
     assert list(ok.to_json().items()) == [
         ("path", "a.wav"),
         ("start", 0.0),
         ("end", 10.0),
         ("caption", "a dog barks"),
+        ("confidence", 0.25),
+        ("tags", [["Dog", 0.93], ["Bark", 0.7]]),
         (
             "guidance",
             [{"caption": "dogs bark", "distance": 0.25}, {"caption": "a cat", "distance": None}],
         ),
-        ("seconds", {"features": 0.1}),
     ]
     assert CaptionRecord.from_json(json.loads(json.dumps(ok.to_json()))) == ok
     # a retrieved human caption printed instead of the decoder's says so, last; the decoder's says nothing

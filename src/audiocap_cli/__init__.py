@@ -25,7 +25,7 @@ def load(model: str | Path | None = None, **options: Any) -> Captioner:
     shipped default, built into the cache on first use).
 
     ``options``: fields of :class:`~audiocap_cli.pipeline.captioner.CaptionOptions` (``batch_size``,
-    ``k``, ``long_audio``, ``hop_seconds``, ``device``, ``decoding``) or of
+    ``k``, ``long_audio``, ``hop_seconds``, ``device``, ``fast``, ``tags``, ``decoding``) or of
     :class:`~audiocap_cli.generation.decoding.DecodingOptions` (``beam_size``, ``select``, ...), which go
     into its ``decoding``; unnamed ones keep ``caption``'s defaults.
 

@@ -7,11 +7,13 @@ errors). Library errors (:class:`AudiocapError`) become one ``audiocap: error: .
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, NoReturn, Optional
@@ -106,11 +108,34 @@ def reporter(quiet: bool = False) -> Iterator["object"]:
 @contextlib.contextmanager
 def training(quiet: bool = False) -> Iterator["object"]:
     """A training command's reporter. Under ``torchrun`` it joins the process group for the
-    command (see distributed.py) and only rank 0 reports."""
+    command (see distributed.py) and only rank 0 reports. torch's threads are set for the CPUs
+    this process may use (threads.py)."""
+    from . import threads
     from .scale import distributed
 
+    threads.configure()
     with distributed.session(), reporter(quiet or not distributed.is_main()) as rep:
         yield rep
+
+
+def holds_model(command):
+    """Hold the command's ``--model`` folder while it runs, from its first line (before torch
+    is imported), so that a second training run into the folder fails at once, exit status 2,
+    instead of interleaving epochs in its metrics.jsonl (locks.py). Under torchrun
+    only rank 0 holds it; the others wait for rank 0 in the process group, and torchrun ends
+    them when rank 0 fails."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        model = kwargs.get("model")
+        if model is None or os.environ.get("RANK", "0") != "0":
+            return command(*args, **kwargs)
+        from .locks import hold_folder
+
+        with hold_folder(model):
+            return command(*args, **kwargs)
+
+    return run
 
 
 def _model_cfg(encoder: str, encoder_weights: Optional[str], clip_seconds: float, k: int):
@@ -225,6 +250,7 @@ KeepStateOpt = typer.Option(
 
 
 @app.command("train-retriever")
+@holds_model
 def train_retriever(
     dataset: Path = typer.Argument(
         ..., help="Dataset directory or manifest (see docs/datasets.md)."
@@ -309,7 +335,10 @@ def build_index(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Embed every clip of a dataset split into a persistent hnswlib index of captions."""
+    from . import threads
     from .training import workflows
+
+    threads.configure()  # torch's threads for the CPUs this process may use
 
     cfg = _model_cfg(encoder, encoder_weights, clip_seconds, k)
     with reporter(quiet) as rep:
@@ -328,6 +357,7 @@ def build_index(
 
 
 @app.command("train-decoder")
+@holds_model
 def train_decoder(
     dataset: Path = typer.Argument(
         ..., help="Dataset directory or manifest; with --text-only, a caption corpus."
@@ -392,6 +422,7 @@ def train_decoder(
 
 
 @app.command("bootstrap")
+@holds_model
 def bootstrap(
     corpus: Path = typer.Argument(
         ..., help="Caption corpus: AudioCaps or Clotho CSV, or a generic list."
@@ -432,12 +463,19 @@ def bootstrap(
     residual: bool = typer.Option(
         True, help="Add the LM's own features before the head (not in the paper; trains faster)."
     ),
+    encoder: EncoderName = typer.Option(
+        "efficientat",
+        help="The tagger that hears the clips: efficientat (default) or yamnet (the old default).",
+    ),
     keep_state: bool = KeepStateOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Build a captioner from a caption corpus without audio: label-grounded when its clips have
     AudioSet labels (AudioCaps), else the zero-shot text bridge. Says which it built."""
+    from . import threads
     from .training import workflows
+
+    threads.configure()  # torch's threads for the CPUs this process may use
 
     with reporter(quiet) as rep:
         workflows.bootstrap(
@@ -454,6 +492,7 @@ def bootstrap(
             labels=labels,
             val=val,
             text_bridge=text_bridge,
+            encoder=encoder,
         )
     err.print(f"model ready: audiocap caption CLIPS --model {model}", markup=False)
 
@@ -471,6 +510,14 @@ def caption(
         "jsonl", "--format", help="jsonl, or csv (file_name,caption_predicted for aac-metrics)."
     ),
     resume: bool = typer.Option(False, help="With -o: skip clips already in the output."),
+    fast: bool = typer.Option(
+        False,
+        "--fast",
+        help="Print the retrieved captions' consensus caption, neither loading nor running the decoder: many times more clips per second, a little lower quality. For huge archives and curation, where speed matters more than the decoder's last points (README: --fast). The decoding options are then unused.",
+    ),
+    tags: int = typer.Option(
+        5, min=0, help="The tagger's top classes in each record, with scores (0: no tags field)."
+    ),
     beam_size: int = typer.Option(4, min=1, help="Beam width (1 = greedy)."),
     batch_size: int = typer.Option(16, min=1, help="Files per batch."),
     max_len: int = typer.Option(30, min=1, help="Maximum caption length in tokens."),
@@ -511,7 +558,7 @@ def caption(
         None,
         "--ray",
         metavar="ADDRESS",
-        help="Caption on Ray (extra audiocap-cli[ray]): local (a private instance), auto (this node's cluster) or ray://HOST:PORT.",
+        help="Caption on Ray (needs ray[data,client]): local (a private instance), auto (this node's cluster), ray://HOST:PORT (Ray Client) or HOST:PORT (the head's GCS).",
     ),
     workers: int = typer.Option(2, min=1, help="With --ray: actors, each loading the model once."),
     cpus_per_worker: float = typer.Option(
@@ -552,6 +599,8 @@ def caption(
         long_audio=long_audio,
         hop_seconds=hop,
         device=device,
+        fast=fast,
+        tags=tags,
     )
     model = _use_model(model, quiet)
     if ray is not None:
@@ -574,9 +623,18 @@ def caption(
     def on_error(rec: dict) -> None:
         print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
 
+    t0 = time.perf_counter()
     with reporter(quiet) as rep, _Output(output, fmt, resume) as writer:
         advance = rep.progress("captioning", len(paths))
         ok, failed = caption_files(captioner, paths, writer, advance=advance, on_error=on_error)
+    if ok + failed and not quiet:  # the run's times, for people (records carry none)
+        wall = time.perf_counter() - t0
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in captioner.stage_seconds.items())
+        err.print(
+            f"audiocap: {ok + failed} files in {wall:.1f} s "
+            f"({(ok + failed) / max(wall, 1e-9):.2f} files/s; {stages})",
+            markup=False,
+        )
     if failed:
         err.print(f"audiocap: {failed} of {ok + failed} files failed", markup=False)
         raise typer.Exit(1)
@@ -620,6 +678,10 @@ class _Output:
                 raise
 
 
+# What `--ray` needs on a node where audiocap is installed (the `ray` extra of pyproject.toml).
+RAY_INSTALL = "pip install 'ray[data,client]>=2.9' (see docs/scale.md)"
+
+
 def _caption_ray(
     paths: list[str],
     model: Path | str,
@@ -637,7 +699,7 @@ def _caption_ray(
     try:
         import ray  # noqa: F401
     except ImportError:
-        fatal("--ray needs Ray: pip install 'audiocap-cli[ray]'", 2)
+        fatal(f"--ray needs Ray in this environment: {RAY_INSTALL}", 2)
     from .scale import raycaption
 
     raycaption.init(
@@ -647,10 +709,26 @@ def _caption_ray(
     def on_error(rec: dict) -> None:
         print(f"audiocap: {rec['path']}: {rec['error']}", file=sys.stderr)
 
+    actors: set[str] = set()
     with reporter(quiet) as rep, _Output(output, fmt, resume) as writer:
         advance = rep.progress("captioning (ray)", len(paths))
         ok, failed = raycaption.caption_files(
-            paths, model, opts, writer, workers, cpus, gpus, advance=advance, on_error=on_error
+            paths,
+            model,
+            opts,
+            writer,
+            workers,
+            cpus,
+            gpus,
+            advance=advance,
+            on_error=on_error,
+            quiet=quiet,
+            actors=actors,
+        )
+    if not quiet and actors:  # which Ray actors did the work (host:pid)
+        shown = ", ".join(sorted(actors)[:8]) + (", ..." if len(actors) > 8 else "")
+        err.print(
+            f"audiocap: ray: {ok + failed} files on {len(actors)} actors: {shown}", markup=False
         )
     if failed:
         err.print(f"audiocap: {failed} of {ok + failed} files failed", markup=False)
@@ -667,26 +745,53 @@ def merge(
         "--expect",
         help="The inputs the shards were given (files, directories, globs, - ; repeatable): fail if one is missing.",
     ),
+    output: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Write here instead of stdout, atomically: a failed merge leaves an existing file as it was.",
+    ),
 ) -> None:
-    """Concatenate shard outputs to stdout after checking that no record is duplicated or cut
-    short and (with --expect) that no input is missing; on a problem write nothing, exit 1."""
-    from .pipeline.records import expand_inputs
+    """Concatenate shard outputs to stdout or -o FILE after checking that no record is
+    duplicated or cut short and (with --expect) that no input is missing; on a problem write
+    nothing, exit 1."""
+    from .scale.shards import iter_inputs, merge_into
     from .scale.shards import merge as merge_files
 
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         fatal(f"no such file: {', '.join(missing)}", 2)
-    expected = expand_inputs(expect, sys.stdin) if expect else None
-    report = merge_files([str(f) for f in files], sys.stdout, expected)
+    expected = iter_inputs(expect, sys.stdin) if expect else None
+    names = [str(f) for f in files]
+    to_file = output is not None and str(output) != "-"
+    if to_file:
+        report = merge_into(names, output, expected)
+    else:
+        sys.stdout.flush()
+        report = merge_files(names, _binary_stdout(), expected)
     for line in report.problems():
         print(f"audiocap: merge: {line}", file=sys.stderr)
     note = f"{report.records} records of {report.files} files ({report.errors} error records) from {len(files)} shard outputs"
-    print(
-        f"audiocap: merge: {note}" if report.ok else "audiocap: merge: nothing written",
-        file=sys.stderr,
-    )
+    if not report.ok:
+        note = f"nothing written{f' ({output} unchanged)' if to_file else ''}"
+    print(f"audiocap: merge: {note}", file=sys.stderr)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _binary_stdout():
+    """stdout for bytes (a text-only stand-in, as in a test runner, gets them decoded)."""
+    if hasattr(sys.stdout, "buffer"):
+        return sys.stdout.buffer
+
+    class _Text:
+        def write(self, data: bytes) -> None:
+            sys.stdout.write(data.decode("utf-8", "replace"))
+
+        def flush(self) -> None:
+            sys.stdout.flush()
+
+    return _Text()
 
 
 @app.command("eval")

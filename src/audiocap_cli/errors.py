@@ -52,7 +52,10 @@ class InvalidAudioError(AudioError):
 
 
 class DatasetError(AudiocapError):
-    """A manifest is malformed or names missing audio; lists every problem found."""
+    """A manifest is malformed or names missing audio; lists every problem found. Exit status
+    2: the dataset a command was given cannot be used (configuration, not a failed input)."""
+
+    exit_code = 2
 
     def __init__(self, source: str | Path, problems: list[str]) -> None:
         self.source = str(source)
@@ -63,11 +66,17 @@ class DatasetError(AudiocapError):
 
 
 class ConfigMismatchError(AudiocapError):
-    """An artefact was built with a config that does not match the one in use."""
+    """An artefact was built with a config that does not match the one in use (exit status 2:
+    configuration)."""
+
+    exit_code = 2
 
 
 class ModelNotFoundError(AudiocapError):
-    """A model, checkpoint, index or weight file is missing."""
+    """A model, checkpoint, index or weight file is missing or damaged (exit status 2: nothing
+    can run on it; status 1 is kept for "some inputs failed")."""
+
+    exit_code = 2
 
 
 class MetricsError(AudiocapError):

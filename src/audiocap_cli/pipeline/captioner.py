@@ -4,8 +4,10 @@ clips' captions -> guided decoder -> one record per window.
 ``Captioner`` loads a model directory once; ``caption_files`` streams records of many files to
 a writer, batching files through the encoder, the index and the decoder, and turning each file
 that fails into an error record instead of stopping the run (``Captioner.caption`` yields the
-same records to Python callers). How a window finds its guidance is the model's
-:class:`retrieval.Retrieval`, chosen once when the model loads.
+same records to Python callers). Two things are chosen once, when the model loads: how a window
+finds its guidance (the model's :class:`retrieval.Retrieval`) and how its caption is written
+from it (:class:`Captions`: the guided decoder, or with ``fast`` or a model without a decoder
+the retrieved pool's consensus caption).
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from .. import threads
 from ..audio.features import ClipFeatures, FeatureCache
 from ..config import fingerprint
 from ..errors import AudiocapError, AudioError
 from ..generation.decoding import Decoded, DecodingOptions, decode
 from ..retrieval.index import CaptionIndex, Hit
 from ..retrieval.kinds import Retrieval, load_retrieval
+from .confidence import confidence
 from .modeldir import ModelDir
 from .records import CaptionRecord, Guide, RecordWriter
+
+#: Tags below this score are left out of a record: a class the tagger gives under 1% is noise,
+#: and its rounded score says nothing.
+TAG_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,10 @@ class CaptionOptions:
     long_audio: str = "crop"  # "crop": first window only; "windows": caption every window
     hop_seconds: float | None = None  # window step with "windows" (default: the window length)
     device: str = "cpu"
+    # The retrieved pool's consensus caption instead of the decoder's (ConsensusCaptions): the
+    # decoder is neither loaded nor run (`caption --fast`).
+    fast: bool = False
+    tags: int = 5  # the tagger's top classes in each record (0: no "tags" field)
 
 
 # Windows per retrieval + decoding step: far more than a batch of clips in crop mode (so that
@@ -59,6 +71,71 @@ class _Window:
     scores: (
         np.ndarray | None
     )  # [T, C], or [1, C] pooled over the audible frames (Captioner.window_scores)
+    tags: list[tuple[str, float]] | None  # Captioner.tags_of
+
+
+def _audible(encoder: Any, f: ClipFeatures, w: int) -> int:
+    """Frames of window ``w`` of ``f`` that hold audio (the rest is zero padding)."""
+    assert f.scores is not None
+    return max(1, min(len(f.scores[w]), encoder.num_frames(f.ends[w] - f.starts[w])))
+
+
+class Captions(Protocol):
+    """How a window's caption is written from what retrieval found; chosen once, when the
+    :class:`Captioner` is built."""
+
+    def write(
+        self,
+        cap: Captioner,
+        guid: list[list[str]],
+        frames: np.ndarray,
+        scores: np.ndarray | None,
+        evidence: list[tuple[list[str], list[float]]] | None,
+    ) -> list[Decoded]:
+        """One caption per window from its K guidance captions ``guid`` and ``evidence`` (see
+        :meth:`Captioner.retrieval_of`), frames ``[W, T, D]`` and class scores."""
+        ...
+
+
+class ConsensusCaptions:
+    """The first guidance caption, ``retrieved``: for label-space and zero-shot models the
+    retrieved pool's most typical caption (consensus re-ranked), for the paper's retrievers the
+    nearest clip's. ``caption --fast``, and every model without a decoder."""
+
+    def write(
+        self,
+        cap: Captioner,
+        guid: list[list[str]],
+        frames: np.ndarray,
+        scores: np.ndarray | None,
+        evidence: list[tuple[list[str], list[float]]] | None,
+    ) -> list[Decoded]:
+        return [
+            Decoded(g[0] if g else "", float("nan"), float("nan"), (), retrieved=bool(g))
+            for g in guid
+        ]
+
+
+class DecoderCaptions:
+    """The guided decoder's beam search and hypothesis choice (``decoding.decode`` with the
+    captioner's ``opts.decoding``); with a label-space pool, the pool's own caption where it
+    agrees clearly better (``pool_margin``)."""
+
+    def write(
+        self,
+        cap: Captioner,
+        guid: list[list[str]],
+        frames: np.ndarray,
+        scores: np.ndarray | None,
+        evidence: list[tuple[list[str], list[float]]] | None,
+    ) -> list[Decoded]:
+        audio = cap.decoder_audio(frames, scores)
+        opts = cap.opts.decoding
+        if not cap.retrieval.pool_caption:
+            opts = dataclasses.replace(opts, pool_margin=math.inf)
+        # CIDEr-D's idf: of every caption the index holds (about 1 s, once, for 50k captions)
+        idf = cap.index.ngram_idf() if opts.select != "score" else None
+        return decode(cap.decoder, guid, audio, opts, evidence=evidence, idf=idf)
 
 
 class Captioner:
@@ -72,6 +149,7 @@ class Captioner:
     ) -> None:
         from ..audio.encoders import load_encoder
 
+        threads.configure()  # once per process: torch's threads for the CPUs it may use
         self.md = ModelDir(model_dir)
         self.cfg = self.md.load()
         self.opts = opts
@@ -87,11 +165,18 @@ class Captioner:
                 f"but {self.cfg.encoder} gives {enc_fp}; rebuild it with `audiocap build-index`"
             )
         self.retrieval: Retrieval = load_retrieval(self.md, self.cfg, self.index, enc_fp)
+        self.class_names = self.encoder.class_names()  # empty: no classifier, no tags
         self.decoder = None
-        if self.md.has_decoder():
+        self.captions: Captions = ConsensusCaptions()
+        if not opts.fast and self.md.has_decoder():
             from ..generation.decoder import load_decoder
 
             self.decoder = load_decoder(self.md.decoder, device=opts.device)
+            self.captions = DecoderCaptions()
+        # Seconds spent in each stage by this captioner so far, summed over its batches (a run's
+        # stage times; records carry none: a batch's stages cannot be split among its clips).
+        # "captions" includes each caption's confidence.
+        self.stage_seconds = {"features": 0.0, "retrieval": 0.0, "captions": 0.0}
 
     def window_scores(self, f: ClipFeatures, w: int) -> np.ndarray | None:
         """Class scores of window ``w`` as retrieval and the decoder read them
@@ -101,9 +186,23 @@ class Captioner:
         under 10 s, a long file's tail) is zero-padded before the encoder."""
         if f.scores is None:
             return None
-        s = f.scores[w]
-        audible = max(1, min(len(s), self.encoder.num_frames(f.ends[w] - f.starts[w])))
-        return self.retrieval.window_scores(s, audible)
+        return self.retrieval.window_scores(f.scores[w], _audible(self.encoder, f, w))
+
+    def tags_of(self, f: ClipFeatures, w: int) -> list[tuple[str, float]] | None:
+        """The tagger's ``opts.tags`` top classes of window ``w`` as (name, score rounded to 3
+        decimals), best first, those under :data:`TAG_FLOOR` left out; from the scores
+        retrieval reads (:meth:`window_scores`; a kind that reads frames gets them max-pooled
+        over the audible frames). None without tags: ``opts.tags`` 0, or an encoder without a
+        classifier."""
+        scores = self.window_scores(f, w)
+        if self.opts.tags <= 0 or scores is None or len(self.class_names) != scores.shape[-1]:
+            return None
+        audible = _audible(self.encoder, f, w)
+        pooled = scores[0] if len(scores) == 1 else scores[:audible].max(axis=0)
+        top = np.argsort(-pooled, kind="stable")[: self.opts.tags]
+        return [
+            (self.class_names[c], round(float(pooled[c]), 3)) for c in top if pooled[c] >= TAG_FLOOR
+        ]
 
     # -- one batch of files ------------------------------------------------------------------
 
@@ -144,7 +243,7 @@ class Captioner:
         evidence: list[tuple[list[str], list[float]]] | None = None,
     ) -> list[str]:
         """Captions of windows from their guidance (``evidence``: see :meth:`retrieval_of`);
-        without a decoder, the first guidance caption."""
+        with ``fast`` or without a decoder, the first guidance caption."""
         return [d.text for d in self.decode_windows(guid, frames, scores, evidence)]
 
     def decode_windows(
@@ -154,20 +253,17 @@ class Captioner:
         scores: np.ndarray | None,
         evidence: list[tuple[list[str], list[float]]] | None = None,
     ) -> list[Decoded]:
-        """:meth:`generate`'s captions as ``decoding.Decoded``, ``retrieved`` where the caption
-        is a retrieved one (the pool's own, or the first guidance caption without a decoder)."""
-        if self.decoder is None:
-            return [
-                Decoded(g[0] if g else "", float("nan"), float("nan"), (), retrieved=bool(g))
-                for g in guid
-            ]
-        audio = self.decoder_audio(frames, scores)
-        opts = self.opts.decoding
-        if not self.retrieval.pool_caption:
-            opts = dataclasses.replace(opts, pool_margin=math.inf)
-        # CIDEr-D's idf: of every caption the index holds (about 1 s, once, for 50k captions)
-        idf = self.index.ngram_idf() if opts.select != "score" else None
-        return decode(self.decoder, guid, audio, opts, evidence=evidence, idf=idf)
+        """:meth:`generate`'s captions as ``decoding.Decoded`` (by :attr:`captions`),
+        ``retrieved`` where the caption is a retrieved one (the pool's own, or the first
+        guidance caption without a decoder)."""
+        return self.captions.write(self, guid, frames, scores, evidence)
+
+    def confidence(
+        self, captions: Sequence[Decoded], evidence: Sequence[tuple[list[str], list[float]]]
+    ) -> list[float]:
+        """Each window's ``confidence`` (pipeline.confidence): its caption's agreement with its
+        evidence pool, n-grams weighted by the idf of the index's captions."""
+        return confidence([c.text for c in captions], evidence, self.index.ngram_idf())
 
     def decoder_audio(self, frames: np.ndarray, scores: np.ndarray | None) -> Any:
         """What the decoder's audio branch reads: encoder frames ``[W, T, D]``, or for a
@@ -197,12 +293,13 @@ class Captioner:
                 yield from recs
 
     def caption_batch(self, paths: Sequence[str]) -> list[list[dict[str, Any]]]:
-        """Records of each path: one per window, or one error record."""
+        """Records of each path: one per window, or one error record. The time of each stage
+        is added to :attr:`stage_seconds`."""
         t0 = time.perf_counter()
         feats = self.cache.get_many(
             list(paths), self.encoder, self.policy, batch_size=self.opts.batch_size
         )
-        t_feat = time.perf_counter() - t0
+        self.stage_seconds["features"] += time.perf_counter() - t0
         windows: list[_Window] = []
         owner: list[int] = []
         out: list[list[dict[str, Any]]] = [[] for _ in paths]
@@ -213,7 +310,14 @@ class Captioner:
             assert isinstance(f, ClipFeatures)
             for w in range(len(f.starts)):
                 windows.append(
-                    _Window(path, f.starts[w], f.ends[w], f.frames[w], self.window_scores(f, w))
+                    _Window(
+                        path,
+                        f.starts[w],
+                        f.ends[w],
+                        f.frames[w],
+                        self.window_scores(f, w),
+                        self.tags_of(f, w),
+                    )
                 )
                 owner.append(i)
         if not windows:
@@ -223,7 +327,7 @@ class Captioner:
         hits: list[list[Hit]] = []
         guid: list[list[str]] = []
         captions: list[Decoded] = []
-        t_ret = t_dec = 0.0
+        confs: list[float] = []
         for c in range(0, len(windows), _WINDOW_CHUNK):
             part = windows[c : c + _WINDOW_CHUNK]
             frames = np.stack([w.frames for w in part])
@@ -235,11 +339,11 @@ class Captioner:
             g, ev = self.retrieval_of(h)
             guid += g
             t2 = time.perf_counter()
-            captions += self.decode_windows(g, frames, scores, ev)
-            t_ret, t_dec = t_ret + t2 - t1, t_dec + time.perf_counter() - t2
-        per = {"features": t_feat, "retrieval": t_ret, "decoding": t_dec}
-        n = len(windows)
-        for w, row, g, cap, i in zip(windows, hits, guid, captions, owner):
+            captions += (d := self.decode_windows(g, frames, scores, ev))
+            confs += self.confidence(d, ev)
+            self.stage_seconds["retrieval"] += t2 - t1
+            self.stage_seconds["captions"] += time.perf_counter() - t2
+        for w, row, g, conf, cap, i in zip(windows, hits, guid, confs, captions, owner):
             dist = self.distances(row)
             out[i].append(
                 CaptionRecord(
@@ -247,8 +351,9 @@ class Captioner:
                     round(w.start, 3),
                     round(w.end, 3),
                     cap.text,
+                    confidence=conf,
+                    tags=w.tags,
                     guidance=[Guide(c, round(dist[c], 6) if c in dist else None) for c in g],
-                    seconds={k: round(v / n, 4) for k, v in per.items()},
                     retrieved=True if cap.retrieved else None,
                 ).to_json()
             )

@@ -12,6 +12,7 @@ Kept apart from the pipeline so that resume and reading logic is tested without 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple, TextIO
 
 from ..audio.io import AUDIO_EXTENSIONS
 from ..errors import MetricsError, UsageError
+from ..locks import hold_output
 
 #: Longest line ``-`` reads from stdin as one path, in characters (Linux's PATH_MAX is 4096
 #: bytes): a longer line is no path, and reading on would let /dev/zero eat all memory.
@@ -157,9 +159,10 @@ KEY_FIELDS: tuple[str, ...] = ("path", "id", "file_name", "fname")
 @dataclass
 class CaptionRecord:
     """One line of ``audiocap caption``: the caption of one window of ``path`` (``start``/``end``
-    seconds, ``guidance``, per-stage ``seconds``; ``retrieved`` true where the caption is a
-    retrieved human caption rather than the decoder's), or the ``error`` that stopped the whole
-    input.
+    seconds; its ``confidence`` in [0, 1], :func:`pipeline.confidence.confidence`; the
+    tagger's top classes ``tags`` as [name, score] pairs, best first; the K ``guidance``
+    captions; ``retrieved`` true where the caption is a retrieved human caption rather than the
+    decoder's), or the ``error`` that stopped the whole input.
 
     :meth:`to_json` gives the public line format (fields in this order, unset ones left out);
     :meth:`from_json` reads it back, also from lines keyed ``id``/``file_name``/``fname``.
@@ -169,8 +172,9 @@ class CaptionRecord:
     start: float | None = None
     end: float | None = None
     caption: str | None = None
+    confidence: float | None = None
+    tags: list[tuple[str, float]] | None = None
     guidance: list[Guide] | None = None
-    seconds: dict[str, float] | None = None
     error: str | None = None
     error_type: str | None = None
     retrieved: bool | None = None  # None (left out of the line): the decoder's own caption
@@ -187,8 +191,13 @@ class CaptionRecord:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is not None:
-                out[f.name] = [g._asdict() for g in v] if f.name == "guidance" else v
+            if v is None:
+                continue
+            if f.name == "guidance":
+                v = [g._asdict() for g in v]
+            elif f.name == "tags":
+                v = [[name, score] for name, score in v]
+            out[f.name] = v
         return out
 
     @classmethod
@@ -200,16 +209,19 @@ class CaptionRecord:
         if not isinstance(key, str) or not key:
             raise ValueError('no "path"')
         if isinstance(obj.get("caption"), str):
-            guides = obj.get("guidance")
+            guides, tags = obj.get("guidance"), obj.get("tags")
             return cls(
                 key,
                 obj.get("start"),
                 obj.get("end"),
                 obj["caption"],
+                obj.get("confidence"),
+                [(str(t[0]), t[1]) for t in tags if isinstance(t, list) and len(t) == 2]
+                if isinstance(tags, list)
+                else None,
                 [Guide(g.get("caption"), g.get("distance")) for g in guides if isinstance(g, dict)]
                 if isinstance(guides, list)
                 else None,
-                obj.get("seconds"),
                 retrieved=True if obj.get("retrieved") is True else None,
             )
         if "error" in obj:
@@ -262,23 +274,34 @@ class RecordWriter:
         self.done: set[str] = set()  # the finished inputs' paths, as the output spells them
         self._done_files: set[str] = set()
         self._own = path is not None and path != "-"
+        self._held = contextlib.ExitStack()
         if self._own:
             target = Path(path)  # type: ignore[arg-type]
             target.parent.mkdir(parents=True, exist_ok=True)
-            if resume and target.is_file():
-                self.done = self._recover(target)
-                # Keyed by the file (file_key), so that a resumed run naming the same clips
-                # otherwise (absolute after relative, through a symlink) does not caption them
-                # again. Assumption: relative paths in the output were given from the current
-                # directory, as the run that wrote them was started from (not recorded).
-                self._done_files = {file_key(p) for p in self.done}
-            self._f: TextIO = open(target, "a" if resume else "w", encoding="utf-8", newline="")
+            # One writer per output file, from before it is read (locks.hold_output): a second
+            # run fails at once instead of interleaving lines or writing into a replaced file.
+            self._held.enter_context(hold_output(target))
+            try:
+                self._open(target, resume)
+            except BaseException:
+                self._held.close()
+                raise
         else:
             import sys
 
             self._f = stdout or sys.stdout
         if self.fmt == "csv" and (not self._own or self._f.tell() == 0):
             self._write_rows([("file_name", "caption_predicted")])
+
+    def _open(self, target: Path, resume: bool) -> None:
+        if resume and target.is_file():
+            self.done = self._recover(target)
+            # Keyed by the file (file_key), so that a resumed run naming the same clips
+            # otherwise (absolute after relative, through a symlink) does not caption them
+            # again. Assumption: relative paths in the output were given from the current
+            # directory, as the run that wrote them was started from (not recorded).
+            self._done_files = {file_key(p) for p in self.done}
+        self._f: TextIO = open(target, "a" if resume else "w", encoding="utf-8", newline="")
 
     def is_done(self, path: str) -> bool:
         """Whether the resumed output already holds ``path``'s file, under any spelling."""
@@ -324,7 +347,10 @@ class RecordWriter:
 
     def close(self) -> None:
         if self._own:
-            self._f.close()
+            try:
+                self._f.close()
+            finally:
+                self._held.close()
 
     def __enter__(self) -> "RecordWriter":
         return self

@@ -11,7 +11,9 @@ training loops split every global batch between the ranks:
 * the retriever all-gathers the batch embeddings before the triplet mining (:func:`gather_rows`),
   so each rank mines the whole global batch, as one process does;
 * rank 0 alone writes checkpoints, ``metrics.jsonl`` and the model files; :func:`rank0_first`
-  lets it build caches (features, similarity labels) before the others read them.
+  lets it build caches (features, similarity labels) before the others read them;
+* a worker dies with its launcher (:func:`die_with_launcher`): torchrun starts each worker in
+  a session of its own, so a launcher killed outright would leave them training on.
 
 Without ``torchrun`` (no ``WORLD_SIZE`` or 1) every helper is a no-op.
 """
@@ -19,8 +21,13 @@ Without ``torchrun`` (no ``WORLD_SIZE`` or 1) every helper is a no-op.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -51,12 +58,47 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def die_with_launcher() -> None:
+    """Under torchrun, make this worker end when its launcher does.
+
+    torchrun's agent starts every worker in a session of its own (``start_new_session``), so a
+    launcher that dies without stopping them (``kill -9``, a scheduler's hard timeout, an OOM
+    kill) leaves them training, unseen, and a rerun then competes with them. On Linux the
+    kernel sends this worker SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``; the
+    agent starts the workers from its main thread, which lives as long as it does); elsewhere a
+    daemon thread checks the parent pid every second. Checkpoints are written atomically, so
+    the kill loses at most the epoch under way. Only for workers of torchrun (which sets
+    ``TORCHELASTIC_RUN_ID``): a process started by hand may outlive its shell on purpose.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    # (a launcher dead before this line goes unnoticed here; but its workers then fail to join
+    # the process group, whose rendezvous store the agent hosts. No "parent is pid 1" test: in
+    # a container torchrun itself may be pid 1.)
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died between getppid and prctl
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="audiocap-launcher-watch", daemon=True).start()
+
+
 @contextlib.contextmanager
 def session() -> Iterator[None]:
     """Join the process group for the duration of a command when launched by torchrun."""
     if not launched() or active():
         yield
         return
+    die_with_launcher()
     backend = "gloo"
     if torch.cuda.is_available() and dist.is_nccl_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

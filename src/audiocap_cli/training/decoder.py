@@ -198,7 +198,8 @@ def train_decoder(
     ``examples``: (target caption, guidance pool, frames ``[T, D_a]`` or None). Each epoch
     draws K pool captions at random, in random order (see :func:`draw_guidance`).
     Best = lowest validation NLL, or lowest training loss without ``val_examples``.
-    ``progress(n)`` is called with the number of examples just processed.
+    ``progress(n)`` is called with the number of examples just processed (under torchrun, by
+    every rank, counting the whole global batch: an epoch adds up to ``len(examples)``).
     ``vocab_ids``: what a low-rank head predicts over; ``features(text)``: precomputed frozen-LM
     features of ``[bos] text`` (an ``lmfeatures.LMFeatureStore``), used before running the LM.
     """
@@ -217,6 +218,8 @@ def train_decoder(
     opt = torch.optim.Adam(dec.parameters(), lr=tcfg.lr_max, betas=tcfg.betas, eps=tcfg.eps)
     state = _start_run(run, dec, opt, tcfg, resume)
     batcher = _Batcher(dec, features)
+    if progress is not None and state.epoch:  # a resumed run: its finished epochs count as done
+        progress(len(examples) * min(state.epoch, epochs))
     if state.epoch < epochs:
         batcher.warm(list(examples) + list(val_examples or []))
     while state.epoch < epochs:
@@ -335,17 +338,23 @@ def _train_epoch(
     total, count = 0.0, 0
     for step in range(steps):
         batch, guidance, n_tok = _step_batch(dec, examples, order[step * bs : (step + 1) * bs], rng)
+        n_step = len(batch)  # the global batch: the ranks' slices differ by up to one example
         batch, guidance = list(distributed.shard(batch)), list(distributed.shard(guidance))
         for lr_group in opt.param_groups:
             lr_group["lr"] = lr_at(epoch + step / steps, tcfg)
         opt.zero_grad(set_to_none=True)
+        reported = 0  # progress counts the global batch, in proportion to this rank's share
         for s in range(0, len(batch), tcfg.micro_batch):
             t = batcher.tensors(batch[s : s + tcfg.micro_batch], guidance[s : s + tcfg.micro_batch])
             loss, k = _loss(dec, t, dec.cfg.label_smoothing)
             (loss / n_tok).backward()
             total, count = total + float(loss.detach()), count + k
             if progress is not None:
-                progress(len(t["gold"]) * distributed.world())
+                done = n_step * min(s + tcfg.micro_batch, len(batch)) // len(batch)
+                progress(done - reported)
+                reported = done
+        if progress is not None and reported < n_step:  # a rank with an empty slice
+            progress(n_step - reported)
         distributed.all_reduce_grads(list(dec.parameters()))
         opt.step()
     total, count = distributed.all_sum(total, count)

@@ -181,6 +181,8 @@ def train_retriever(
             data_key,
         )
         loop.start(resume)
+        if progress is not None and loop.state.epoch:  # a resumed run's finished epochs
+            progress(min(loop.state.epoch, epochs))
         while loop.state.epoch < epochs:
             t0 = time.perf_counter()
             if distributed.active():  # each rank its own dropout masks, reproducible on resume

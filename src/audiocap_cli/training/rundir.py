@@ -8,6 +8,10 @@ A run directory holds:
 Writes are atomic, so a run killed at any moment resumes from its last finished epoch. Nothing
 is pickled: no file a run reads can run code. A finished run deletes its state
 (:meth:`RunDir.finish`) unless asked to keep it.
+
+Two runs must not share a run directory (they would interleave their epochs in
+``metrics.jsonl`` and overwrite each other's checkpoints): the training commands hold their
+model folder for the whole run (``locks.hold_folder``).
 """
 
 from __future__ import annotations
