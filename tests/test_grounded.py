@@ -244,7 +244,7 @@ def test_rerank_is_the_consensus_and_older_configs_load(tmp_path: Path) -> None:
     payload["config"] |= {"rerank": "tfidf", "rerank_recall_weight": 0.0}  # as saved before
     path.write_text(json.dumps(payload))
     assert load_config(ls.LabelSpaceConfig, path) == cfg
-    fields = {k: v for k, v in to_dict(cfg).items() if k not in ls.QUERY_ONLY}
+    fields = to_dict(cfg)
     assert set(fields) == {
         "audio_encoder",
         "num_classes",
@@ -609,38 +609,3 @@ def test_short_clip_scores_leave_out_the_zero_padding(tmp_path: Path) -> None:
     paper = SimpleNamespace(retrieval=MeanPool(lambda fr: fr, "mean:x"), encoder=enc)
     # frame retrievers: scores as cached
     assert Captioner.window_scores(paper, f, 0).shape == (20, 521)  # type: ignore[arg-type,union-attr]
-
-
-def test_unheard_speech_leaves_the_pool_and_the_printed_caption() -> None:
-    """Where the tagger's speech classes stay under ``unheard_speech``, captions that say
-    someone speaks leave the pool (unless too few would remain), and a caption chosen from a
-    pool without speakers loses its speaking hypotheses."""
-    from audiocap_cli.generation.decoding import Decoded
-    from audiocap_cli.pipeline.captioner import ground_speech
-
-    pool = (["A dog barks and a woman speaks", "A dog barks", "A man talking as a dog barks",
-             "Dogs barking"], [1.0, 0.9, 0.8, 0.7])  # fmt: skip
-    assert ls.drop_unheard_speech(pool, 0.05, 0.2, 2) == (
-        ["A dog barks", "Dogs barking"],
-        [0.9, 0.7],
-    )
-    assert ls.drop_unheard_speech(pool, 0.5, 0.2, 2) == pool  # speech heard
-    assert ls.drop_unheard_speech(pool, 0.05, 0.2, 3) == pool  # too few would be left
-    assert {c for c in pool[0] if ls.SPEAKS.search(c)} == {pool[0][0], pool[0][2]}
-    assert not ls.SPEAKS.search("A speaker beeps as birds chatter")  # a device, and birds
-
-    def dec(text: str, score: float) -> Decoded:
-        return Decoded(text, score, score, (1,))
-
-    talk, bark = dec("A dog barks and a man speaks", -1.0), dec("A dog is barking", -2.0)
-    d = dataclasses.replace(talk, hypotheses=(talk, bark))
-    kept = ground_speech(d, ["A dog barks", "Dogs barking"], ["A dog barks"])
-    assert kept.text == bark.text and kept.hypotheses == (bark,)
-    assert ground_speech(d, pool[0], ["A dog barks"]) is d  # the pool has speakers: kept as is
-    only = dataclasses.replace(talk, hypotheses=(talk,))
-    printed = ground_speech(only, ["A dog barks"], ["A dog barks"])
-    assert (printed.text, printed.retrieved) == ("A dog barks", True)
-    cfg = ls.LabelSpaceConfig()
-    assert ls.embedder_id(cfg, np.ones(cfg.num_classes, np.float32)) == ls.embedder_id(
-        dataclasses.replace(cfg, unheard_speech=0.3), np.ones(cfg.num_classes, np.float32)
-    )  # a query-side filter: any index serves it

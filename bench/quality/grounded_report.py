@@ -108,7 +108,7 @@ def systems(
     )  # label retrieval and decoder read scores only
     sc = scores[:, None, :]
     hits = cap.retrieve(frames, sc)
-    guid, ev = cap.retrieval_of(hits, sc)
+    guid, ev = cap.retrieval_of(hits)
     out = {
         "top-1 retrieved": [row[0].captions[0] if row else "" for row in hits],
         "consensus guidance": [g[0] if g else "" for g in guid],
@@ -241,12 +241,6 @@ def main() -> None:
         help="captions gathered per query, changed at captioning time only (default: the model's)",
     )
     ap.add_argument(
-        "--unheard-speech",
-        type=float,
-        default=None,
-        help="drop pooled captions that say someone speaks when the speech classes score below this, changed at captioning time only (0: never; default: the model's)",
-    )
-    ap.add_argument(
         "--val-draw",
         type=int,
         default=0,
@@ -271,7 +265,6 @@ def main() -> None:
         for k, v in (
             ("score_power", args.score_power),
             ("rerank_pool", args.rerank_pool),
-            ("unheard_speech", args.unheard_speech),
         )
         if v is not None
     }

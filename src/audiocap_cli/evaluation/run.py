@@ -181,7 +181,7 @@ def _paper_scopes(
     rows.append(
         ev.Scope(
             captioner.retrieval.name,
-            {i: g[0] for i, g in zip(ids, captioner.guidance_of(hits, scores))},
+            {i: g[0] for i, g in zip(ids, captioner.guidance_of(hits))},
             group="retrieval",
         )
     )

@@ -30,7 +30,6 @@ from ..errors import AudiocapError, AudioError
 from ..generation.decoding import Decoded, DecodingOptions, decode
 from ..retrieval.index import CaptionIndex, Hit
 from ..retrieval.kinds import Retrieval, load_retrieval
-from ..retrieval.labelspace import SPEAKS
 from .confidence import confidence
 from .modeldir import ModelDir
 from .records import CaptionRecord, Guide, RecordWriter
@@ -136,25 +135,7 @@ class DecoderCaptions:
             opts = dataclasses.replace(opts, pool_margin=math.inf)
         # CIDEr-D's idf: of every caption the index holds (about 1 s, once, for 50k captions)
         idf = cap.index.ngram_idf() if opts.select != "score" else None
-        out = decode(cap.decoder, guid, audio, opts, evidence=evidence, idf=idf)
-        if not cap.retrieval.grounds_speech or evidence is None:
-            return out
-        return [ground_speech(d, ev[0], g) for d, ev, g in zip(out, evidence, guid)]
-
-
-def ground_speech(d: Decoded, pool: Sequence[str], guidance: Sequence[str]) -> Decoded:
-    """``d`` without the hypotheses that say someone speaks when no caption of its evidence
-    ``pool`` does (the pool dropped them: the tagger heard no speech), so that neither the
-    printed caption nor a later choice among its hypotheses adds a speaker; with none left,
-    the first guidance caption, ``retrieved``."""
-    if any(SPEAKS.search(c) for c in pool):
-        return d
-    hyps = [h for h in (d.hypotheses or (d,)) if not SPEAKS.search(h.text)]
-    if not hyps:
-        text = guidance[0] if guidance else ""
-        return Decoded(text, float("nan"), float("nan"), (), retrieved=bool(guidance))
-    best = d if not SPEAKS.search(d.text) else hyps[0]
-    return dataclasses.replace(best, hypotheses=tuple(hyps))
+        return decode(cap.decoder, guid, audio, opts, evidence=evidence, idf=idf)
 
 
 class Captioner:
@@ -237,22 +218,18 @@ class Captioner:
             vectors, k=self.retrieval.query_size(self.k), exclude_ids=exclude_ids
         )
 
-    def guidance_of(
-        self, hits: list[list[Hit]], scores: np.ndarray | None = None
-    ) -> list[list[str]]:
+    def guidance_of(self, hits: list[list[Hit]]) -> list[list[str]]:
         """K guidance captions per window (see :meth:`retrieval_of`)."""
-        return self.retrieval_of(hits, scores)[0]
+        return self.retrieval_of(hits)[0]
 
     def retrieval_of(
-        self, hits: list[list[Hit]], scores: np.ndarray | None = None
+        self, hits: list[list[Hit]]
     ) -> tuple[list[list[str]], list[tuple[list[str], list[float]]]]:
         """(K guidance captions, evidence) per window. Guidance: the K nearest clips' captions,
         or for the label and zero-shot indexes the K most typical of the retrieved pool
         (consensus re-ranking). Evidence, what ``select="consensus"`` weighs hypotheses
-        against: that pool with its weights, else the guidance itself. ``scores``: the windows'
-        class scores (:meth:`window_scores`), with which a label-space pool drops captions
-        naming a source the tagger did not hear (``LabelSpaceConfig.unheard_speech``)."""
-        return self.retrieval.retrieval_of(hits, self.k, scores)
+        against: that pool with its weights, else the guidance itself."""
+        return self.retrieval.retrieval_of(hits, self.k)
 
     def distances(self, row: list[Hit]) -> dict[str, float]:
         """Guidance caption -> distance of the index entry it came from (the nearest one)."""
@@ -359,7 +336,7 @@ class Captioner:
             )  # type: ignore[misc]
             t1 = time.perf_counter()
             hits += (h := self.retrieve(frames, scores))
-            g, ev = self.retrieval_of(h, scores)
+            g, ev = self.retrieval_of(h)
             guid += g
             t2 = time.perf_counter()
             captions += (d := self.decode_windows(g, frames, scores, ev))

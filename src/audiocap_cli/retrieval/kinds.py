@@ -37,9 +37,6 @@ class Retrieval(Protocol):
     # Whether the pool's own most typical caption may be printed instead of the decoder's
     # (DecodingOptions.pool_margin): fitted on label-space pools of 100 captions, so those only.
     pool_caption: bool
-    # Whether a printed caption may say someone speaks only where a caption of its evidence pool
-    # does (captioner.ground_speech): for label-space pools that drop unheard speech.
-    grounds_speech: bool
 
     def window_scores(self, scores: np.ndarray, audible: int) -> np.ndarray:
         """A window's class scores ``[T, C]`` as retrieval and the decoder read them, given how
@@ -54,13 +51,9 @@ class Retrieval(Protocol):
         """Index entries to ask for per query, for ``k`` guidance captions."""
         ...
 
-    def retrieval_of(
-        self, hits: list[list[Hit]], k: int, scores: np.ndarray | None = None
-    ) -> tuple[list[list[str]], list[Evidence]]:
+    def retrieval_of(self, hits: list[list[Hit]], k: int) -> tuple[list[list[str]], list[Evidence]]:
         """(``k`` guidance captions, evidence) per query: what the decoder is guided by, and the
-        captions with weights that the hypothesis selection weighs hypotheses against.
-        ``scores``: the queries' window scores ``[W, ., C]`` (:meth:`window_scores`), for a kind
-        that checks its captions against what the tagger heard."""
+        captions with weights that the hypothesis selection weighs hypotheses against."""
         ...
 
     def distances(self, row: list[Hit]) -> dict[str, float]:
@@ -93,7 +86,6 @@ class _Frames:
     embed: Callable[[np.ndarray], np.ndarray]
     embedder: str
     pool_caption = False
-    grounds_speech = False
 
     def window_scores(self, scores: np.ndarray, audible: int) -> np.ndarray:
         return scores  # as cached: their training saw padded windows too
@@ -105,7 +97,7 @@ class _Frames:
         return k
 
     def retrieval_of(
-        self, hits: list[list[Hit]], k: int, scores: np.ndarray | None = None
+        self, hits: list[list[Hit]], k: int
     ) -> tuple[list[list[str]], list[tuple[list[str], list[float]]]]:
         return _nearest_guidance(hits, k)
 
@@ -171,10 +163,6 @@ class LabelSpace:
     def __init__(self, labels: Any) -> None:  # labelspace.LabelRetriever
         self.labels = labels
 
-    @property
-    def grounds_speech(self) -> bool:
-        return self.labels.cfg.unheard_speech > 0
-
     @classmethod
     def load(
         cls, md: ModelDir, cfg: ModelConfig, index: CaptionIndex, encoder_fp: str
@@ -197,9 +185,9 @@ class LabelSpace:
         return max(self.labels.sets_per_query, k)
 
     def retrieval_of(
-        self, hits: list[list[Hit]], k: int, scores: np.ndarray | None = None
+        self, hits: list[list[Hit]], k: int
     ) -> tuple[list[list[str]], list[tuple[list[str], list[float]]]]:
-        pools = self.labels.pools(hits, scores, k)
+        pools = self.labels.pools(hits)
         return self.labels.rerank(pools, k), pools
 
     def distances(self, row: list[Hit]) -> dict[str, float]:
@@ -220,7 +208,6 @@ class ZeroShot:
 
     name = "Tag-Retrieval"
     pool_caption = False
-    grounds_speech = False
 
     def __init__(self, cfg: Any) -> None:  # zeroshot.ZeroShotConfig
         from .zeroshot import embedder_id
@@ -246,7 +233,7 @@ class ZeroShot:
         return max(self.cfg.rerank_pool or k, k)
 
     def retrieval_of(
-        self, hits: list[list[Hit]], k: int, scores: np.ndarray | None = None
+        self, hits: list[list[Hit]], k: int
     ) -> tuple[list[list[str]], list[tuple[list[str], list[float]]]]:
         if not self.cfg.rerank_pool:
             return _nearest_guidance(hits, k)

@@ -19,8 +19,6 @@ encoder's (see its docstring for how it was fitted).
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,19 +30,6 @@ from ..errors import ConfigMismatchError
 from ..vectors import l2_normalize
 
 POOLS = ("max", "mean")
-# AudioSet's Speech and the classes under it (male, female and child speech, conversation,
-# narration, babbling, speech synthesizer), with Chatter and Hubbub: what "someone speaks" is
-# heard as.
-SPEECH_MIDS = frozenset(
-    ("/m/09x0r", "/m/05zppz", "/m/02zsn", "/m/0ytgt", "/m/01h8n0", "/m/02qldy", "/m/0261r1")
-    + ("/m/0brhx", "/m/07rkbfh", "/m/07qfr4h")
-)
-# How a caption says that someone speaks ("speaker" may be a loudspeaker, "chattering" a bird).
-SPEAKS = re.compile(
-    r"\b(speak|speaks|speaking|spoke|spoken|talk|talks|talking|talked|speech\w*|voices?"
-    r"|conversation\w*|conversing|narrat\w*|says|saying|said|announc\w*)\b",
-    re.IGNORECASE,
-)
 # Label sets a query walks: enough to fill any pool (AudioCaps train's sets hold 1 to ~4k clips).
 SETS_PER_QUERY = 64
 IDF_SMOOTH = 1.0  # idf = log((N + 1) / (df + 1)) + 1 (scikit-learn's smooth idf): never 0
@@ -75,12 +60,6 @@ class LabelSpaceConfig:
     # consensus weight of a pooled caption = (cosine of its set to the query) ** set_power
     # (0: every pooled caption counts the same)
     set_power: float = 0.0
-    # Captioning only: when none of the query's speech classes (SPEECH_MIDS) scores this much,
-    # pooled captions that say someone speaks are dropped (0: never). AudioCaps captions name
-    # the speech that AudioSet labels leave out ("a dog barks and a woman speaks" on a clip
-    # labelled Dog, Bark), so a dog alone retrieves a speaker. Fitted per tagger
-    # (grounded.FITS) with bench/quality/grounded_report.py; not part of the index's identity.
-    unheard_speech: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,8 +67,6 @@ class LabelSpaceConfig:
             problems.append(f"pool {self.pool!r} not one of {POOLS}")
         if self.score_power <= 0 or self.idf_power < 0 or self.set_power < 0:
             problems.append("score_power must be > 0, idf_power and set_power >= 0")
-        if not 0.0 <= self.unheard_speech <= 1.0:
-            problems.append("unheard_speech must be in [0, 1]")
         if self.rerank_pool < 1 or self.per_set < 1:
             problems.append("rerank_pool and per_set must be >= 1")
         if problems:
@@ -262,27 +239,7 @@ def embedder_id(cfg: LabelSpaceConfig, weights: np.ndarray) -> str:
     from ..config import fingerprint
 
     w = hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float32).tobytes()).hexdigest()[:8]
-    return f"labels-{fingerprint(cfg, exclude=QUERY_ONLY)}-{w}"
-
-
-# LabelSpaceConfig fields that only filter a query's pool: an index built before they existed,
-# or with another value, serves as it is.
-QUERY_ONLY = ("unheard_speech",)
-
-
-def drop_unheard_speech(
-    pool: tuple[list[str], list[float]], heard: float, floor: float, k: int
-) -> tuple[list[str], list[float]]:
-    """``pool`` without the captions that say someone speaks, when the query's speech classes
-    score at most ``heard`` < ``floor``; unchanged if fewer than ``k`` captions would be left
-    (a pool of speakers: then the tagger's silence on speech is the doubtful part)."""
-    if heard >= floor:
-        return pool
-    caps, weights = pool
-    keep = [j for j, c in enumerate(caps) if not SPEAKS.search(c)]
-    if len(keep) < k:
-        return pool
-    return [caps[j] for j in keep], [weights[j] for j in keep]
+    return f"labels-{fingerprint(cfg)}-{w}"
 
 
 def build_index(corpus: LabelCorpus, cfg: LabelSpaceConfig, encoder_fingerprint: str):
@@ -348,32 +305,12 @@ class LabelRetriever:
     def idf(self) -> dict[str, float] | None:
         return self.index.ngram_idf() if self.cfg.corpus_idf else None
 
-    def pools(
-        self, hits, scores: np.ndarray | None = None, k: int = 1
-    ) -> list[tuple[list[str], list[float]]]:  # hits: list[list[index.Hit]]
-        """Each query's pool: captions of its nearest label sets, with their consensus weights;
-        given the queries' class ``scores [W, ., C]``, without captions of unheard speech
-        (:func:`drop_unheard_speech`, ``cfg.unheard_speech``)."""
+    def pools(self, hits) -> list[tuple[list[str], list[float]]]:  # hits: list[list[index.Hit]]
+        """Each query's pool: captions of its nearest label sets, with their consensus weights."""
         # unit vectors: squared L2 distance d = 2 - 2 cos
-        pools = [
+        return [
             gather_pool(((h.captions, None, 1.0 - h.distance / 2.0) for h in row), self.cfg)
             for row in hits
-        ]
-        if scores is None or self.cfg.unheard_speech <= 0:
-            return pools
-        heard = pool_scores(scores, self.cfg)[:, self.speech_classes].max(axis=1, initial=0.0)
-        return [
-            drop_unheard_speech(p, float(h), self.cfg.unheard_speech, k)
-            for p, h in zip(pools, heard)
-        ]
-
-    @functools.cached_property
-    def speech_classes(self) -> list[int]:
-        """Indices of :data:`SPEECH_MIDS` among the encoder's classes."""
-        from ..audio.encoders import class_map
-
-        return [
-            i for i, (mid, _) in enumerate(class_map(self.cfg.audio_encoder)) if mid in SPEECH_MIDS
         ]
 
     def rerank(self, pools: Sequence[tuple[list[str], list[float]]], k: int) -> list[list[str]]:
