@@ -82,7 +82,8 @@ def ship(md: ModelDir, cfg, out: Path, args: argparse.Namespace) -> None:
     """Write the shipped files of ``md`` into the empty folder ``out``."""
     lcfg = load_config(ls.LabelSpaceConfig, md.index / ls.CONFIG_NAME)
     shutil.copyfile(md.index / ls.CONFIG_NAME, out / ls.CONFIG_NAME)
-    lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder)
+    # the labels `bootstrap` indexed: the clips' own and, for rare classes, caption-text labels
+    lab = grounded.read_labelled(args.corpus, encoder=cfg.encoder, text_labels=True)
     models.write_corpus(out, lab.captions, grounded.corpus_labels(lab.labels, lcfg))  # as indexed
     if md.has_decoder():  # a retrieval-only model has none
         export_float16(md.decoder, out / md.decoder.relative_to(md.path))

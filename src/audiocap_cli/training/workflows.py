@@ -462,7 +462,7 @@ def bootstrap(
     max_captions: int | None = None,
     lm_spec: str = "smollm2",
     audio: str = "tags",
-    encoder: str = "yamnet",
+    encoder: str = "efficientat",
     batch_size: int | None = None,
     residual: bool = True,
     rep: Reporter = Reporter(),
