@@ -176,6 +176,68 @@ def test_caption_resume_after_sigkill(workspace: Path, model: Path, env: dict[st
     assert sorted(paths) == files  # every clip exactly once
 
 
+def _long_recording(workspace: Path, seconds: float) -> Path:
+    """``seconds`` of the dataset's clips one after another (windows that differ), at 16 kHz."""
+    import numpy as np
+    import soundfile as sf
+
+    out = workspace / f"long_{seconds:g}s.wav"
+    if not out.exists():
+        clips = [
+            sf.read(p, dtype="float32")[0] for p in sorted((workspace / "audio").glob("*.wav"))
+        ]
+        wave = np.concatenate(clips * (1 + int(seconds * 16000) // sum(map(len, clips))))
+        sf.write(out, wave[: int(seconds * 16000)], 16000)
+    return out
+
+
+def _windows_run(long: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    # --batch-size 2: a chunk is 2 windows, so that a 65 s file (7 windows) streams in 4 writes.
+    return [
+        sys.executable, "-m", "audiocap_cli", "caption", str(long), "-m", str(model),
+        "--long-audio", "windows", "--batch-size", "2", "-o", str(out), "-q", *extra,
+    ]  # fmt: skip
+
+
+def test_windows_mode_writes_a_long_files_first_windows_first(
+    workspace: Path, model: Path, env: dict[str, str]
+) -> None:
+    """A long file's windows go out a chunk at a time as they are captioned: killed right after
+    its first write, the output holds its first 2 windows (of 7), not the file."""
+    long, out = _long_recording(workspace, 65.0), workspace / "first.jsonl"
+    kill = {**env, "AUDIOCAP_TEST_KILL_AFTER": "1"}
+    proc = subprocess.run(
+        _windows_run(long, model, out), env=kill, capture_output=True, timeout=900
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["start"], r["end"]) for r in rows] == [(0.0, 10.0), (10.0, 20.0)]
+    assert all(r["caption"] and "last" not in r for r in rows)
+
+
+def test_windows_mode_resume_after_sigkill_mid_file(
+    workspace: Path, model: Path, env: dict[str, str]
+) -> None:
+    """Killed mid-file, then resumed: every window of the long file exactly once, with the
+    captions of an uninterrupted run, the final one marked "last"."""
+    long = _long_recording(workspace, 65.0)
+    ref, out = workspace / "whole.jsonl", workspace / "killed.jsonl"
+    subprocess.run(_windows_run(long, model, ref), env=env, check=True, timeout=900)
+    want = [json.loads(line) for line in ref.read_text().splitlines()]
+    assert [r["start"] for r in want] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    assert [r.get("last") for r in want] == [None] * 6 + [True]
+    kill = {**env, "AUDIOCAP_TEST_KILL_AFTER": "2"}
+    proc = subprocess.run(
+        _windows_run(long, model, out), env=kill, capture_output=True, timeout=900
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert out.read_text().count("\n") == 4  # two chunks of 2 windows, then the kill
+    with open(out, "a") as f:
+        f.write('{"path": "' + str(long) + '", "start": 40.0, "cap')  # as if killed mid-write
+    subprocess.run(_windows_run(long, model, out, "--resume"), env=env, check=True, timeout=900)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == want
+
+
 def test_decoder_end_to_end(
     workspace: Path, model: Path, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -59,6 +59,37 @@ def test_resume_drops_errors_and_partial_line(tmp_path: Path) -> None:
     assert all("error" not in r for r in rows)
 
 
+def test_resume_picks_up_a_windows_file_at_its_next_window(tmp_path: Path) -> None:
+    """A long file in windows mode is written a chunk of windows at a time, its final window
+    marked "last": a resumed windows-mode run skips the files that have it, goes on with a
+    file that has not at its next window, and never writes a window it holds again."""
+    out = tmp_path / "out.jsonl"
+
+    def win(path: str, start: float, last: bool = False) -> dict[str, object]:
+        rec = {"path": path, "start": start, "end": start + 10, "caption": f"at {start:g}"}
+        return {**rec, "last": True} if last else rec
+
+    with RecordWriter(str(out)) as w:
+        w.write([win("done.wav", 0.0), win("done.wav", 10.0, last=True)])
+        w.write([win("long.wav", 0.0), win("long.wav", 10.0)])  # then killed
+        w.write([win("one.wav", 0.0)])  # its first window only: killed too
+    w = RecordWriter(str(out), resume=True)
+    assert w.done == {"done.wav", "long.wav", "one.wav"}  # crop mode: any record is the file
+    assert w.is_done("done.wav", windows=True) and w.is_done("./done.wav", windows=True)
+    assert not w.is_done("long.wav", windows=True) and not w.is_done("one.wav", windows=True)
+    assert w.resumed_until("long.wav") == 10.0 and w.resumed_until("./long.wav") == 10.0
+    assert w.resumed_until("one.wav") == 0.0 and w.resumed_until("new.wav") is None
+    # A run that captions the whole file again (Ray's per-file batches) repeats nothing.
+    w.write([win("long.wav", 0.0), win("long.wav", 10.0), win("long.wav", 20.0, last=True)])
+    w.write([win("one.wav", 0.0), win("one.wav", 10.0, last=True)])
+    w.close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    keys = [(r["path"], r["start"]) for r in rows]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 7
+    assert [r["start"] for r in rows if r["path"] == "long.wav"] == [0.0, 10.0, 20.0]
+    assert CaptionRecord.from_json(rows[-1]).last and CaptionRecord.from_json(rows[0]).last is None
+
+
 def test_csv_format_header_once(tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     with RecordWriter(str(out), fmt="csv") as w:

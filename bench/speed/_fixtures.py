@@ -118,3 +118,25 @@ def make_model(workspace: Path, env: dict[str, str]) -> Path:
     )
     _audiocap("build-index", str(workspace), "-m", str(m), "-q", env=env)
     return m
+
+
+def run_child(args: list[str], env: dict[str, str]) -> tuple[int, float, float, str, str]:
+    """(exit status, wall seconds, peak RSS bytes, stdout, stderr) of one child process: its own
+    ru_maxrss (os.wait4), not the benchmark's."""
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        return (
+            os.waitstatus_to_exitcode(status),
+            wall,
+            usage.ru_maxrss * 1024.0,
+            out.read().decode(),
+            err.read().decode(),
+        )

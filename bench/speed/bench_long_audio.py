@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from _fixtures import long_wav, make_model, make_workspace
+from _fixtures import run_child as run
 
 GOAL_BYTES = 1.5e9
 # Child program for --stub-yamnet: `audiocap` with YAMNet's network replaced (see above).
@@ -67,27 +68,6 @@ def make_long(path: Path, hours: float, rate: int, fmt: str) -> Path:
                 dst.write(block)
         tmp.rename(out)
     return out
-
-
-def run(args: list[str], env: dict[str, str]) -> tuple[int, float, float, str, str]:
-    """(exit status, wall seconds, peak RSS bytes, stdout, stderr) of one child."""
-    import subprocess
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return (
-            proc.returncode,
-            wall,
-            usage.ru_maxrss * 1024.0,
-            out.read().decode(),
-            err.read().decode(),
-        )
 
 
 def main() -> None:

@@ -218,6 +218,24 @@ class _Entry:
         return view
 
 
+def encode_windows(
+    encoder: Encoder, waves: Sequence[np.ndarray], lengths: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frames ``[B, T, D]`` and scores ``[B, T, C]`` (or None) of windows ``waves`` (each
+    ``[N]``, ``lengths[b]`` samples of it real audio, the rest zero padding), as float32 numpy.
+    An encoder that hears a window's audio only, not its padding (EfficientAT's clip-level
+    pass), is told each window's real length."""
+    batch = torch.from_numpy(np.stack(waves))  # [B, N]
+    with torch.inference_mode():
+        if getattr(encoder, "takes_lengths", False):
+            out = encoder.encode(batch, lengths=list(lengths))
+        else:
+            out = encoder.encode(batch)
+    frames = out.frames.detach().to("cpu", torch.float32).numpy()  # [B, T, D]
+    scores = None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
+    return frames, scores
+
+
 class FeatureCache:
     """Disk cache of :class:`ClipFeatures` (default root: ``resources.cache_dir()/"features"``)."""
 
@@ -420,19 +438,9 @@ class FeatureCache:
         encoder: Encoder,
         finish: Callable[[list[int], Any], None],
     ) -> None:
-        """Encode windows ``[B, N]`` of several files and append each to its file's entry.
-        An encoder that hears a window's audio only, not its zero padding (EfficientAT's
-        clip-level pass), is told each window's real length."""
-        waves = torch.from_numpy(np.stack([w for _, w, _ in batch]))  # [B, N]
-        with torch.inference_mode():
-            if getattr(encoder, "takes_lengths", False):
-                out = encoder.encode(waves, lengths=[n for _, _, n in batch])
-            else:
-                out = encoder.encode(waves)
-        frames = out.frames.detach().to("cpu", torch.float32).numpy()  # [B, T, D]
-        scores = (
-            None if out.scores is None else out.scores.detach().to("cpu", torch.float32).numpy()
-        )
+        """Encode windows ``[B, N]`` of several files (:func:`encode_windows`) and append each
+        to its file's entry."""
+        frames, scores = encode_windows(encoder, [w for _, w, _ in batch], [n for _, _, n in batch])
         for b, (job, _, _) in enumerate(batch):
             if job.entry is None:
                 score = None if scores is None else scores.shape[1:]

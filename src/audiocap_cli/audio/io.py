@@ -490,6 +490,27 @@ def segments(
     ]
 
 
+def _expected(dec: _Decoder, policy: ClipPolicy, sr: int, at_most: int) -> int:
+    """Windows the header's length gives at ``sr`` (exact but for an MP3's estimate; 1 when the
+    header gives no length), at most about ``at_most``: the header's length is never trusted to
+    size anything (an MP3's Xing frame count can lie)."""
+    n = round(policy.seconds * sr)
+    hop = max(1, round(policy.hop * sr))
+    g = math.gcd(dec.rate, sr)
+    hint = -(-(dec.declared or 0) * (sr // g) // (dec.rate // g))
+    return len(window_starts(min(hint, at_most * hop + n), policy, sr))
+
+
+def expected_windows(
+    path: str | Path, policy: ClipPolicy, sample_rate: int = SAMPLE_RATE, at_most: int = 720
+) -> int:
+    """:attr:`SegmentStream.expected` of ``path`` from its header alone (nothing is decoded),
+    at most about ``at_most``; raises the file's AudioError when it cannot be opened."""
+    _check_rate(Path(path), sample_rate)
+    with _Decoder(path) as dec:
+        return _expected(dec, policy, sample_rate, at_most)
+
+
 class SegmentStream:
     """The windows :func:`segments` cuts from ``load(path, sample_rate)``, decoded, resampled
     and cut block by block: memory holds about a block and a window, whatever the length.
@@ -498,7 +519,8 @@ class SegmentStream:
     identical to ``segments(load(path))``); after the loop ``starts``, ``ends`` (seconds, as
     ``segments`` gives them) and ``duration`` (seconds) are set. ``expected``, the number of
     windows the header's length gives (exact but for an MP3's estimate), is set before the
-    first window is yielded. Raises the file's AudioError,
+    first window is yielded; ``start`` (its first sample at ``sample_rate``) and ``length``
+    (samples of real audio) describe the window just yielded. Raises the file's AudioError,
     possibly after some windows were yielded (a file corrupt near its end).
 
     With ``long_audio="crop"`` only the source frames the first window needs are decoded
@@ -524,6 +546,7 @@ class SegmentStream:
         self.ends: tuple[float, ...] = ()
         self.duration = 0.0
         self.expected = 1  # windows the header promises; set before the first is yielded
+        self.start = 0  # first sample of the window just yielded (its start: start / sample_rate)
         self.length = 0  # samples of real audio in the window just yielded (the rest is padding)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -537,9 +560,7 @@ class SegmentStream:
             up, down = sr // g, dec.rate // g
             # The header's length only sizes room for features (which grows past it), so it
             # is bounded: a lying header (an MP3's Xing frame count) cannot size an allocation.
-            hint = -(-(dec.declared or 0) * up // down)
-            hint = min(hint, _MAX_EXPECTED_WINDOWS * hop + n)
-            self.expected = len(window_starts(hint, policy, sr))
+            self.expected = _expected(dec, policy, sr, _MAX_EXPECTED_WINDOWS)
             limit = None
             # crop: source frames whose outputs settle [0, n); with no length in the header,
             # the whole file is read (and discarded past the window) to find its duration.
@@ -559,7 +580,7 @@ class SegmentStream:
                     and (start := k * hop) + n <= total
                     and (k == 0 or total - max(start, start - hop + n) >= min_new)
                 ):
-                    self.length = n
+                    self.start, self.length = start, n
                     yield buf[start - buf0 : start - buf0 + n].copy()
                     k += 1
                     keep = min(k * hop, total)
@@ -574,7 +595,7 @@ class SegmentStream:
             w = np.zeros(n, dtype=np.float32)
             real = buf[s - buf0 : s - buf0 + n]
             w[: len(real)] = real
-            self.length = len(real)
+            self.start, self.length = s, len(real)
             yield w
         self.starts = tuple(float(s) / sr for s in starts.tolist())
         self.ends = tuple(float(min(s + n, total)) / sr for s in starts.tolist())

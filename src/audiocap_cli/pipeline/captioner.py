@@ -4,10 +4,13 @@ clips' captions -> guided decoder -> one record per window.
 ``Captioner`` loads a model directory once; ``caption_files`` streams records of many files to
 a writer, batching files through the encoder, the index and the decoder, and turning each file
 that fails into an error record instead of stopping the run (``Captioner.caption`` yields the
-same records to Python callers). Two things are chosen once, when the model loads: how a window
-finds its guidance (the model's :class:`retrieval.Retrieval`) and how its caption is written
-from it (:class:`Captions`: the guided decoder, or with ``fast`` or a model without a decoder
-the retrieved pool's consensus caption).
+same records to Python callers). A long file in windows mode goes through alone, a chunk of
+windows at a time from its decoding to its records, so that its first lines come early and
+memory does not grow with its length (``Captioner.caption_stream``). Two things are chosen
+once, when the model loads: how a window finds its guidance (the model's
+:class:`retrieval.Retrieval`) and how its caption is written from it (:class:`Captions`: the
+guided decoder, or with ``fast`` or a model without a decoder the retrieved pool's consensus
+caption).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import threads
-from ..audio.features import ClipFeatures, FeatureCache
+from ..audio.features import ClipFeatures, FeatureCache, encode_windows
+from ..audio.io import SegmentStream, expected_windows
 from ..config import fingerprint
 from ..errors import AudiocapError, AudioError
 from ..generation.decoding import Decoded, DecodingOptions, decode
@@ -57,8 +61,9 @@ class CaptionOptions:
     tags: int = 5  # the tagger's top classes in each record (0: no "tags" field)
 
 
-# Windows per retrieval + decoding step: far more than a batch of clips in crop mode (so that
-# batching is as before), a bounded copy of features (256 x ~120 KB) for a long file's windows.
+# Windows per retrieval + decoding step of a batch of files: far more than a batch of clips in
+# crop mode (so that batching is as before), a bounded copy of features (256 x ~120 KB) for
+# files in windows mode (a file longer than a batch streams instead: Captioner.streams).
 _WINDOW_CHUNK = 256
 
 
@@ -286,15 +291,69 @@ class Captioner:
     def caption(self, paths: str | Path | Iterable[str | Path]) -> Iterator[dict[str, Any]]:
         """The records ``audiocap caption`` prints for audio files ``paths`` (not expanded:
         no directories or globs), as dicts: one per window, or one error record per file that
-        fails. Lazy: ``opts.batch_size`` files at a time."""
+        fails. Lazy: ``opts.batch_size`` files at a time, a long file in windows mode a chunk
+        of windows at a time (:meth:`caption_stream`)."""
         todo = iter([paths] if isinstance(paths, (str, Path)) else paths)
         while batch := [str(p) for p in itertools.islice(todo, max(1, self.opts.batch_size))]:
-            for recs in self.caption_batch(batch):
+            for _, recs, _ in self.caption_stream(batch):
                 yield from recs
 
     def caption_batch(self, paths: Sequence[str]) -> list[list[dict[str, Any]]]:
         """Records of each path: one per window, or one error record. The time of each stage
         is added to :attr:`stage_seconds`."""
+        out: list[list[dict[str, Any]]] = [[] for _ in paths]
+        for i, recs, _ in self.caption_stream(paths):
+            out[i] += recs
+        return out
+
+    def streams(self, path: str) -> bool:
+        """Whether ``path`` is captioned a chunk of windows at a time (:meth:`caption_stream`):
+        in windows mode, a file whose header promises more windows than a batch holds. Its
+        features then never go through the feature cache: held whole they would grow with
+        the file (124 KB a window), and a file this long is rarely captioned twice."""
+        if self.policy.long_audio != "windows":
+            return False
+        bs = max(1, self.opts.batch_size)
+        try:
+            n = expected_windows(path, self.policy, int(self.encoder.sample_rate), at_most=bs + 1)
+        except AudioError:
+            return False  # the batch reports it, as for any file
+        return n > bs
+
+    def caption_stream(
+        self,
+        paths: Sequence[str],
+        resumed_until: Callable[[str], float | None] | None = None,
+    ) -> Iterator[tuple[int, list[dict[str, Any]], bool]]:
+        """Records of ``paths`` in order, as ``(i, records of paths[i], whether they end
+        paths[i])``. A file in windows mode longer than a batch (:meth:`streams`), or one
+        that ``resumed_until`` says a resumed output holds windows of, comes a chunk of
+        ``opts.batch_size`` windows at a time, computed as they are needed (:meth:`_stream`:
+        memory does not grow with its length, its first records come after a chunk's work);
+        the others ``opts.batch_size`` files at a time, one piece per file. In windows mode,
+        each file's final window carries ``"last": true``."""
+        run: list[int] = []
+
+        def batch() -> Iterator[tuple[int, list[dict[str, Any]], bool]]:
+            for i, recs in zip(run, self._caption_files([paths[i] for i in run])):
+                yield i, recs, True
+            run.clear()
+
+        for i, path in enumerate(paths):
+            until = resumed_until(path) if resumed_until is not None else None
+            if until is None and not self.streams(path):
+                run.append(i)
+                continue
+            yield from batch()  # the files before it first: records stay in input order
+            for recs, end in self._stream(path, until):
+                yield i, recs, end
+        yield from batch()
+
+    def _caption_files(self, paths: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """Records of a batch of files, all windows of all files at once (features through the
+        cache)."""
+        if not paths:
+            return []
         t0 = time.perf_counter()
         feats = self.cache.get_many(
             list(paths), self.encoder, self.policy, batch_size=self.opts.batch_size
@@ -308,22 +367,92 @@ class Captioner:
                 out[i] = [CaptionRecord.failure(path, f.cause, type(f).__name__).to_json()]
                 continue
             assert isinstance(f, ClipFeatures)
-            for w in range(len(f.starts)):
-                windows.append(
-                    _Window(
-                        path,
-                        f.starts[w],
-                        f.ends[w],
-                        f.frames[w],
-                        self.window_scores(f, w),
-                        self.tags_of(f, w),
-                    )
-                )
-                owner.append(i)
+            windows += self._windows(path, f)
+            owner += [i] * len(f.starts)
+        for i, rec in zip(owner, self._caption_windows(windows)):
+            out[i].append(rec)
+        if self.policy.long_audio == "windows":
+            for recs in out:
+                if recs and "error" not in recs[-1]:
+                    recs[-1]["last"] = True
+        return out
+
+    def _windows(self, path: str, f: ClipFeatures) -> list[_Window]:
+        return [
+            _Window(
+                path,
+                f.starts[w],
+                f.ends[w],
+                f.frames[w],
+                self.window_scores(f, w),
+                self.tags_of(f, w),
+            )
+            for w in range(len(f.starts))
+        ]
+
+    def _stream(
+        self, path: str, until: float | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+        """Records of one file in windows mode, ``opts.batch_size`` windows at a time as
+        ``(records, whether they end the file)``: decoded block by block
+        (audio.SegmentStream), encoded, retrieved and captioned a chunk at a time, so that
+        memory holds a chunk whatever the file's length. Windows that start at or before
+        ``until`` (held by a resumed output) are decoded but neither encoded nor captioned.
+        One chunk is held back until the next window is known, so that the file's final
+        window is marked ``"last": true``; a file that fails partway ends with its error
+        record, after its windows captioned so far."""
+        sr = int(self.encoder.sample_rate)
+        chunk = max(1, self.opts.batch_size)
+        stream = SegmentStream(path, self.policy, sr)
+        queue: list[tuple[np.ndarray, int, int]] = []  # (wave, start sample, real samples)
+        t0 = time.perf_counter()
+        try:
+            for wave in stream:
+                if until is not None and round(stream.start / sr, 3) <= until:
+                    continue
+                queue.append((wave, stream.start, stream.length))
+                if len(queue) > chunk:
+                    self.stage_seconds["features"] += time.perf_counter() - t0
+                    yield self._caption_chunk(path, queue[:chunk], sr), False
+                    queue = queue[chunk:]
+                    t0 = time.perf_counter()
+        except AudioError as e:
+            self.stage_seconds["features"] += time.perf_counter() - t0
+            if queue:
+                yield self._caption_chunk(path, queue, sr), False
+            yield [CaptionRecord.failure(path, e.cause, type(e).__name__).to_json()], True
+            return
+        self.stage_seconds["features"] += time.perf_counter() - t0
+        recs = self._caption_chunk(path, queue, sr) if queue else []
+        if recs:
+            recs[-1]["last"] = True
+        yield recs, True
+
+    def _caption_chunk(
+        self, path: str, queue: list[tuple[np.ndarray, int, int]], sr: int
+    ) -> list[dict[str, Any]]:
+        """Records of consecutive windows of one file: ``(wave, start sample, real samples)``."""
+        t0 = time.perf_counter()
+        frames, scores = encode_windows(
+            self.encoder, [w for w, _, _ in queue], [n for _, _, n in queue]
+        )
+        f = ClipFeatures(
+            frames,
+            scores,
+            tuple(s / sr for _, s, _ in queue),
+            tuple((s + n) / sr for _, s, n in queue),
+            0.0,  # not known before the file's end, and not read here
+        )
+        windows = self._windows(path, f)
+        self.stage_seconds["features"] += time.perf_counter() - t0
+        return self._caption_windows(windows)
+
+    def _caption_windows(self, windows: list[_Window]) -> list[dict[str, Any]]:
+        """One record per window, in order."""
         if not windows:
-            return out
-        # Retrieval and decoding take the windows _WINDOW_CHUNK at a time: a 10-hour file in
-        # windows mode is 3,600 windows, and stacking them all would copy its features again.
+            return []
+        # Retrieval and decoding take the windows _WINDOW_CHUNK at a time: a batch of files in
+        # windows mode may hold many windows, and stacking them all would copy their features.
         hits: list[list[Hit]] = []
         guid: list[list[str]] = []
         captions: list[Decoded] = []
@@ -343,9 +472,10 @@ class Captioner:
             confs += self.confidence(d, ev)
             self.stage_seconds["retrieval"] += t2 - t1
             self.stage_seconds["captions"] += time.perf_counter() - t2
-        for w, row, g, conf, cap, i in zip(windows, hits, guid, confs, captions, owner):
+        out = []
+        for w, row, g, conf, cap in zip(windows, hits, guid, confs, captions):
             dist = self.distances(row)
-            out[i].append(
+            out.append(
                 CaptionRecord(
                     w.path,
                     round(w.start, 3),
@@ -367,23 +497,33 @@ def caption_files(
     advance: Callable[[int], None] | None = None,
     on_error: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[int, int]:
-    """Caption ``paths`` (those not already in ``writer.done``) in batches; returns
-    (captioned, failed). Every file's records are written together, so a kill loses at most
-    the batch in flight and never half a file."""
-    todo = pending(paths, writer, advance)
+    """Caption ``paths`` (those ``writer`` does not already hold: :func:`pending`) in
+    batches; returns (captioned, failed). Each file's records are written together, so a kill
+    loses at most the batch in flight and never half a file; except a long file in windows
+    mode (JSONL), whose windows are written a chunk at a time as they are captioned
+    (:meth:`Captioner.caption_stream`), and which a resumed run picks up at its next window."""
+    windows = captioner.policy.long_audio == "windows"
+    todo = pending(paths, writer, advance, windows=windows)
     bs = max(1, captioner.opts.batch_size)
-    stream = (
-        recs for s in range(0, len(todo), bs) for recs in captioner.caption_batch(todo[s : s + bs])
+    until = writer.resumed_until if windows and writer.streams else None
+    pieces = (
+        (recs, end)
+        for s in range(0, len(todo), bs)
+        for _, recs, end in captioner.caption_stream(todo[s : s + bs], until)
     )
-    return write_records(stream, writer, advance, on_error)
+    return write_pieces(pieces, writer, advance, on_error)
 
 
 def pending(
-    paths: Sequence[str], writer: RecordWriter, advance: Callable[[int], None] | None = None
+    paths: Sequence[str],
+    writer: RecordWriter,
+    advance: Callable[[int], None] | None = None,
+    windows: bool = False,
 ) -> list[str]:
     """The paths not yet in ``writer.done`` (a resumed output; compared by the file they name,
-    whatever the spelling: RecordWriter.is_done); the others count as progress."""
-    todo = [p for p in paths if not writer.is_done(p)]
+    whatever the spelling: RecordWriter.is_done; with ``windows``, a windows-mode run, a file
+    is done once its last window is written); the others count as progress."""
+    todo = [p for p in paths if not writer.is_done(p, windows=windows)]
     if advance is not None and len(todo) < len(paths):
         advance(len(paths) - len(todo))
     return todo
@@ -396,13 +536,35 @@ def write_records(
     on_error: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[int, int]:
     """Write each file's records as they arrive (one write per file); returns (captioned, failed)."""
+    return write_pieces(((recs, True) for recs in stream), writer, advance, on_error)
+
+
+def write_pieces(
+    pieces: Iterable[tuple[list[dict[str, Any]], bool]],
+    writer: RecordWriter,
+    advance: Callable[[int], None] | None = None,
+    on_error: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[int, int]:
+    """Write records as they arrive, ``(records, whether they end their file)`` in file
+    order: each piece in one write where the writer streams (JSONL), else each file's pieces
+    together; returns (captioned, failed), a file counting once, at its end (failed when it
+    ends with an error record)."""
     ok = failed = 0
-    for recs in stream:
-        writer.write(recs)
-        if recs and "error" in recs[0]:
+    held: list[dict[str, Any]] = []
+    for recs, end in pieces:
+        if not writer.streams:
+            held += recs
+            if not end:
+                continue
+            recs, held = held, []
+        if recs:
+            writer.write(recs)
+        if not end:
+            continue
+        if recs and "error" in recs[-1]:
             failed += 1
             if on_error is not None:
-                on_error(recs[0])
+                on_error(recs[-1])
         else:
             ok += 1
         if advance is not None:

@@ -162,7 +162,8 @@ class CaptionRecord:
     seconds; its ``confidence`` in [0, 1], :func:`pipeline.confidence.confidence`; the
     tagger's top classes ``tags`` as [name, score] pairs, best first; the K ``guidance``
     captions; ``retrieved`` true where the caption is a retrieved human caption rather than the
-    decoder's), or the ``error`` that stopped the whole input.
+    decoder's; ``last`` true on the final window of a file captioned in windows mode, so that
+    ``--resume`` knows the file is complete), or the ``error`` that stopped the whole input.
 
     :meth:`to_json` gives the public line format (fields in this order, unset ones left out);
     :meth:`from_json` reads it back, also from lines keyed ``id``/``file_name``/``fname``.
@@ -178,6 +179,9 @@ class CaptionRecord:
     error: str | None = None
     error_type: str | None = None
     retrieved: bool | None = None  # None (left out of the line): the decoder's own caption
+    # True on a windows-mode file's final window (None, left out, elsewhere): a long file's
+    # windows are written as they are captioned, so its records alone must say it is complete.
+    last: bool | None = None
 
     @classmethod
     def failure(cls, path: str, error: str, error_type: str) -> "CaptionRecord":
@@ -223,6 +227,7 @@ class CaptionRecord:
                 if isinstance(guides, list)
                 else None,
                 retrieved=True if obj.get("retrieved") is True else None,
+                last=True if obj.get("last") is True else None,
             )
         if "error" in obj:
             return cls.failure(key, str(obj["error"]), str(obj.get("error_type", "")) or None)  # type: ignore[arg-type]
@@ -253,12 +258,17 @@ def _complete_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
 class RecordWriter:
     """Writes one record per line to stdout or a file, resumably.
 
-    Each record (all segments of one input) goes out in a single ``write`` and is flushed, so
-    a kill leaves at most one partial last line. With ``resume``, an existing output file is
-    first rewritten without error records and partial lines; the inputs it already holds are
-    then skipped (:meth:`is_done`: by the file, whatever the spelling). Format ``jsonl``
-    (default) or ``csv`` (``file_name,caption_predicted``, the candidate layout aac-metrics
-    reads; one row per segment).
+    A write is one ``write`` call, flushed, so a kill leaves at most one partial last line.
+    Each input's records go out in one write, except a long file in windows mode (JSONL): its
+    windows go out a chunk at a time as they are captioned, the final one marked ``"last":
+    true``. With ``resume``, an existing output file is first rewritten without error records
+    and partial lines; the inputs it already holds are then skipped (:meth:`is_done`: by the
+    file, whatever the spelling), and a windows-mode file without its last window goes on at
+    its next window: :meth:`resumed_until` gives the last window it holds, and :meth:`write`
+    never writes a window up to it again. A file's windows are written in order, so a killed
+    run holds a prefix of them: the last one's start says which. Format ``jsonl`` (default) or
+    ``csv`` (``file_name,caption_predicted``, the candidate layout aac-metrics reads; one row
+    per segment; no window times, so a file's rows always go out in one write).
     """
 
     def __init__(
@@ -271,8 +281,15 @@ class RecordWriter:
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"unknown format {fmt!r}")
         self.fmt = fmt
+        # Whether one input's records may go out in several writes (see the class docstring).
+        self.streams = fmt == "jsonl"
         self.done: set[str] = set()  # the finished inputs' paths, as the output spells them
         self._done_files: set[str] = set()
+        # Resumed JSONL, by file_key: the files whose last window is written, and the start of
+        # the latest window each file holds (seconds, as records print them) where it is past
+        # 0 (a file without an entry holds its window at 0; crop mode costs nothing here).
+        self._last_files: set[str] = set()
+        self._until: dict[str, float] = {}
         self._own = path is not None and path != "-"
         self._held = contextlib.ExitStack()
         if self._own:
@@ -303,9 +320,24 @@ class RecordWriter:
             self._done_files = {file_key(p) for p in self.done}
         self._f: TextIO = open(target, "a" if resume else "w", encoding="utf-8", newline="")
 
-    def is_done(self, path: str) -> bool:
-        """Whether the resumed output already holds ``path``'s file, under any spelling."""
-        return bool(self._done_files) and file_key(path) in self._done_files
+    def is_done(self, path: str, windows: bool = False) -> bool:
+        """Whether the resumed output already holds ``path``'s file, under any spelling; with
+        ``windows`` (a windows-mode run), whether it holds the file's last window."""
+        if not self._done_files:
+            return False
+        key = file_key(path)
+        if windows and self.streams:
+            return key in self._last_files
+        return key in self._done_files
+
+    def resumed_until(self, path: str) -> float | None:
+        """Start (seconds) of the latest window of ``path``'s file the resumed output holds, all
+        windows before it held too; None when it holds none of the file (and always in CSV,
+        which has no window times)."""
+        if not self.streams or not self._done_files:
+            return None
+        key = file_key(path)
+        return self._until.get(key, 0.0) if key in self._done_files else None
 
     def _recover(self, target: Path) -> set[str]:
         """Keep finished records, drop error records and a cut-short last line; return done paths."""
@@ -317,6 +349,11 @@ class RecordWriter:
                 if rec is not None and not rec.failed:
                     keep.append(line)
                     done.add(rec.path)
+                    if isinstance(rec.start, (int, float)) and rec.start > 0:
+                        key = file_key(rec.path)
+                        self._until[key] = max(self._until.get(key, 0.0), float(rec.start))
+                    if rec.last:
+                        self._last_files.add(file_key(rec.path))
         else:
             text = target.read_text(encoding="utf-8", errors="replace")
             if text and not text.endswith("\n"):
@@ -327,6 +364,8 @@ class RecordWriter:
         tmp = target.with_name(f".{target.name}.resume")
         tmp.write_text("".join(keep), encoding="utf-8")
         os.replace(tmp, target)
+        for key in self._last_files:  # complete: skipped, never looked up
+            self._until.pop(key, None)
         return done
 
     def _write_rows(self, rows: list[tuple[str, str]]) -> None:
@@ -336,14 +375,27 @@ class RecordWriter:
         self._f.flush()
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        """Write all records of one input at once (one line per segment); ``records`` are JSON
-        objects as :meth:`CaptionRecord.to_json` makes them."""
+        """Write records in one flushed write (one line per segment): all of one input's, or
+        a chunk of a long file's windows; ``records`` are JSON objects as
+        :meth:`CaptionRecord.to_json` makes them. A window the resumed output already holds
+        (:meth:`resumed_until`) is left out."""
+        if self._done_files and self.streams:
+            records = [r for r in records if not self._holds(r)]
+            if not records:
+                return
         if self.fmt == "jsonl":
             self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             self._f.flush()
         else:
             self._write_rows([(str(r["path"]), r["caption"]) for r in records if "caption" in r])
         _test_kill_hook()
+
+    def _holds(self, record: dict[str, Any]) -> bool:
+        start = record.get("start")
+        if start is None or "error" in record:
+            return False
+        until = self.resumed_until(str(record["path"]))
+        return until is not None and float(start) <= until
 
     def close(self) -> None:
         if self._own:

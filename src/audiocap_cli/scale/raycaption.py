@@ -500,10 +500,12 @@ def caption_files(
     actors: set[str] | None = None,
 ) -> tuple[int, int]:
     """:func:`audiocap_cli.pipeline.captioner.caption_files` on Ray: the same records through the
-    same ``RecordWriter`` (so ``--resume`` works alike); returns (captioned, failed)."""
+    same ``RecordWriter`` (so ``--resume`` works alike); returns (captioned, failed). Each file
+    is captioned whole by one actor: a windows-mode file that a resumed output holds some
+    windows of is captioned again, and the writer leaves out the windows it holds."""
     from ..pipeline.captioner import pending, write_records
 
-    todo = pending(paths, writer, advance)
+    todo = pending(paths, writer, advance, windows=opts.long_audio == "windows")
     return write_records(
         caption_paths(todo, model, opts, workers, cpus_per_worker, gpus_per_worker, quiet, actors),
         writer,
