@@ -66,7 +66,7 @@ def ten_second_clips(clips: list[Path], folder: Path) -> list[Path]:
     out = []
     for i, clip in enumerate(clips):
         try:
-            wave = load(clip, target_sr=SR)
+            wave = load(clip, SR)
         except AudioError:
             continue
         tiled = np.resize(wave, 10 * SR).astype(np.float32)  # repeats the clip to 10 s

@@ -250,14 +250,14 @@ def ddp_runs(work: Path, model: Path, env: dict[str, str], lm: str) -> None:
 
 
 def main() -> None:
-    if not SOUNDS.is_dir():
-        sys.exit(f"needs the labelled real clips in {SOUNDS}")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", nargs="?", default="/tmp/audiocap-bench-scale")
     ap.add_argument("--lm", default="tiny-gpt2")
     ap.add_argument("--clips", type=int, default=N_CLIPS)
     ap.add_argument("--skip", choices=["caption", "ddp"], help="leave out one part")
     args = ap.parse_args()
+    if not SOUNDS.is_dir():
+        sys.exit(f"needs the labelled real clips in {SOUNDS}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ}
