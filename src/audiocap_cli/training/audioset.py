@@ -244,30 +244,43 @@ class Hierarchy:
         )
 
 
-def hierarchy(path: str | Path, audio_encoder: str = "yamnet") -> Hierarchy:
-    """The ontology's is-a relations among the encoder's classes."""
+@functools.lru_cache(maxsize=4)
+def _ontology(path: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """(class mid -> its child mids, the top-level mids in file order) of ``ontology.json``,
+    read once per file."""
     import json
 
     nodes = json.loads(Path(path).read_text())
-    kids = {n["id"]: list(n.get("child_ids", ())) for n in nodes}
-    mids = class_mids(audio_encoder)
-    col = {m: i for i, m in enumerate(mids)}
-    c = len(mids)
+    kids = {n["id"]: tuple(n.get("child_ids", ())) for n in nodes}
+    is_child = {k for ks in kids.values() for k in ks}
+    return kids, tuple(n["id"] for n in nodes if n["id"] not in is_child)
+
+
+def _below(kids: dict[str, tuple[str, ...]], start: Sequence[str]) -> set[str]:
+    """Every mid reachable from ``start`` through child links, ``start`` included."""
+    stack, seen = list(start), set()
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen.add(k)
+            stack.extend(kids.get(k, ()))
+    return seen
+
+
+def hierarchy(path: str | Path, audio_encoder: str = "yamnet") -> Hierarchy:
+    """The ontology's is-a relations among the encoder's classes."""
+    kids, _ = _ontology(str(path))
+    col = {m: i for i, m in enumerate(class_mids(audio_encoder))}
+    c = len(col)
     children = np.zeros((c, c), dtype=bool)
     desc = np.zeros((c, c), dtype=bool)  # desc[i, j]: j below i
     for m, i in col.items():
         for k in kids.get(m, ()):
             if k in col:
                 children[i, col[k]] = True
-        stack, seen = list(kids.get(m, ())), set()
-        while stack:
-            k = stack.pop()
-            if k in seen:
-                continue
-            seen.add(k)
+        for k in _below(kids, kids.get(m, ())):
             if k in col:
                 desc[i, col[k]] = True
-            stack.extend(kids.get(k, ()))
     return Hierarchy(ancestors=desc.T.copy(), children=children)
 
 
@@ -275,30 +288,16 @@ def top_branches(path: str | Path, audio_encoder: str = "yamnet") -> np.ndarray:
     """``[C, R]`` bool: which of the ontology's R top-level branches ("Human sounds", "Animal",
     "Music", "Sounds of things", ...) each of the encoder's classes belongs to (the ontology is
     a DAG: a class may sit in several)."""
-    import json
-
-    nodes = json.loads(Path(path).read_text())
-    kids = {n["id"]: list(n.get("child_ids", ())) for n in nodes}
-    roots = root_mids(path)
+    kids, roots = _ontology(str(path))
     col = {m: i for i, m in enumerate(class_mids(audio_encoder))}
     out = np.zeros((len(col), len(roots)), dtype=bool)
     for r, root in enumerate(roots):
-        stack, seen = [root], set()
-        while stack:
-            k = stack.pop()
-            if k in seen:
-                continue
-            seen.add(k)
+        for k in _below(kids, [root]):
             if k in col:
                 out[col[k], r] = True
-            stack.extend(kids.get(k, ()))
     return out
 
 
 def root_mids(path: str | Path) -> list[str]:
     """The ontology's top-level classes (no parent), in file order."""
-    import json
-
-    nodes = json.loads(Path(path).read_text())
-    is_child = {k for n in nodes for k in n.get("child_ids", ())}
-    return [n["id"] for n in nodes if n["id"] not in is_child]
+    return list(_ontology(str(path))[1])
