@@ -26,9 +26,15 @@ def caption_labels(captions: Sequence[str], sim_cfg, directory: Path, rep: Repor
     """Caption-level "similar" labels, reused from ``directory`` when nothing changed."""
     from ..text import similarity
 
-    return similarity.cached_similarity_labels(
-        captions, sim_cfg, directory, progress=rep.progress("caption similarity (%)", 100)
-    )
+    bar = None
+
+    def progress(n: float) -> None:  # a bar only when they are computed, not when reused
+        nonlocal bar
+        if bar is None:
+            bar = rep.progress("caption similarity (%)", 100)
+        bar(n)
+
+    return similarity.cached_similarity_labels(captions, sim_cfg, directory, progress=progress)
 
 
 def clip_labels(clips: Sequence[Clip], sim_cfg, directory: Path, rep: Reporter) -> list[np.ndarray]:
