@@ -47,3 +47,16 @@ def cache_with_smollm2(smollm2_cache: Path, tmp_path: Path) -> Path:
     cache.mkdir()
     (cache / "lm").symlink_to(smollm2_cache / "lm", target_is_directory=True)
     return cache
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module of tiny-batch encoder tests: on a busy shared CPU, two
+    threads meeting at every conv's barrier cost 100 ms a layer. Restored afterwards for the
+    other modules (use as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

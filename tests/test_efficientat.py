@@ -7,7 +7,6 @@ import fnmatch
 import importlib.util
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -27,12 +26,7 @@ REFERENCE = SHARED / "weights" / "efficientat" / "reference_scores.json"
 SR = 32000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

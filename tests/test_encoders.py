@@ -6,7 +6,6 @@ import copy
 import importlib.util
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -42,14 +41,7 @@ def _reference_script() -> ModuleType:
 make_input = _reference_script().make_input
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These tests run tiny batches; on a busy shared CPU, two threads meeting at every
-    # conv's barrier cost 100 ms a layer. Restored afterwards for the other test modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

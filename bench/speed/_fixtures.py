@@ -140,3 +140,19 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[int, float, float, 
             out.read().decode(),
             err.read().decode(),
         )
+
+
+def best_times(fns: list, repeats: int) -> list[float]:  # type: ignore[type-arg]
+    """Best wall time of each fn over ``repeats`` runs, after one warm-up run each; the runs
+    are interleaved so that a busy machine hurts all alike."""
+    import time
+
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best

@@ -17,12 +17,12 @@ and the ratio EfficientAT / YAMNet (above 1: EfficientAT is slower).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from _fixtures import best_times
 
 SOUNDS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sounds"
 CLIP_SECONDS = 10.0
@@ -63,19 +63,6 @@ def windows(paths: list[Path], n: int, rate: int, full: bool, seed: int = 0) -> 
     return torch.from_numpy(out)
 
 
-def best_of(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best wall time of each fn, after a warm-up; runs interleaved so load hurts all alike."""
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,7 +94,7 @@ def main() -> None:
                 enc.encode(waves[i : i + args.batch]) for i in range(0, len(waves), args.batch)
             ]
 
-        times = best_of([run(name) for name in encoders], args.repeats)
+        times = best_times([run(name) for name in encoders], args.repeats)
         per_clip = {name: t / args.clips for name, t in zip(encoders, times)}
         case = "full 10 s windows" if full else "clips padded to 10 s"
         print(f"{case}, {args.clips} windows in batches of {args.batch}:")

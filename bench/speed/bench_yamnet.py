@@ -13,11 +13,11 @@ and the ratio. Goal: >= 150x real time on 2 CPU cores (YAMNet ~2.8 GFLOP per 10 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _fixtures import best_times
 
 from audiocap_cli.audio.encoders import load_encoder
 from audiocap_cli.audio.encoders.yamnet import load_yamnet
@@ -31,20 +31,7 @@ FLOP_PER_CLIP = 2.8e9
 
 def timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     """Best wall time of ``repeats`` runs of fn() (after one warm-up)."""
-    return timed_pair([fn], repeats)[0]
-
-
-def timed_pair(fns: list, repeats: int) -> list[float]:  # type: ignore[type-arg]
-    """Best wall time of each fn, the runs interleaved so a busy machine hurts all alike."""
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
+    return best_times([fn], repeats)[0]
 
 
 def report(label: str, seconds: float, clips: int) -> float:
@@ -114,7 +101,7 @@ def main() -> None:
         for i in range(0, len(waves), args.batch):
             model.encode(waves[i : i + args.batch])
 
-    t_naive, t_fast = timed_pair([run_naive, lambda: run(fast)], args.repeats)
+    t_naive, t_fast = best_times([run_naive, lambda: run(fast)], args.repeats)
     base = report("naive (1 clip, unfused, NCHW)", t_naive, len(waves))
     opt = report(f"optimised (batch {args.batch}, fused, NHWC)", t_fast, len(waves))
     print(
